@@ -1,0 +1,80 @@
+# ftstudy developer entry points. Every target says what it does.
+#   make venv   create/refresh .venv from requirements.txt + constraints.txt (+ editable ftstudy)
+#   make test   run the test suite in .venv (prints wall time)
+#   make demo   run `python -m ftstudy.demo` in .venv
+#   make lock   regenerate constraints.txt from a fresh venv
+#   make clean  remove .venv and build/test caches
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+
+# Interpreter for new venvs: python3.11, else python3 (resolved to a real path, so a pyenv shim
+# for a missing version does not count).
+PYTHON ?= $(shell python3.11 -c 'import sys; print(sys.executable)' 2>/dev/null || python3 -c 'import sys; print(sys.executable)')
+
+VENV      := .venv
+VPY       := $(VENV)/bin/python
+STAMP     := $(VENV)/.ftstudy-stamp
+LOCK_VENV := .lock-venv
+# Files whose content defines the environment; their sha256 is kept in $(STAMP).
+ENV_FILES := requirements.txt constraints.txt pyproject.toml
+PIP_FLAGS := --progress-bar off
+
+# Environment for test and demo runs: deterministic hashing, no hub access, quiet tokenizers.
+RUN_ENV := PYTHONHASHSEED=0 HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+# Parallel tests only when pytest-xdist is a declared requirement.
+XDIST := $(if $(shell grep -Eiq '^pytest[-_.]xdist[[:space:]]*==' requirements.txt && echo yes),-n 2,)
+
+.PHONY: venv test demo lock clean
+
+venv:
+	@want=$$(sha256sum $(ENV_FILES) | sha256sum | cut -d' ' -f1); \
+	if [ -x $(VPY) ] && [ -f $(STAMP) ] && [ "$$(cat $(STAMP))" = "$$want" ]; then \
+	  echo "==> $(VENV) is up to date (stamp $$want)"; exit 0; \
+	fi; \
+	if [ -x $(VPY) ] && $(VPY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then \
+	  echo "==> $(VENV) is stale (content of $(ENV_FILES) changed): updating it"; \
+	else \
+	  echo "==> creating $(VENV) with $(PYTHON)"; \
+	  rm -rf $(VENV); \
+	  $(PYTHON) -m venv $(VENV); \
+	fi; \
+	rm -f $(STAMP); \
+	echo "==> pip install -r requirements.txt -c constraints.txt"; \
+	$(VPY) -m pip install $(PIP_FLAGS) -r requirements.txt -c constraints.txt; \
+	echo "==> pip install --no-deps -e ."; \
+	$(VPY) -m pip install $(PIP_FLAGS) --no-deps -e .; \
+	echo "$$want" > $(STAMP); \
+	echo "==> $(VENV) ready (stamp $$want)"
+
+test: venv
+	@echo "==> $(RUN_ENV) $(VPY) -m pytest -q $(XDIST)"
+	@start=$$(date +%s%N); rc=0; \
+	$(RUN_ENV) $(VPY) -m pytest -q $(XDIST) || rc=$$?; \
+	ms=$$(( ($$(date +%s%N) - start) / 1000000 )); \
+	printf '==> pytest exit code %s, wall time %d.%03ds\n' "$$rc" $$((ms / 1000)) $$((ms % 1000)); \
+	exit $$rc
+
+demo: venv
+	@echo "==> $(RUN_ENV) $(VPY) -m ftstudy.demo $(DEMO_ARGS)"
+	@start=$$(date +%s); $(RUN_ENV) $(VPY) -m ftstudy.demo $(DEMO_ARGS); \
+	echo "==> demo wall time (after the venv step) $$(( $$(date +%s) - start )) s"
+
+lock:
+	@echo "==> regenerating constraints.txt: fresh $(LOCK_VENV) with $(PYTHON), resolve requirements.txt, pip freeze"
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install $(PIP_FLAGS) -r requirements.txt
+	{ sed -n '/^#/p;/^#/!q' constraints.txt 2>/dev/null; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable \
+	    | sed -E 's/^([^=]+==[^+]+)\+.*$$/\1/'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf $(LOCK_VENV)
+	@echo "==> constraints.txt regenerated ($$(grep -vc '^#' constraints.txt) pins); run 'make venv' to apply"
+
+clean:
+	@echo "==> removing $(VENV), $(LOCK_VENV), build artefacts and caches"
+	rm -rf $(VENV) $(LOCK_VENV) build dist *.egg-info .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

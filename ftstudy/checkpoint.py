@@ -1,0 +1,116 @@
+"""Checkpoints: an exported model file that embeds its config and loads with weights_only=True.
+
+Two kinds of file live in a run's git-ignored ``ckpt/`` folder:
+
+- ``last.ckpt``: Lightning's resumable training state (weights, optimizer, loop
+  counters), rewritten atomically every ``ckpt_every`` steps.  Its hyper-parameters are a
+  plain dict, so it too loads with ``weights_only=True``.
+- ``model.pt``: the exported model, ``{"format": "ftstudy-model", "format_version",
+  "config", "state_dict", "step", "versions"}``, written at the end of a run.
+
+``load_model`` reads either, never unpickling arbitrary objects, and turns a missing,
+truncated or foreign file into a ``CheckpointError`` that says which.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ftstudy.config import ConfigError, RunConfig
+from ftstudy.model import FreeTransformer
+
+__all__ = ["CheckpointError", "FORMAT", "save_model", "load_model", "load_checkpoint_dict", "atomic_write_text"]
+
+FORMAT = "ftstudy-model"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, truncated, or not one of ours."""
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text so that readers see the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_model(path: Path, model: FreeTransformer, config: RunConfig, step: int,
+               extra: dict[str, Any] | None = None) -> None:
+    """Export weights + config atomically (tmp file, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "step": int(step),
+        "versions": {"torch": str(torch.__version__)},  # TorchVersion is not weights_only-safe
+        **(extra or {}),
+    }
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(payload, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _reason(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    detail = next((ln for ln in lines if "Unsupported global" in ln or "WeightsUnpickler" in ln), None)
+    return detail or (lines[0] if lines else "")
+
+
+def load_checkpoint_dict(path: Path | str) -> dict[str, Any]:
+    """torch.load with weights_only=True, with clear errors for missing/truncated/foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as e:
+        raise CheckpointError(
+            f"checkpoint {path} could not be read as a torch file with weights_only=True "
+            f"(truncated, corrupted, or containing arbitrary Python objects): {type(e).__name__}: "
+            f"{_reason(e)}") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not an ftstudy checkpoint dict")
+    return obj
+
+
+def load_model(path: Path | str, map_location: str | torch.device = "cpu") -> tuple[FreeTransformer, RunConfig, dict[str, Any]]:
+    """Model, its RunConfig and the raw dict, from ``model.pt`` or a Lightning ``last.ckpt``."""
+    obj = load_checkpoint_dict(path)
+    if obj.get("format") == FORMAT:
+        if obj.get("format_version") != FORMAT_VERSION:
+            raise CheckpointError(f"checkpoint {path} has format_version {obj.get('format_version')!r}; "
+                                  f"this ftstudy reads {FORMAT_VERSION}")
+        cfg_dict, state = obj.get("config"), obj.get("state_dict")
+    elif isinstance(obj.get("hyper_parameters"), dict) and "config" in obj["hyper_parameters"]:
+        cfg_dict = obj["hyper_parameters"]["config"]
+        state = {k.removeprefix("model."): v for k, v in obj.get("state_dict", {}).items() if k.startswith("model.")}
+    else:
+        raise CheckpointError(f"checkpoint {path} is not an ftstudy checkpoint (keys: {sorted(obj)[:8]}); "
+                              f"expected 'format': {FORMAT!r} or a Lightning checkpoint of ftstudy.lit")
+    try:
+        cfg = RunConfig.from_dict(cfg_dict)
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {path} embeds an invalid config: {e}") from e
+    model = FreeTransformer(cfg.model)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path}: weights do not match its own config: {e}") from e
+    return model.to(map_location), cfg, obj

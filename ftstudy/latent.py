@@ -1,0 +1,271 @@
+"""The latent of the Free Transformer: binary mapper, KL to the uniform prior, free bits.
+
+Paper: F. Fleuret, "The Free Transformer", arXiv 2510.17558, §3 (eqs. 6–8) and the
+loss of §3.3; our digest is ``shared/PAPER.md`` §2.4–2.5 and §3.
+
+The encoder produces H logits per token.  The *binary mapper* samples H independent
+bits ``B_h ~ Bernoulli(sigmoid(L_h))``, turns them into a code ``c = sum_h 2^h B_h``
+and a one-hot ``Y`` over the 2^H codes, and passes the gradient through
+``G_c = prod_h p_h^{b_h(c)} (1 - p_h)^{1 - b_h(c)}``, the probability of every code
+under those Bernoullis: the post-sampler sees ``Y + G - stopgrad(G)``.  Followed by the
+post-sampler ``Linear(2^H -> D)`` with weight ``W`` (D, 2^H), the forward value is the
+column ``W[:, c]`` and the gradients are
+
+    dL/dW[:, k] = sum_{tokens with code k} g                   (g = dL/dr, a D-vector)
+    dL/dL_h     = sum_c s_c G_c (b_h(c) - p_h),   s_c = g . W[:, c]
+                = p_h (1 - p_h) (E_G[s | b_h = 1] - E_G[s | b_h = 0]).
+
+``binary_mapper_reference`` builds all of that literally (a tokens x 2^H tensor).
+``binary_mapper`` computes the same numbers without ever holding tokens x 2^H values:
+the forward pass is a column gather; the backward pass streams ``s = g W`` over blocks
+of tokens and codes and contracts each block at once with the Kronecker factors of
+``G``.  Splitting the H bits into a low half (``l``, 2^H_lo codes) and a high half
+(``a``) gives ``G_{a,l} = G^hi_a G^lo_l``, so for each block
+
+    T[t, a, 0]     = sum_l s[t, a, l] G^lo[t, l]
+    T[t, a, 1 + h] = sum_l s[t, a, l] G^lo[t, l] b_h(l)      (h a low bit)
+
+is one batched matmul against a (2^H_lo x (1 + H_lo)) matrix per token, and the
+high bits are finished on the small ``T`` (tokens x 2^H_hi x (1 + H_lo)).  The cost is
+the one (tokens x D) @ (D x 2^H) product that any implementation of this estimator
+must pay, plus a pass over each block while it is still in cache.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "MAX_LATENT_BITS",
+    "binary_mapper",
+    "binary_mapper_reference",
+    "code_bits",
+    "codes_from_bits",
+    "free_bits_penalty",
+    "kl_to_uniform",
+    "kl_per_bit",
+    "sample_bits",
+    "uniform_bits",
+]
+
+MAX_LATENT_BITS = 20
+# Upper bound on the number of elements of one streamed block of s = g W in the
+# backward pass (2^22 floats = 16 MiB in fp32): big enough for matmul efficiency,
+# small enough to stay near the cache and far under the 0.5 GiB memory target.
+_BLOCK_ELEMENTS = 1 << 22
+
+
+def _check_logits(logits: Tensor) -> int:
+    if logits.dim() < 1:
+        raise ValueError(f"logits must have shape (..., H); got a scalar of shape {tuple(logits.shape)}")
+    h = logits.shape[-1]
+    if not 1 <= h <= MAX_LATENT_BITS:
+        raise ValueError(f"number of latent bits H = {h} (last dim of logits) must be in 1..{MAX_LATENT_BITS}")
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must be a floating tensor, got dtype {logits.dtype}")
+    return h
+
+
+def code_bits(h: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """(2^h, h) matrix whose row c holds the bits of code c, bit k = (c >> k) & 1."""
+    codes = torch.arange(1 << h, device=device)
+    shifts = torch.arange(h, device=device)
+    return ((codes[:, None] >> shifts) & 1).to(dtype)
+
+
+def codes_from_bits(bits: Tensor) -> Tensor:
+    """Code index sum_h 2^h bits[..., h] (long), the paper's d = sum_h 2^(h-1) B_h with h from 0."""
+    h = bits.shape[-1]
+    weights = torch.ones((), dtype=torch.long, device=bits.device) << torch.arange(h, device=bits.device)
+    return (bits.long() * weights).sum(-1)
+
+
+def sample_bits(logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Draw B_h ~ Bernoulli(sigmoid(L_h)) independently (paper eq. 6); returns bool (..., H)."""
+    u = torch.rand(logits.shape, device=logits.device, dtype=torch.float32, generator=generator)
+    return u < torch.sigmoid(logits.detach().float())
+
+
+def uniform_bits(shape: tuple[int, ...], h: int, device: torch.device | str | None = None,
+                 generator: torch.Generator | None = None) -> Tensor:
+    """Z drawn from the uniform prior over 2^h codes: h fair coins per position, bool (*shape, h)."""
+    return torch.randint(0, 2, (*shape, h), device=device, generator=generator).bool()
+
+
+def kl_to_uniform(logits: Tensor) -> Tensor:
+    """KL(Q(Z_t | S) || U(2^H)) in nats, shape logits.shape[:-1].
+
+    With independent bits it is sum_h (log 2 - h_b(p_h)) (PAPER.md §3); computed from the
+    logits with log-sigmoids so that saturated bits stay finite.
+    """
+    return kl_per_bit(logits).sum(-1)
+
+
+def kl_per_bit(logits: Tensor) -> Tensor:
+    """Per-bit KL to a fair coin, log 2 - h_b(sigmoid(logits)), in nats, shape (..., H)."""
+    x = logits.double() if logits.dtype == torch.float64 else logits.float()  # never below fp32
+    p = torch.sigmoid(x)
+    neg_entropy = p * torch.nn.functional.logsigmoid(x) + (1 - p) * torch.nn.functional.logsigmoid(-x)
+    return math.log(2.0) + neg_entropy
+
+
+def free_bits_penalty(kl: Tensor, kappa_nats: float, mask: Tensor | None = None) -> Tensor:
+    """Per-token free bits (paper §3.3): mean over tokens of max(0, KL_t - kappa).
+
+    The hinge is applied to each token's KL *before* averaging, as in the paper; applying
+    it after batch averaging is a different (and weaker) constraint.
+    """
+    if kappa_nats < 0:
+        raise ValueError(f"kappa_nats = {kappa_nats} must be >= 0")
+    hinge = (kl - kappa_nats).clamp_min(0.0)
+    if mask is None:
+        return hinge.mean()
+    m = mask.to(hinge.dtype)
+    return (hinge * m).sum() / m.sum().clamp_min(1.0)
+
+
+def _resolve_bits(logits: Tensor, bits: Tensor | None, generator: torch.Generator | None) -> Tensor:
+    if bits is None:
+        return sample_bits(logits, generator)
+    if bits.shape != logits.shape:
+        raise ValueError(f"bits shape {tuple(bits.shape)} must equal logits shape {tuple(logits.shape)}")
+    if bits.dtype != torch.bool:
+        raise TypeError(f"bits must be a bool tensor, got dtype {bits.dtype}")
+    return bits
+
+
+def _check_weight(weight: Tensor, h: int) -> None:
+    if weight.dim() != 2 or weight.shape[1] != 1 << h:
+        raise ValueError(f"weight must have shape (D, 2^H) = (D, {1 << h}) for H = {h}; "
+                         f"got {tuple(weight.shape)}")
+
+
+def binary_mapper_reference(logits: Tensor, weight: Tensor, bits: Tensor | None = None,
+                            generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """The literal construction of paper eqs. 6–8: r = W (Y + G - stopgrad(G)).
+
+    Holds tokens x 2^H values (256 KiB per token in fp32 at H = 16): for tests only.
+    """
+    h = _check_logits(logits)
+    _check_weight(weight, h)
+    bits = _resolve_bits(logits, bits, generator)
+    dtype = torch.promote_types(logits.dtype, weight.dtype)
+    y = torch.nn.functional.one_hot(codes_from_bits(bits), 1 << h).to(dtype)  # (..., 2^H)
+    b = code_bits(h, logits.device, dtype)  # (2^H, H)
+    logp1 = torch.nn.functional.logsigmoid(logits.to(dtype))  # log p_h
+    logp0 = torch.nn.functional.logsigmoid(-logits.to(dtype))  # log (1 - p_h)
+    g = torch.exp(logp1 @ b.T + logp0 @ (1 - b).T)  # (..., 2^H): Kronecker product of (1-p_h, p_h)
+    onehot = y + g - g.detach()
+    return onehot @ weight.to(dtype).T, bits
+
+
+class _BinaryMapper(torch.autograd.Function):
+    """Column gather forward; streamed, Kronecker-factored backward (see module docstring)."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, weight: Tensor, codes: Tensor, h: int) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(logits, weight, codes)
+        ctx.h = h
+        return weight.index_select(1, codes).T  # (N, D)
+
+    @staticmethod
+    def backward(ctx, grad_r: Tensor):  # type: ignore[override]
+        logits, weight, codes = ctx.saved_tensors
+        h: int = ctx.h
+        grad_logits = grad_weight = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.zeros_like(weight)
+            grad_weight.index_add_(1, codes, grad_r.T.to(weight.dtype))
+        if ctx.needs_input_grad[0]:
+            grad_logits = _logits_grad(logits, weight, grad_r, h)
+        return grad_logits, grad_weight, None, None
+
+
+def _logits_grad(logits: Tensor, weight: Tensor, grad_r: Tensor, h: int) -> Tensor:
+    """dL/dlogits = sum_c (g . W[:, c]) G_c (b(c) - p), streamed over tokens and codes."""
+    n, d = grad_r.shape
+    h_lo = (h + 1) // 2
+    h_hi = h - h_lo
+    n_lo, n_hi = 1 << h_lo, 1 << h_hi
+    cdt = torch.promote_types(grad_r.dtype, weight.dtype)  # matmul precision = the model's
+    acc = torch.float64 if cdt == torch.float64 else torch.float32  # accumulation precision
+
+    x = logits.to(acc)
+    p = torch.sigmoid(x)  # (N, H)
+    logp1 = torch.nn.functional.logsigmoid(x)
+    logp0 = torch.nn.functional.logsigmoid(-x)
+    b_lo = code_bits(h_lo, logits.device, acc)  # (n_lo, h_lo)
+    b_hi = code_bits(h_hi, logits.device, acc)  # (n_hi, h_hi)
+    # Kronecker factors of G: G[t, a * n_lo + l] = g_hi[t, a] * g_lo[t, l].
+    g_lo = torch.exp(logp1[:, :h_lo] @ b_lo.T + logp0[:, :h_lo] @ (1 - b_lo).T)  # (N, n_lo)
+    g_hi = torch.exp(logp1[:, h_lo:] @ b_hi.T + logp0[:, h_lo:] @ (1 - b_hi).T)  # (N, n_hi)
+
+    w = weight.to(cdt)
+    g = grad_r.to(cdt)
+    # Per token, columns [G^lo, G^lo * b_0, ..., G^lo * b_{h_lo-1}]: (N, n_lo, 1 + h_lo).
+    m = torch.cat([g_lo[:, :, None], g_lo[:, :, None] * b_lo[None]], dim=2).to(cdt)
+    t_out = torch.empty(n, n_hi, 1 + h_lo, dtype=acc, device=logits.device)
+
+    # Blocks: a group of high codes (each n_lo columns of W) times a group of tokens.
+    hi_per_block = max(1, min(n_hi, _BLOCK_ELEMENTS // (n_lo * max(1, min(n, 256)))))
+    tok_per_block = max(1, min(n, _BLOCK_ELEMENTS // (hi_per_block * n_lo)))
+    for a0 in range(0, n_hi, hi_per_block):
+        a1 = min(n_hi, a0 + hi_per_block)
+        w_blk = w[:, a0 * n_lo:a1 * n_lo]  # (D, nb * n_lo)
+        for t0 in range(0, n, tok_per_block):
+            t1 = min(n, t0 + tok_per_block)
+            s = (g[t0:t1] @ w_blk).view(t1 - t0, a1 - a0, n_lo)  # (tb, nb, n_lo)
+            t_out[t0:t1, a0:a1] = torch.bmm(s, m[t0:t1]).to(acc)  # (tb, nb, 1 + h_lo)
+
+    weighted = t_out * g_hi[:, :, None]  # (N, n_hi, 1 + h_lo): weight each high code by G^hi
+    total = weighted[:, :, 0].sum(1)  # sum_c s_c G_c, (N,)
+    with_lo = weighted[:, :, 1:].sum(1)  # sum_c s_c G_c b_h(c) for the low bits, (N, h_lo)
+    with_hi = weighted[:, :, 0] @ b_hi  # same for the high bits, (N, h_hi)
+    with_bit = torch.cat([with_lo, with_hi], dim=1)  # (N, H)
+    return (with_bit - p * total[:, None]).to(logits.dtype)
+
+
+def binary_mapper(logits: Tensor, weight: Tensor, bits: Tensor | None = None,
+                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Binary mapper followed by the post-sampler Linear(2^H -> D) (paper eqs. 6–8).
+
+    Args:
+        logits: (..., H) encoder logits L_{t,h}.
+        weight: (D, 2^H) post-sampler weight W (``nn.Linear(2**H, D, bias=False).weight``).
+        bits: optional bool (..., H) to use instead of sampling (e.g. shared-Z groups).
+        generator: torch.Generator for the Bernoulli draws.
+
+    Returns:
+        r: (..., D) with value W[:, code] and the gradients of W (Y + G - stopgrad(G)).
+        bits: the bool (..., H) bits used; code = sum_h 2^h bits[..., h].
+
+    Never holds a tokens x 2^H tensor: the backward pass streams blocks of at most
+    ``_BLOCK_ELEMENTS`` values.
+    """
+    h = _check_logits(logits)
+    _check_weight(weight, h)
+    bits = _resolve_bits(logits, bits, generator)
+    lead = logits.shape[:-1]
+    codes = codes_from_bits(bits).reshape(-1)
+    r = _BinaryMapper.apply(logits.reshape(-1, h), weight, codes, h)
+    return r.reshape(*lead, weight.shape[0]), bits
+
+
+def factored_mapper(logits: Tensor, weight: Tensor, bits: Tensor | None = None,
+                    generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """The factored H -> D post-sampler (an ablation, not the paper's default).
+
+    r = W_f (b + p - stopgrad(p)) with W_f (D, H): the literal mapper restricted to tables
+    that are additive in the bits, W[:, c] = sum_h b_h(c) W_f[:, h]; for such tables the
+    straight-through gradient equals the paper's, since sum_c G_c W[:, c] = W_f p.
+    """
+    h = _check_logits(logits)
+    if weight.dim() != 2 or weight.shape[1] != h:
+        raise ValueError(f"factored weight must have shape (D, H) = (D, {h}); got {tuple(weight.shape)}")
+    bits = _resolve_bits(logits, bits, generator)
+    p = torch.sigmoid(logits)
+    st = bits.to(p.dtype) + p - p.detach()
+    return st.to(weight.dtype) @ weight.T, bits

@@ -1,0 +1,165 @@
+"""LightningModule around ``FreeTransformer``: training step, honest validation, optimizer.
+
+Training minimises the paper's loss (CE with posterior Z + per-token free bits).  The
+validation figures are labelled by what they are:
+
+- ``val/ce_prior``: CE with uniform Z at every position, the encoder never run.  This
+  is what generation sees; it is an honest (single-sample) figure.
+- ``val/elbo``: the bound ``CE_posterior + KL`` per scored token (sequence KL summed over
+  every latent position, divided by the scored tokens): an upper bound on the negative
+  log-likelihood, honest.
+- ``val/ce_posterior_LEAKY``: CE with Z from the encoder that has seen the scored
+  tokens.  Not a likelihood (PAPER.md §6, "posterior leak"); reported for diagnosis only.
+
+Sums (not means of means) are reduced over batches and ranks with torchmetrics, so the
+figures are exact under DDP.  Nothing here assumes a single process.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from torchmetrics import SumMetric
+
+from ftstudy.config import RunConfig
+from ftstudy.latent import kl_per_bit
+from ftstudy.model import FreeTransformer
+
+__all__ = ["LitFreeTransformer", "NonFiniteLossError", "lr_at", "resolve_precision", "cpu_has_native_bf16"]
+
+LN2 = math.log(2.0)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has bf16 dot-product instructions (AVX512-BF16 or AMX-BF16)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """Turn "auto" into the fastest safe Lightning precision for this hardware."""
+    if precision != "auto":
+        return precision
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+    return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN/inf loss; the run stops and keeps its last good checkpoint."""
+
+
+def lr_at(step: int, steps: int, warmup: int, min_ratio: float) -> float:
+    """Multiplier of the peak learning rate: linear warm-up, then cosine to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class LitFreeTransformer(L.LightningModule):
+    """Wraps either variant; ``config`` is a ``RunConfig`` or its dict (what checkpoints store)."""
+
+    def __init__(self, config: RunConfig | dict[str, Any]) -> None:
+        super().__init__()
+        cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
+        # Plain dict hyper-parameters keep Lightning checkpoints loadable with weights_only=True.
+        self.save_hyperparameters({"config": cfg.to_dict()})
+        self.cfg = cfg
+        self.model = FreeTransformer(cfg.model)
+        self._sums = torch.nn.ModuleDict({k: SumMetric() for k in (
+            "ce_prior", "ce_post", "kl", "n_scored", "n_latent")})
+        self._t_last: float | None = None
+        self.train_tokens = 0  # tokens seen by this process since (re)start
+
+    # ------------------------------------------------------------------ training
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        # Z draws are a function of (seed, step, rank), not of the global RNG, so a resumed
+        # run makes exactly the draws an uninterrupted one would.
+        gen = torch.Generator(device=self.device).manual_seed(
+            (self.cfg.train.seed * 1_000_003 + self.global_step) * 4099 + self.global_rank)
+        out = self.model(batch["idx"], batch["targets"], batch["loss_mask"], z="posterior", generator=gen)
+        assert out.loss is not None and out.ce is not None
+        if not torch.isfinite(out.loss):
+            raise NonFiniteLossError(
+                f"non-finite loss {out.loss.item()} at step {self.global_step} (ce = {out.ce.item()}); "
+                f"the run stops here and keeps its last good checkpoint")
+        n_tok = batch["idx"].numel()
+        self.train_tokens += n_tok
+        logs = {"train/loss": out.loss.detach(), "train/ce": out.ce.detach()}
+        if out.kl is not None:
+            assert out.enc_logits is not None and out.kl_loss is not None
+            kl = out.kl.detach().mean()
+            logs.update({"train/kl_nats": kl, "train/kl_bits": kl / LN2, "train/kl_loss": out.kl_loss.detach()})
+            per_bit = kl_per_bit(out.enc_logits.detach()).flatten(0, -2).mean(0) / LN2  # (H,) bits
+            logs.update({f"train/kl_bit{h:02d}": v for h, v in enumerate(per_bit)})
+        now = time.perf_counter()
+        if self._t_last is not None:
+            # Tokens of the whole step (all ranks) over the wall time since the previous step.
+            logs["train/tokens_per_s"] = torch.tensor(n_tok * self.trainer.world_size / (now - self._t_last))
+        self._t_last = now
+        logs["train/lr"] = torch.tensor(self.optimizers().param_groups[0]["lr"])
+        self.log_dict(logs, on_step=True, on_epoch=False, sync_dist=False, batch_size=batch["idx"].shape[0])
+        return out.loss
+
+    # ------------------------------------------------------------------ validation
+
+    def on_validation_epoch_start(self) -> None:
+        # Fixed prior draws per rank: validation under prior Z is reproducible.
+        self._val_gen = torch.Generator(device=self.device).manual_seed(
+            self.cfg.train.seed * 7919 + self.global_rank + 1)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        idx, targets, mask = batch["idx"], batch["targets"], batch["loss_mask"]
+        post = self.model(idx, targets, mask, z="posterior", generator=self._val_gen)
+        assert post.ce_sum is not None and post.n_scored is not None
+        self._sums["ce_post"].update(post.ce_sum)
+        self._sums["n_scored"].update(post.n_scored)
+        if self.model.cfg.is_free:
+            assert post.kl is not None
+            self._sums["kl"].update(post.kl.sum())
+            self._sums["n_latent"].update(torch.tensor(float(post.kl.numel()), device=self.device))
+            prior = self.model(idx, targets, mask, z="prior", generator=self._val_gen)
+            assert prior.ce_sum is not None
+            self._sums["ce_prior"].update(prior.ce_sum)
+        else:
+            self._sums["ce_prior"].update(post.ce_sum)  # no latent: one honest CE
+            self._sums["kl"].update(torch.zeros((), device=self.device))
+            self._sums["n_latent"].update(torch.ones((), device=self.device))
+
+    def on_validation_epoch_end(self) -> None:
+        s = {k: m.compute() for k, m in self._sums.items()}
+        for m in self._sums.values():
+            m.reset()
+        n = s["n_scored"].clamp_min(1.0)
+        metrics = {
+            "val/ce_prior": s["ce_prior"] / n,
+            "val/elbo": (s["ce_post"] + s["kl"]) / n,
+            "val/kl_bits": s["kl"] / s["n_latent"].clamp_min(1.0) / LN2,
+        }
+        if self.model.cfg.is_free:
+            metrics["val/ce_posterior_LEAKY"] = s["ce_post"] / n
+        # Already reduced over ranks by torchmetrics: no further sync.
+        self.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=False, rank_zero_only=False)
+
+    # ------------------------------------------------------------------ optimizer
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        t = self.cfg.train
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.dim() < 2]  # norm gains, ζ
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=t.lr, betas=(t.beta1, t.beta2))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: lr_at(step, t.steps, t.warmup_steps, t.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

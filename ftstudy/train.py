@@ -1,0 +1,391 @@
+"""One training run: ``python -m ftstudy.train --preset synthetic-quick --set kappa_bits=0.125 --seed 0``.
+
+A run is a config in and a run directory out, with a deterministic name (never a
+timestamp) under ``results/runs/``::
+
+    <run>/config.json     every config field, versions, argv, git commit
+    <run>/metrics.csv     one row per logged training step and per validation
+    <run>/summary.json    final figures; its presence marks the run finished
+    <run>/samples.txt     generations under prior Z, one per line
+    <run>/ckpt/           git-ignored: last.ckpt (resumable) and model.pt (export)
+
+Rerunning the same command never overwrites: a finished run is reported and skipped, an
+interrupted one resumes from ``ckpt/last.ckpt``; ``--overwrite`` starts over.  Every
+file is written atomically, only by rank 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+import ftstudy
+from ftstudy import synthetic
+from ftstudy.checkpoint import atomic_write_text, load_checkpoint_dict, save_model
+from ftstudy.config import ConfigError, RunConfig, get_preset, parse_set_args, PRESETS
+from ftstudy.lit import LitFreeTransformer, NonFiniteLossError, resolve_precision
+from ftstudy.measure import generate_synthetic, synthetic_prompts, valid_rate
+
+__all__ = ["RunError", "run_name", "train", "main", "REPO_ROOT", "DEFAULT_RESULTS"]
+
+REPO_ROOT = Path(ftstudy.__file__).resolve().parent.parent
+DEFAULT_RESULTS = REPO_ROOT / "results" / "runs"
+
+
+class RunError(RuntimeError):
+    """A run that cannot start (existing directory, mismatched config) or that failed."""
+
+
+# ---------------------------------------------------------------- naming & provenance
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def run_name(cfg: RunConfig) -> str:
+    """Deterministic name: preset, variant, κ, every field that differs from the preset, seed."""
+    base = get_preset(cfg.preset) if cfg.preset in PRESETS else RunConfig()
+    m = cfg.model
+    parts = [cfg.preset, f"free-k{_fmt(m.kappa_bits)}" if m.is_free else "base"]
+    skip = {"kappa_bits", "seed", "latent_bits"} | ({"kappa_bits"} if m.is_free else set())
+    ref, cur = base.to_dict(), cfg.to_dict()
+    for section in ("model", "task", "train"):
+        for key in sorted(cur[section]):
+            if key in skip or cur[section][key] == ref[section][key]:
+                continue
+            if not m.is_free and key in ("kappa_bits", "inject_layer", "post_sampler", "encoder_positions",
+                                         "kl_weight_below"):
+                continue  # latent-only settings do not change a baseline
+            parts.append(f"{key}{_fmt(cur[section][key])}")
+    if m.is_free and m.latent_bits != base.model.latent_bits:
+        parts.append(f"H{m.latent_bits}")
+    parts.append(f"s{cfg.train.seed}")
+    return "-".join(p.replace("/", "_").replace(" ", "") for p in parts)
+
+
+def _git_commit() -> dict[str, Any]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip() != ""
+        return {"git_commit": commit or None, "git_dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None, "git_dirty": None}
+
+
+def _provenance(argv: list[str] | None, launcher: str | None) -> dict[str, Any]:
+    import lightning
+    return {
+        "argv": list(sys.argv if argv is None else argv),
+        # The single command that reproduces this run, and what actually launched it.
+        "command": shlex.join(["python", "-m", "ftstudy.train", *(sys.argv[1:] if argv is None else argv)]),
+        "launched_by": launcher or shlex.join(["python", "-m", "ftstudy.train", *sys.argv[1:]]),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "lightning": lightning.__version__, "ftstudy": ftstudy.__version__},
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        **_git_commit(),
+    }
+
+
+# ---------------------------------------------------------------- callbacks
+
+class MetricsCSV(L.Callback):
+    """Keeps metrics.csv: rows for logged training steps and validations; atomic rewrites.
+
+    On resume, rows past the checkpoint's step are dropped so the file never holds a step
+    twice.
+    """
+
+    def __init__(self, path: Path, log_every: int) -> None:
+        self.path, self.log_every = path, log_every
+        self.rows: list[dict[str, Any]] = []
+
+    def load(self, up_to_step: int) -> None:
+        if self.path.exists():
+            with open(self.path, newline="") as f:
+                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= up_to_step]
+
+    def _write(self) -> None:
+        cols: list[str] = []
+        for r in self.rows:
+            cols.extend(k for k in r if k not in cols)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols)
+        w.writeheader()
+        w.writerows(self.rows)
+        atomic_write_text(self.path, buf.getvalue())
+
+    def _add(self, trainer: L.Trainer, split: str) -> None:
+        prefix = f"{split}/"
+        row: dict[str, Any] = {"step": trainer.global_step, "split": split}
+        for k, v in trainer.callback_metrics.items():
+            if k.startswith(prefix):
+                row[k[len(prefix):]] = f"{float(v):.6g}"
+        if trainer.is_global_zero:
+            self.rows.append(row)
+            self._write()
+            if split == "val" and not sys.stdout.isatty():
+                # One line per validation where no live progress bar can be drawn (logs, CI).
+                print(f"[ftstudy.train] step {row['step']}: " + ", ".join(
+                    f"{k} {v}" for k, v in row.items() if k not in ("step", "split")), flush=True)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step % self.log_every == 0 or trainer.global_step == trainer.max_steps:
+            self._add(trainer, "train")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # on_validation_end, not _epoch_end: callbacks' epoch-end hooks run before the
+        # module's, which is where the validation figures are logged.
+        if not trainer.sanity_checking:
+            self._add(trainer, "val")
+
+
+class AtomicCheckpoint(L.Callback):
+    """Saves the resumable state to ckpt/last.ckpt every ``every`` steps, atomically.
+
+    Also carries the run's accumulated wall time so resumed runs report total training time.
+    """
+
+    def __init__(self, path: Path, every: int) -> None:
+        self.path, self.every = path, every
+        self.elapsed = 0.0
+        self._t0 = time.perf_counter()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"elapsed": self.elapsed + time.perf_counter() - self._t0}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.elapsed = float(state["elapsed"])
+        self._t0 = time.perf_counter()
+
+    @property
+    def total_time(self) -> float:
+        return self.elapsed + time.perf_counter() - self._t0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t0 = time.perf_counter()
+
+    def save(self, trainer: L.Trainer) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        trainer.save_checkpoint(tmp)  # collective; rank 0 writes
+        if trainer.is_global_zero:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        trainer.strategy.barrier()
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step % self.every == 0 or trainer.global_step == trainer.max_steps:
+            self.save(trainer)
+
+
+# ---------------------------------------------------------------- the run
+
+def _status(run_dir: Path) -> str:
+    if (run_dir / "summary.json").exists():
+        return "finished"
+    if (run_dir / "ckpt" / "last.ckpt").exists():
+        return "interrupted"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        return "started"
+    return "new"
+
+
+def _comparable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k != "preset"}
+
+
+def train(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, argv: list[str] | None = None,
+          progress: bool = True, launcher: str | None = None) -> dict[str, Any]:
+    """Train one run into ``run_dir`` and return its summary (skips a finished run).
+
+    ``argv`` are the ``ftstudy.train`` arguments that reproduce the run (recorded in
+    config.json); ``launcher`` names the command that actually ran it, if another.
+    """
+    run_dir = Path(run_dir)
+    status = _status(run_dir)
+    if overwrite and status != "new":
+        shutil.rmtree(run_dir)
+        status = "new"
+    ckpt_dir = run_dir / "ckpt"
+    last = ckpt_dir / "last.ckpt"
+    if status != "new":
+        saved = json.loads((run_dir / "config.json").read_text())["config"] if (run_dir / "config.json").exists() else None
+        if saved is not None and _comparable(saved) != _comparable(cfg.to_dict()):
+            raise RunError(f"{run_dir} holds a run with a different config; pick another --out or pass --overwrite")
+        if status == "finished":
+            summary = json.loads((run_dir / "summary.json").read_text())
+            print(f"[ftstudy.train] {run_dir} is finished (step {summary.get('step')}); skipping. "
+                  f"Pass --overwrite to retrain.")
+            return summary
+        if status == "started":
+            raise RunError(f"{run_dir} exists without a checkpoint or summary (killed before its first "
+                           f"checkpoint?); pass --overwrite to start it again")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir.mkdir(exist_ok=True)
+    (ckpt_dir / ".gitignore").write_text("*\n")  # belt and braces beside the repo's .gitignore
+
+    t = cfg.train
+    precision = resolve_precision(t.precision, t.accelerator)
+    L.seed_everything(t.seed, workers=True, verbose=False)
+    lit = LitFreeTransformer(cfg)
+    world = t.devices * t.num_nodes
+    resume_step = 0
+    if status == "interrupted":
+        resume_step = int(load_checkpoint_dict(last).get("global_step", 0))  # weights_only=True
+    dm = synthetic.SyntheticDataModule(batch_size=t.batch_size // world, val_size=cfg.task.val_size,
+                                       seed=t.seed, steps_per_epoch=max(t.val_every, 1), num_workers=t.num_workers,
+                                       start_index=resume_step)
+    metrics = MetricsCSV(run_dir / "metrics.csv", t.log_every)
+    ckpt_cb = AtomicCheckpoint(last, t.ckpt_every)
+    trainer = L.Trainer(
+        max_steps=t.steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        strategy=t.strategy, precision=precision, logger=False, enable_checkpointing=False,
+        callbacks=[metrics, ckpt_cb], val_check_interval=t.val_every, check_val_every_n_epoch=None,
+        gradient_clip_val=t.grad_clip if t.grad_clip > 0 else None, num_sanity_val_steps=0,
+        enable_model_summary=False, enable_progress_bar=progress and sys.stdout.isatty(), default_root_dir=str(run_dir),
+        use_distributed_sampler=False, log_every_n_steps=t.log_every,
+    )
+    ckpt_path = None
+    if status == "interrupted":
+        print(f"[ftstudy.train] resuming {run_dir} from step {resume_step}")
+        metrics.load(resume_step)
+        ckpt_path = str(last)
+    elif trainer.is_global_zero:
+        atomic_write_text(run_dir / "config.json", json.dumps(
+            {"config": cfg.to_dict(), "run": run_dir.name, "precision_resolved": precision, **_provenance(argv, launcher)}, indent=2, sort_keys=True))
+
+    try:
+        trainer.fit(lit, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+    except NonFiniteLossError as e:
+        kept = f"last good checkpoint kept at {last}" if last.exists() else "no checkpoint was saved yet"
+        raise RunError(f"{run_dir.name}: {e}; {kept}") from e
+    if trainer.interrupted or trainer.global_step < t.steps:
+        # Lightning turns Ctrl-C into a graceful stop: never let that pass for a finished run.
+        raise RunError(f"{run_dir.name}: stopped at step {trainer.global_step} of {t.steps}; "
+                       f"rerun the same command to resume from {last}")
+    if not metrics.rows or metrics.rows[-1].get("split") != "val" or int(metrics.rows[-1]["step"]) != t.steps:
+        trainer.validate(lit, datamodule=dm, verbose=False, weights_only=True)
+    train_time = ckpt_cb.total_time
+
+    summary: dict[str, Any] = {}
+    if trainer.is_global_zero:
+        summary = _finish(cfg, lit, run_dir, trainer, metrics, train_time, precision)
+    trainer.strategy.barrier()
+    return summary
+
+
+def _finish(cfg: RunConfig, lit: LitFreeTransformer, run_dir: Path, trainer: L.Trainer,
+            metrics: MetricsCSV, train_time: float, precision: str) -> dict[str, Any]:
+    model = lit.model
+    val = {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    tps = [float(r["tokens_per_s"]) for r in metrics.rows if r.get("split") == "train" and r.get("tokens_per_s")]
+    t0 = time.perf_counter()
+    samples: list[str] = []
+    gen: dict[str, Any] = {}
+    if cfg.task.n_generate > 0:
+        prompts = synthetic_prompts(cfg.task.n_generate, seed=cfg.train.seed + 1)
+        with torch.autocast(model.tok_emb.weight.device.type, dtype=torch.bfloat16,
+                            enabled=precision == "bf16-mixed"):
+            samples = generate_synthetic(model, prompts, seed=cfg.train.seed + 2, z_prompt="prior")
+        gen = valid_rate(samples)
+        atomic_write_text(run_dir / "samples.txt", "\n".join(samples) + "\n")
+    gen_time = time.perf_counter() - t0
+    save_model(run_dir / "ckpt" / "model.pt", model, cfg, step=trainer.global_step)
+    m = cfg.model
+    summary = {
+        "run": run_dir.name,
+        "variant": "free" if m.is_free else "baseline",
+        "kappa_bits": m.kappa_bits if m.is_free else None,
+        "latent_bits": m.latent_bits,
+        "step": trainer.global_step,
+        "precision": precision,
+        "train_time_s": round(train_time, 2),
+        "tokens_per_s_median": float(sorted(tps)[len(tps) // 2]) if tps else None,
+        "generation": {"z": "prior at every position (encoder never run)", "temperature": 1.0,
+                       "time_s": round(gen_time, 2), **gen},
+        "val": val,
+        "params": model.num_parameters(),
+        "params_latent": model.num_parameters("latent"),
+    }
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True))
+    return summary
+
+
+# ---------------------------------------------------------------- CLI
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ftstudy.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="synthetic-quick", help=f"one of {sorted(PRESETS)}")
+    p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. kappa_bits=1/8 n_layers=8 precision=32-true")
+    p.add_argument("--seed", type=int, default=None, help="shorthand for --set seed=N")
+    p.add_argument("--baseline", action="store_true", help="shorthand for --set latent_bits=0")
+    p.add_argument("--out", type=Path, default=DEFAULT_RESULTS, help="parent folder of run directories")
+    p.add_argument("--name", default=None, help="run directory name (default: deterministic from the config)")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing run directory and start over")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The RunConfig a command line asks for (raises ConfigError)."""
+    overrides: dict[str, Any] = parse_set_args(args.overrides)
+    if args.seed is not None:
+        overrides["seed"] = str(args.seed)
+    if args.baseline:
+        overrides["latent_bits"] = "0"
+    return get_preset(args.preset, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if cfg.preset.startswith("paper-"):
+        print(f"error: preset {cfg.preset!r} is shape-only (parameter/FLOP counts, cluster launch docs); "
+              f"it has no training data in this release", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(cfg.to_json())
+        return 0
+    run_dir = args.out / (args.name or run_name(cfg))
+    try:
+        summary = train(cfg, run_dir, overwrite=args.overwrite, argv=argv, progress=not args.no_progress)
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    if summary:
+        g = summary.get("generation", {})
+        print(f"[ftstudy.train] {run_dir}: step {summary['step']}, val {json.dumps(summary['val'])}, "
+              f"valid {g.get('valid_rate', float('nan')):.3f} of {g.get('n', 0)} (prior Z), "
+              f"{summary['train_time_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Configs: presets, validation messages, overrides, serialisation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from ftstudy.config import (
+    PRESETS,
+    ConfigError,
+    ModelConfig,
+    RunConfig,
+    TaskConfig,
+    TrainConfig,
+    apply_overrides,
+    get_preset,
+    parse_set_args,
+)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_build_and_round_trip(name: str) -> None:
+    cfg = get_preset(name)
+    assert cfg.preset == name
+    again = RunConfig.from_dict(json.loads(cfg.to_json()))
+    assert again == cfg
+
+
+def test_required_presets_exist() -> None:
+    assert {"synthetic-tiny", "synthetic-quick", "synthetic-paper", "paper-1.5b", "paper-8b"} <= set(PRESETS)
+    assert get_preset("synthetic-quick").model.is_free
+
+
+def test_field_names_unique_across_sections() -> None:
+    names = [f.name for cls in (ModelConfig, TaskConfig, TrainConfig) for f in dataclasses.fields(cls)]
+    assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("key,value,pattern", [
+    ("kappa_bits", -0.5, r"kappa_bits = -0\.5 .*>= 0"),
+    ("inject_layer", 0, r"inject_layer = 0 .*1 … n_layers − 1 = 3"),
+    ("inject_layer", 4, r"inject_layer = 4 .*1 … n_layers − 1 = 3"),
+    ("latent_bits", 21, r"latent_bits = 21 .*1 … 20"),
+    ("latent_bits", -1, r"latent_bits = -1"),
+    ("n_heads", 3, r"n_heads = 3 .*divisor of dim = 64"),
+    ("n_kv_heads", 3, r"n_kv_heads = 3 .*divisor of n_heads = 4"),
+    ("post_sampler", "sparse", r"post_sampler = 'sparse' .*'dense', 'factored'"),
+    ("precision", "16-mixed", r"precision = '16-mixed' .*one of"),
+    ("lr", 0.0, r"lr = 0\.0 .*> 0"),
+    ("steps", 0, r"steps = 0 .*positive"),
+    ("dim", "wide", r"dim = 'wide' cannot be parsed as int"),
+    ("dim", 12.5, r"dim = 12.5 .*type int"),
+    ("tie_embeddings", 1, r"tie_embeddings = 1 .*type bool"),
+])
+def test_impossible_values_name_field_value_and_allowed(key: str, value: object, pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        apply_overrides(get_preset("synthetic-quick"), {key: value})
+
+
+def test_unknown_keys_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"unknown config key 'kappa'"):
+        get_preset("synthetic-quick", {"kappa": 1})
+    with pytest.raises(ConfigError, match=r"unknown ModelConfig key\(s\) \['colour'\]"):
+        RunConfig.from_dict({"model": {"colour": "red"}})
+    with pytest.raises(ConfigError, match=r"unknown preset 'huge'"):
+        get_preset("huge")
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_set_args(["kappa_bits"])
+
+
+def test_command_line_overrides_are_parsed() -> None:
+    cfg = get_preset("synthetic-quick", parse_set_args(
+        ["kappa_bits=1/8", "model.n_layers=6", "inject_layer=none", "tie_embeddings=true", "seed=3"]))
+    assert cfg.model.kappa_bits == 0.125
+    assert cfg.model.n_layers == 6 and cfg.model.inject_layer is None and cfg.model.injection == 3
+    assert cfg.model.tie_embeddings is True and cfg.train.seed == 3
+    assert isinstance(get_preset("synthetic-quick", {"kappa_bits": 1}).model.kappa_bits, float)
+
+
+def test_derived_quantities() -> None:
+    m = ModelConfig(dim=128, n_heads=4, n_layers=8, latent_bits=16, kappa_bits=1.0)
+    assert m.injection == 4 and m.head_dim == 32 and m.kv_heads == 4
+    assert m.kappa_nats == pytest.approx(0.6931471805599453)
+    assert m.hidden % m.mlp_multiple == 0 and m.hidden >= 8 * 128 / 3
+    assert not ModelConfig(latent_bits=0).is_free

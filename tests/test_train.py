@@ -1,0 +1,208 @@
+"""End-to-end runs on the tiny preset: files, skip/resume/overwrite, NaN stop, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from ftstudy import synthetic
+from ftstudy.checkpoint import CheckpointError, load_model
+from ftstudy.config import get_preset
+from ftstudy.lit import LitFreeTransformer
+from ftstudy.model import FreeTransformer
+from ftstudy.train import REPO_ROOT, RunError, main, run_name, train
+
+
+def tiny_cfg(**overrides):
+    base = dict(steps=20, ckpt_every=5, val_every=10, log_every=5, precision="32-true", n_generate=16)
+    base.update(overrides)
+    return get_preset("synthetic-tiny", base)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    run_dir = tmp_path_factory.mktemp("runs") / "free"
+    return run_dir, train(tiny_cfg(), run_dir, progress=False, argv=["--preset", "synthetic-tiny"])
+
+
+def test_run_directory_contents(finished: tuple[Path, dict]) -> None:
+    run_dir, summary = finished
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["config"] == tiny_cfg().to_dict()
+    assert cfg["argv"] == ["--preset", "synthetic-tiny"] and "torch" in cfg["versions"]
+    assert "git_commit" in cfg and cfg["precision_resolved"] == "32-true"
+    assert summary["step"] == 20 and summary["variant"] == "free"
+    for key in ("ce_prior", "elbo", "kl_bits", "ce_posterior_LEAKY"):
+        assert key in summary["val"]
+    # The ELBO bound is CE_posterior + KL per scored token: never below the posterior CE.
+    assert summary["val"]["elbo"] >= summary["val"]["ce_posterior_LEAKY"]
+    samples = (run_dir / "samples.txt").read_text().splitlines()
+    assert len(samples) == 16 and all(len(s) == synthetic.SEQ_LEN for s in samples)
+    assert summary["generation"]["n"] == 16
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    for col in ("step", "split", "loss", "ce", "kl_nats", "kl_bits", "kl_bit00", "kl_bit03", "tokens_per_s",
+                "ce_prior", "elbo", "ce_posterior_LEAKY"):
+        assert col in header
+    steps = [(r.split(",")[0], r.split(",")[1]) for r in rows[1:]]
+    assert steps == [("5", "train"), ("10", "train"), ("10", "val"), ("15", "train"), ("20", "train"), ("20", "val")]
+
+
+def test_exported_model_loads_weights_only(finished: tuple[Path, dict]) -> None:
+    run_dir, _ = finished
+    model, cfg, raw = load_model(run_dir / "ckpt" / "model.pt")
+    assert cfg == tiny_cfg() and raw["step"] == 20
+    lit_model, _, _ = load_model(run_dir / "ckpt" / "last.ckpt")  # Lightning's file, weights_only too
+    for (n1, p1), (n2, p2) in zip(model.state_dict().items(), lit_model.state_dict().items()):
+        assert n1 == n2 and torch.equal(p1, p2)
+
+
+def test_finished_run_is_skipped_not_overwritten(finished: tuple[Path, dict], capsys) -> None:
+    run_dir, summary = finished
+    mtime = (run_dir / "summary.json").stat().st_mtime_ns
+    assert train(tiny_cfg(), run_dir, progress=False) == summary
+    assert "skipping" in capsys.readouterr().out
+    assert (run_dir / "summary.json").stat().st_mtime_ns == mtime
+    with pytest.raises(RunError, match="different config"):
+        train(tiny_cfg(lr=5e-4), run_dir, progress=False)
+
+
+def test_checkpoint_errors(tmp_path: Path, finished: tuple[Path, dict]) -> None:
+    run_dir, _ = finished
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "nope.pt")
+    good = (run_dir / "ckpt" / "model.pt").read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_model(tmp_path / "trunc.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not an ftstudy checkpoint"):
+        load_model(tmp_path / "foreign.pt")
+    torch.save({"format": "ftstudy-model", "evil": Path("/")}, tmp_path / "pickle.pt")  # arbitrary object
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        load_model(tmp_path / "pickle.pt")
+
+
+def test_interrupted_run_resumes_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         finished: tuple[Path, dict]) -> None:
+    ref_dir, _ = finished
+    run_dir = tmp_path / "resumed"
+    orig = LitFreeTransformer.training_step
+
+    def crash_at_12(self, batch, batch_idx):
+        if self.global_step == 12:
+            raise RuntimeError("simulated kill")
+        return orig(self, batch, batch_idx)
+
+    monkeypatch.setattr(LitFreeTransformer, "training_step", crash_at_12)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(tiny_cfg(), run_dir, progress=False)
+    assert not (run_dir / "summary.json").exists()
+    monkeypatch.setattr(LitFreeTransformer, "training_step", orig)
+    summary = train(tiny_cfg(), run_dir, progress=False)
+    assert summary["step"] == 20
+    rows = [r.split(",")[:2] for r in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
+    assert len(rows) == len({tuple(r) for r in rows}) == 6  # no step logged twice
+    # Same data, same Z draws, same optimizer state: the resumed run ends where the
+    # uninterrupted one did.
+    a, _, _ = load_model(ref_dir / "ckpt" / "model.pt")
+    b, _, _ = load_model(run_dir / "ckpt" / "model.pt")
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(pa, pb, rtol=1e-4, atol=1e-6), name
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    orig = FreeTransformer._losses
+
+    def poisoned(self, out, targets, loss_mask):
+        orig(self, out, targets, loss_mask)
+        if self.training and poisoned.calls >= 7:
+            out.loss = out.loss * float("nan")
+        poisoned.calls += self.training
+
+    poisoned.calls = 0
+    monkeypatch.setattr(FreeTransformer, "_losses", poisoned)
+    run_dir = tmp_path / "nan"
+    with pytest.raises(RunError, match=r"non-finite loss nan at step 7.*last good checkpoint kept"):
+        train(tiny_cfg(), run_dir, progress=False)
+    model, _, raw = load_model(run_dir / "ckpt" / "last.ckpt")
+    assert raw["global_step"] == 5
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert not (run_dir / "summary.json").exists()
+
+
+def test_overwrite_and_started_dirs(tmp_path: Path) -> None:
+    run_dir = tmp_path / "x"
+    run_dir.mkdir()
+    (run_dir / "stray.txt").write_text("?")
+    with pytest.raises(RunError, match="--overwrite"):
+        train(tiny_cfg(steps=5, n_generate=0), run_dir, progress=False)
+    summary = train(tiny_cfg(steps=5, n_generate=0), run_dir, overwrite=True, progress=False)
+    assert summary["step"] == 5 and not (run_dir / "stray.txt").exists()
+
+
+def test_bf16_loss_agrees_with_float32() -> None:
+    cfg = get_preset("synthetic-tiny").model
+    torch.manual_seed(0)
+    model = FreeTransformer(cfg)
+    batch = synthetic.make_batch(synthetic.sample(16, 0), synthetic.CharTokenizer())
+    bits = torch.rand(16, 65, cfg.latent_bits, generator=torch.Generator().manual_seed(0)) < 0.5
+    ref = model(batch["idx"], batch["targets"], batch["loss_mask"], z=bits).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(batch["idx"], batch["targets"], batch["loss_mask"], z=bits).loss
+    assert low.dtype == torch.float32
+    assert abs(low.item() - ref.item()) / ref.item() < 0.01
+
+
+def test_cli_errors_and_names(capsys, tmp_path: Path) -> None:
+    assert main(["--preset", "synthetic-tiny", "--set", "kappa=1", "--out", str(tmp_path)]) == 2
+    assert "unknown config key 'kappa'" in capsys.readouterr().err
+    assert main(["--preset", "synthetic-tiny", "--set", "inject_layer=5", "--out", str(tmp_path)]) == 2
+    assert "inject_layer = 5" in capsys.readouterr().err
+    assert main(["--preset", "paper-8b", "--out", str(tmp_path)]) == 2
+    assert main(["--preset", "synthetic-quick", "--set", "kappa_bits=1/8", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["kappa_bits"] == 0.125
+    assert run_name(get_preset("synthetic-quick", {"kappa_bits": 0.125, "seed": 0})) == "synthetic-quick-free-k0.125-s0"
+    assert run_name(get_preset("synthetic-quick", {"latent_bits": 0, "seed": 2})) == "synthetic-quick-base-s2"
+    assert run_name(get_preset("synthetic-quick", {"kappa_bits": 1, "n_layers": 8})) == \
+        "synthetic-quick-free-k1-n_layers8-s0"
+
+
+def test_checkpoints_are_git_ignored() -> None:
+    out = subprocess.run(["git", "check-ignore", "-q", "results/runs/any/ckpt/model.pt"], cwd=REPO_ROOT)
+    assert out.returncode == 0
+
+
+def test_training_curves_figure(finished: tuple[Path, dict], tmp_path: Path) -> None:
+    from ftstudy.plots import plot_training_curves, read_metrics, save_figure
+
+    run_dir, _ = finished
+    assert [r["step"] for r in read_metrics(run_dir) if r["split"] == "val"] == [10.0, 20.0]
+    path = save_figure(plot_training_curves([run_dir], title="tiny"), tmp_path / "fig.png")
+    assert path.stat().st_size > 10_000 and path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_demo_entry_point(tmp_path: Path, capsys) -> None:
+    from ftstudy import demo
+
+    assert demo.main(["--preset", "synthetic-tiny", "--out", str(tmp_path / "runs"),
+                      "--figures", str(tmp_path / "fig"), "--show", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "baseline: valid" in out and "Free, κ = 1/8 bit: valid" in out
+    assert (tmp_path / "fig" / "demo_synthetic-tiny_s0.png").exists()
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert [p.name for p in runs] == ["synthetic-tiny-base-s0", "synthetic-tiny-free-k0.125-s0"]
+    # The command recorded in config.json reproduces the run's config exactly.
+    from ftstudy.train import build_parser, config_from_args
+
+    for run in runs:
+        saved = json.loads((run / "config.json").read_text())
+        assert saved["command"].startswith("python -m ftstudy.train ")
+        again = config_from_args(build_parser().parse_args(shlex.split(saved["command"])[3:]))
+        assert again.to_dict() == saved["config"]
