@@ -200,6 +200,20 @@ class AtomicCheckpoint(L.Callback):
 
 # ---------------------------------------------------------------- the run
 
+def _launch_rank(cfg: RunConfig) -> int:
+    """Global rank of this process before Lightning sets up the process group.
+
+    Lightning's DDP launcher re-runs the command for ranks > 0, and cluster launchers
+    (torchrun, SLURM) start every rank at once; only rank 0 may create, check or delete
+    the run directory.
+    """
+    for var in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    node, local = int(os.environ.get("NODE_RANK", 0) or 0), int(os.environ.get("LOCAL_RANK", 0) or 0)
+    return node * cfg.train.devices + local
+
+
 def _status(run_dir: Path) -> str:
     if (run_dir / "summary.json").exists():
         return "finished"
@@ -223,6 +237,10 @@ def train(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, argv: list[
     """
     run_dir = Path(run_dir)
     status = _status(run_dir)
+    if _launch_rank(cfg) != 0:
+        # Rank 0 has already checked, cleared or created the directory (it launches us).
+        status = "interrupted" if (run_dir / "ckpt" / "last.ckpt").exists() else "new"
+        overwrite = False
     if overwrite and status != "new":
         shutil.rmtree(run_dir)
         status = "new"
@@ -283,7 +301,9 @@ def train(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, argv: list[
         # Lightning turns Ctrl-C into a graceful stop: never let that pass for a finished run.
         raise RunError(f"{run_dir.name}: stopped at step {trainer.global_step} of {t.steps}; "
                        f"rerun the same command to resume from {last}")
-    if not metrics.rows or metrics.rows[-1].get("split") != "val" or int(metrics.rows[-1]["step"]) != t.steps:
+    if t.steps % t.val_every != 0 or resume_step >= t.steps:
+        # Final figures at the last step when the periodic validation did not land there.
+        # Decided from the config alone, so every DDP rank takes the same branch.
         trainer.validate(lit, datamodule=dm, verbose=False, weights_only=True)
     train_time = ckpt_cb.total_time
 

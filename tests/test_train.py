@@ -206,3 +206,16 @@ def test_demo_entry_point(tmp_path: Path, capsys) -> None:
         assert saved["command"].startswith("python -m ftstudy.train ")
         again = config_from_args(build_parser().parse_args(shlex.split(saved["command"])[3:]))
         assert again.to_dict() == saved["config"]
+
+
+def test_two_process_ddp_run_completes(tmp_path: Path) -> None:
+    """Lightning's DDP launcher re-runs the command for rank 1: only rank 0 may manage the run dir."""
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "ftstudy.train", "--preset", "synthetic-tiny", "--out", str(tmp_path), "--name", "ddp",
+         "--no-progress", "--set", "devices=2", "strategy=ddp", "precision=32-true", "steps=10", "n_generate=8"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["step"] == 10 and summary["generation"]["n"] == 8
