@@ -53,9 +53,12 @@ __all__ = [
 
 MAX_LATENT_BITS = 20
 # Upper bound on the number of elements of one streamed block of s = g W in the
-# backward pass (2^22 floats = 16 MiB in fp32): big enough for matmul efficiency,
-# small enough to stay near the cache and far under the 0.5 GiB memory target.
+# backward pass.  CPU: 2^22 floats = 16 MiB in fp32, big enough for matmul efficiency,
+# small enough to stay near the cache.  CUDA: 8x more (128 MiB), since there the cost
+# is kernel launches, not cache misses.  Both far under the 0.5 GiB target.
 _BLOCK_ELEMENTS = 1 << 22
+_CUDA_BLOCK_FACTOR = 8
+_TOKENS_PER_BLOCK = {"cpu": 256, "cuda": 4096}
 
 
 def _check_logits(logits: Tensor) -> int:
@@ -185,47 +188,53 @@ class _BinaryMapper(torch.autograd.Function):
 
 
 def _logits_grad(logits: Tensor, weight: Tensor, grad_r: Tensor, h: int) -> Tensor:
-    """dL/dlogits = sum_c (g . W[:, c]) G_c (b(c) - p), streamed over tokens and codes."""
+    """dL/dlogits = sum_c (g . W[:, c]) G_c (b(c) - p), streamed over tokens and codes.
+
+    Everything per token is O(2^(H/2)); the only O(2^H) object is W itself.  Working
+    memory is a few blocks of at most ``_BLOCK_ELEMENTS`` values, whatever the number of
+    tokens.
+    """
     n, d = grad_r.shape
     h_lo = (h + 1) // 2
     h_hi = h - h_lo
     n_lo, n_hi = 1 << h_lo, 1 << h_hi
     cdt = torch.promote_types(grad_r.dtype, weight.dtype)  # matmul precision = the model's
     acc = torch.float64 if cdt == torch.float64 else torch.float32  # accumulation precision
-
-    x = logits.to(acc)
-    p = torch.sigmoid(x)  # (N, H)
-    logp1 = torch.nn.functional.logsigmoid(x)
-    logp0 = torch.nn.functional.logsigmoid(-x)
-    b_lo = code_bits(h_lo, logits.device, acc)  # (n_lo, h_lo)
-    b_hi = code_bits(h_hi, logits.device, acc)  # (n_hi, h_hi)
-    # Kronecker factors of G: G[t, a * n_lo + l] = g_hi[t, a] * g_lo[t, l].
-    g_lo = torch.exp(logp1[:, :h_lo] @ b_lo.T + logp0[:, :h_lo] @ (1 - b_lo).T)  # (N, n_lo)
-    g_hi = torch.exp(logp1[:, h_lo:] @ b_hi.T + logp0[:, h_lo:] @ (1 - b_hi).T)  # (N, n_hi)
-
+    dev = logits.device
+    b_lo = code_bits(h_lo, dev, acc)  # (n_lo, h_lo)
+    b_hi = code_bits(h_hi, dev, acc)  # (n_hi, h_hi)
     w = weight.to(cdt)
-    g = grad_r.to(cdt)
-    # Per token, columns [G^lo, G^lo * b_0, ..., G^lo * b_{h_lo-1}]: (N, n_lo, 1 + h_lo).
-    m = torch.cat([g_lo[:, :, None], g_lo[:, :, None] * b_lo[None]], dim=2).to(cdt)
-    t_out = torch.empty(n, n_hi, 1 + h_lo, dtype=acc, device=logits.device)
+    out = torch.empty(n, h, dtype=logits.dtype, device=dev)
 
-    # Blocks: a group of high codes (each n_lo columns of W) times a group of tokens.
-    hi_per_block = max(1, min(n_hi, _BLOCK_ELEMENTS // (n_lo * max(1, min(n, 256)))))
-    tok_per_block = max(1, min(n, _BLOCK_ELEMENTS // (hi_per_block * n_lo)))
-    for a0 in range(0, n_hi, hi_per_block):
-        a1 = min(n_hi, a0 + hi_per_block)
-        w_blk = w[:, a0 * n_lo:a1 * n_lo]  # (D, nb * n_lo)
-        for t0 in range(0, n, tok_per_block):
-            t1 = min(n, t0 + tok_per_block)
-            s = (g[t0:t1] @ w_blk).view(t1 - t0, a1 - a0, n_lo)  # (tb, nb, n_lo)
-            t_out[t0:t1, a0:a1] = torch.bmm(s, m[t0:t1]).to(acc)  # (tb, nb, 1 + h_lo)
-
-    weighted = t_out * g_hi[:, :, None]  # (N, n_hi, 1 + h_lo): weight each high code by G^hi
-    total = weighted[:, :, 0].sum(1)  # sum_c s_c G_c, (N,)
-    with_lo = weighted[:, :, 1:].sum(1)  # sum_c s_c G_c b_h(c) for the low bits, (N, h_lo)
-    with_hi = weighted[:, :, 0] @ b_hi  # same for the high bits, (N, h_hi)
-    with_bit = torch.cat([with_lo, with_hi], dim=1)  # (N, H)
-    return (with_bit - p * total[:, None]).to(logits.dtype)
+    # Token blocks bound the per-token tensors (G factors, T); code blocks bound s = g W.
+    block = _BLOCK_ELEMENTS * (_CUDA_BLOCK_FACTOR if dev.type == "cuda" else 1)
+    per_token = max(n_lo * (2 + h_lo), n_hi * (2 + h_lo))
+    tok_per_block = max(1, min(n, block // per_token, _TOKENS_PER_BLOCK.get(dev.type, 256)))
+    hi_per_block = max(1, min(n_hi, block // (n_lo * tok_per_block)))
+    for t0 in range(0, n, tok_per_block):
+        t1 = min(n, t0 + tok_per_block)
+        x = logits[t0:t1].to(acc)
+        p = torch.sigmoid(x)  # (tb, H)
+        logp1 = torch.nn.functional.logsigmoid(x)
+        logp0 = torch.nn.functional.logsigmoid(-x)
+        # Kronecker factors of G: G[t, a * n_lo + l] = g_hi[t, a] * g_lo[t, l].
+        g_lo = torch.exp(logp1[:, :h_lo] @ b_lo.T + logp0[:, :h_lo] @ (1 - b_lo).T)  # (tb, n_lo)
+        g_hi = torch.exp(logp1[:, h_lo:] @ b_hi.T + logp0[:, h_lo:] @ (1 - b_hi).T)  # (tb, n_hi)
+        # Per token, columns [G^lo, G^lo * b_0, ..., G^lo * b_{h_lo-1}]: (tb, n_lo, 1 + h_lo).
+        m = torch.cat([g_lo[:, :, None], g_lo[:, :, None] * b_lo[None]], dim=2).to(cdt)
+        g = grad_r[t0:t1].to(cdt)
+        t_blk = torch.empty(t1 - t0, n_hi, 1 + h_lo, dtype=acc, device=dev)
+        for a0 in range(0, n_hi, hi_per_block):
+            a1 = min(n_hi, a0 + hi_per_block)
+            s = (g @ w[:, a0 * n_lo:a1 * n_lo]).view(t1 - t0, a1 - a0, n_lo)  # (tb, nb, n_lo)
+            t_blk[:, a0:a1] = torch.bmm(s, m).to(acc)  # (tb, nb, 1 + h_lo)
+        weighted = t_blk * g_hi[:, :, None]  # weight each high code by G^hi
+        total = weighted[:, :, 0].sum(1)  # sum_c s_c G_c, (tb,)
+        with_lo = weighted[:, :, 1:].sum(1)  # sum_c s_c G_c b_h(c) for the low bits, (tb, h_lo)
+        with_hi = weighted[:, :, 0] @ b_hi  # same for the high bits, (tb, h_hi)
+        with_bit = torch.cat([with_lo, with_hi], dim=1)  # (tb, H)
+        out[t0:t1] = (with_bit - p * total[:, None]).to(logits.dtype)
+    return out
 
 
 def binary_mapper(logits: Tensor, weight: Tensor, bits: Tensor | None = None,
