@@ -55,6 +55,7 @@ class ModelConfig:
     encoder_positions: Literal["rope", "none"] = "rope"  # encoder q/k positions [our choice: RoPE like the decoder]
     kappa_bits: float = 0.125  # free-bits budget κ per token, in bits (paper: 1/64 … 8 synthetic, 1/4 … 2 real)
     kl_weight_below: float = 0.0  # DEVIATION (0 = paper): extra weight on KL below κ, to pull Q towards the prior
+    free_bits_scope: Literal["token", "sequence"] = "token"  # token = paper; sequence = DEVIATION: budget T·κ on Σ_t KL_t
 
     @property
     def is_free(self) -> bool:
@@ -124,13 +125,21 @@ class TaskConfig:
     name: Literal["synthetic"] = "synthetic"  # the paper's §4.1 task (more corpora come with the benchmark issue)
     val_size: int = 1024  # fixed validation sequences
     n_generate: int = 1000  # sequences generated under prior Z at the end of a run
+    # Probe of how much Z decides, at every validation: per fixed prompt, one group with
+    # independent Z and probe_groups groups sharing one Z (paper Fig. 4); 8 prompts.
+    probe_independent: int = 32  # sequences in each prompt's independent-Z group
+    probe_groups: int = 4  # shared-Z groups per prompt
+    probe_group_size: int = 24  # sequences per shared-Z group (8 x (32 + 4 x 24) = 1024 generations)
 
     def __post_init__(self) -> None:
         _check_types(self)
         if self.val_size < 1:
             _fail("TaskConfig", "val_size", self.val_size, "a positive integer")
-        if self.n_generate < 0:
-            _fail("TaskConfig", "n_generate", self.n_generate, ">= 0")
+        for name in ("n_generate", "probe_independent", "probe_groups"):
+            if getattr(self, name) < 0:
+                _fail("TaskConfig", name, getattr(self, name), ">= 0")
+        if self.probe_group_size < 2 and self.probe_groups > 0:
+            _fail("TaskConfig", "probe_group_size", self.probe_group_size, ">= 2 (pairs within a group)")
 
 
 @dataclass(frozen=True)
@@ -343,7 +352,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # Tests: a model that trains a step in milliseconds.
     "synthetic-tiny": {
         "model": dict(n_layers=2, dim=32, n_heads=2, latent_bits=4, max_seq_len=66),
-        "task": dict(val_size=64, n_generate=32),
+        "task": dict(val_size=64, n_generate=32, probe_independent=4, probe_groups=2, probe_group_size=3),
         "train": dict(steps=20, batch_size=8, warmup_steps=2, val_every=10, ckpt_every=10, log_every=5),
     },
     # Demo: 4 layers, D 64, H 8.  Sized for a 2-core AVX2 CPU without native bf16

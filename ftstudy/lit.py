@@ -27,11 +27,15 @@ from torchmetrics import SumMetric
 
 from ftstudy.config import RunConfig
 from ftstudy.latent import kl_per_bit
+from ftstudy.measure import GroupDesign, generate_groups, group_metrics
 from ftstudy.model import FreeTransformer
 
 __all__ = ["LitFreeTransformer", "NonFiniteLossError", "lr_at", "resolve_precision", "cpu_has_native_bf16"]
 
 LN2 = math.log(2.0)
+# Probe figures logged at every validation (the full set goes to summary.json).
+_PROBE_CURVE = ("valid_rate", "same_pos_independent", "same_pos_shared", "noise_overlap_independent",
+                "noise_overlap_shared", "mi_position_bits", "mi_collision_bits")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -148,8 +152,24 @@ class LitFreeTransformer(L.LightningModule):
         }
         if self.model.cfg.is_free:
             metrics["val/ce_posterior_LEAKY"] = s["ce_post"] / n
-        # Already reduced over ranks by torchmetrics: no further sync.
+        if not self.trainer.sanity_checking:
+            metrics.update({f"val/{k}": torch.tensor(v) for k, v in self.probe().items() if k in _PROBE_CURVE})
+        # Already reduced over ranks by torchmetrics (and the probe is identical on every
+        # rank: same seed, same weights): no further sync.
         self.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=False, rank_zero_only=False)
+
+    def probe_design(self) -> GroupDesign:
+        t = self.cfg.task
+        return GroupDesign(t.probe_independent, t.probe_groups, t.probe_group_size)
+
+    def probe(self) -> dict[str, float]:
+        """How much Z decides, from generations under the prior (see ftstudy.measure)."""
+        design = self.probe_design()
+        if design.total == 0:
+            return {}
+        samples = generate_groups(self.model, design, seed=self.cfg.train.seed + 17)
+        self.last_probe_samples = samples
+        return group_metrics(samples)
 
     # ------------------------------------------------------------------ optimizer
 

@@ -8,15 +8,22 @@ that "valid rate under prior Z" means Z from the prior at every position.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
+from scipy import stats
 from scipy.stats import binomtest
 
 from ftstudy import synthetic
+from ftstudy.latent import codes_from_bits, kl_per_bit, sample_bits, uniform_bits
 from ftstudy.model import FreeTransformer, generate
 
-__all__ = ["synthetic_prompts", "generate_synthetic", "valid_rate"]
+__all__ = ["synthetic_prompts", "generate_synthetic", "valid_rate", "GroupDesign", "GroupSamples",
+           "generate_groups", "group_metrics", "posterior_metrics", "PROBE_LETTERS", "NO_LATENT_FLOOR",
+           "write_groups"]
 
 
 def synthetic_prompts(n: int, seed: int) -> list[str]:
@@ -57,3 +64,197 @@ def valid_rate(samples: list[str]) -> dict[str, float | int]:
                 "valid_ci_high": float("nan")}
     ci = binomtest(k, n).proportion_ci(0.95)
     return {"valid": k, "n": n, "valid_rate": k / n, "valid_ci_low": float(ci.low), "valid_ci_high": float(ci.high)}
+
+
+# ---------------------------------------------------------------- how much Z decides
+
+# Best CE per body character without a latent: ln(57)/64 (the block position, once per
+# sequence) + h(1/16) (the noise, per character); PAPER.md §4, FEASIBILITY.md.
+NO_LATENT_FLOOR = math.log(57) / 64 - (1 / 16) * math.log(1 / 16) - (15 / 16) * math.log(15 / 16)
+
+# Fixed prompts for every run, so runs are compared on the same questions.
+PROBE_LETTERS = synthetic.LETTERS[::3][:8]  # A D G J M P S V
+
+
+@dataclass
+class GroupDesign:
+    """Per prompt: one group with independent Z per sequence, and groups sharing one Z
+    (the whole T x H bit pattern), as in the paper's Figure 4 (blue vs green boxes)."""
+
+    n_independent: int = 32  # sequences in the independent-Z group of each prompt
+    n_groups: int = 4  # shared-Z groups per prompt
+    group_size: int = 24  # sequences per shared-Z group
+    letters: str = PROBE_LETTERS
+
+    @property
+    def total(self) -> int:
+        return len(self.letters) * (self.n_independent + self.n_groups * self.group_size)
+
+
+@dataclass
+class GroupSamples:
+    strings: list[str]
+    group: np.ndarray  # (N,) group id
+    shared: np.ndarray  # (N,) bool: the group shares one Z
+    letter: list[str]
+
+
+@torch.no_grad()
+def generate_groups(model: FreeTransformer, design: GroupDesign, seed: int,
+                    batch_size: int = 256) -> GroupSamples:
+    """Generate the group design under the prior; shared groups reuse one bit pattern."""
+    cfg = model.cfg
+    dev = model.tok_emb.weight.device
+    g = torch.Generator(device=dev).manual_seed(seed)
+    n_fed = synthetic.SEQ_LEN - 1  # positions that receive a Z
+    prompts, group, shared, bits = [], [], [], []
+    gid = 0
+    for letter in design.letters:
+        prompt = f"{letter}>"
+        members = [(design.n_independent, False)] + [(design.group_size, True)] * design.n_groups
+        for size, is_shared in members:
+            if cfg.is_free:
+                if is_shared:
+                    z = uniform_bits((1, n_fed), cfg.latent_bits, dev, g).expand(size, n_fed, cfg.latent_bits)
+                else:
+                    z = uniform_bits((size, n_fed), cfg.latent_bits, dev, g)
+                bits.append(z)
+            prompts += [prompt] * size
+            group += [gid] * size
+            shared += [is_shared] * size
+            gid += 1
+    all_bits = torch.cat(bits) if bits else None
+    strings = generate_synthetic(model, prompts, seed=seed + 1, batch_size=batch_size, bits=all_bits)
+    return GroupSamples(strings, np.array(group), np.array(shared), [s[0] for s in prompts])
+
+
+def _noise_sets(strings: list[str]) -> list[np.ndarray]:
+    return [np.frombuffer(s[synthetic.PROMPT_LEN:].encode(), dtype=np.uint8) == ord("!") for s in strings]
+
+
+def _mean_ci(values: list[float]) -> tuple[float, float, float]:
+    """Mean and 95% t-interval over groups (nan when undefined)."""
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
+    if len(v) == 0:
+        return float("nan"), float("nan"), float("nan")
+    if len(v) == 1 or v.std() == 0:
+        return float(v.mean()), float(v.mean()), float(v.mean())
+    lo, hi = stats.t.interval(0.95, len(v) - 1, loc=v.mean(), scale=stats.sem(v))
+    return float(v.mean()), float(lo), float(hi)
+
+
+def _entropy_bits(counts: np.ndarray, miller_madow: bool = True) -> float:
+    n = counts.sum()
+    if n == 0:
+        return float("nan")
+    p = counts[counts > 0] / n
+    h = float(-(p * np.log2(p)).sum())
+    if miller_madow:  # first-order bias correction of the plug-in estimate
+        h += (len(p) - 1) / (2 * n * math.log(2))
+    return h
+
+
+def group_metrics(samples: GroupSamples, body_len: int = synthetic.BODY_LEN) -> dict[str, float]:
+    """Valid rate; same-position and shared-noise rates for independent vs shared Z; MI(Z; position).
+
+    Pairs are taken within a group; a group's statistic is the mean over its pairs, and
+    intervals are t-intervals over groups.
+    """
+    valid, pos = synthetic.check_many(samples.strings)
+    noise = _noise_sets(samples.strings)
+    out: dict[str, float] = {**{k: float(v) for k, v in valid_rate(samples.strings).items()}}
+    n_pos = body_len - synthetic.BLOCK_LEN + 1
+    indep_pos = pos[valid & ~samples.shared]
+    q = np.bincount(indep_pos, minlength=n_pos) / max(1, len(indep_pos))
+    out["same_pos_chance"] = float((q ** 2).sum())
+    per: dict[str, dict[str, list[float]]] = {k: {"same_pos": [], "noise_overlap": []}
+                                              for k in ("independent", "shared")}
+    cond_entropies, group_sizes = [], []
+    for gid in np.unique(samples.group):
+        members = np.flatnonzero((samples.group == gid) & valid)
+        kind = "shared" if samples.shared[members[0] if len(members) else np.flatnonzero(samples.group == gid)[0]] \
+            else "independent"
+        if len(members) < 2:
+            continue
+        pp = pos[members]
+        same = (pp[:, None] == pp[None, :])[np.triu_indices(len(pp), 1)]
+        per[kind]["same_pos"].append(float(same.mean()))
+        ratios = []
+        for i, j in zip(*np.triu_indices(len(members), 1)):
+            a, b = noise[members[i]], noise[members[j]]
+            if a.any() and b.any():
+                ratios.append(float((a & b).sum() / (a.sum() * b.sum() / body_len)))
+        per[kind]["noise_overlap"].append(float(np.mean(ratios)) if ratios else float("nan"))
+        if kind == "shared":
+            cond_entropies.append(_entropy_bits(np.bincount(pp, minlength=n_pos), miller_madow=False))
+            group_sizes.append(len(pp))
+    for kind, d in per.items():
+        for name, values in d.items():
+            m, lo, hi = _mean_ci(values)
+            out[f"{name}_{kind}"], out[f"{name}_{kind}_ci_low"], out[f"{name}_{kind}_ci_high"] = m, lo, hi
+    # MI(Z; position) = H(pos) - E_Z H(pos | Z), both plug-in entropies at the *same*
+    # sample size so that their (large, for 24 samples over 57 positions) downward bias
+    # cancels: H(pos) is the mean entropy of random pseudo-groups drawn from all valid
+    # generations pooled (a sample of the marginal, since every Z is uniform).
+    pool = pos[valid]
+    rng = np.random.default_rng(0)
+    null = [_entropy_bits(np.bincount(rng.choice(pool, size, replace=False), minlength=n_pos), miller_madow=False)
+            for size in group_sizes for _ in range(20)] if len(pool) else []
+    h_null = float(np.mean(null)) if null else float("nan")
+    h_cond, h_cond_lo, h_cond_hi = _mean_ci(cond_entropies)
+    out["position_entropy_bits"] = _entropy_bits(np.bincount(pool, minlength=n_pos)) if len(pool) else float("nan")
+    out["mi_position_bits"] = h_null - h_cond
+    out["mi_position_bits_ci_low"] = h_null - h_cond_hi
+    out["mi_position_bits_ci_high"] = h_null - h_cond_lo
+    # Collision (Rényi-2) form: log2 of how much more often two sequences sharing Z agree
+    # on the position than two independent ones.
+    s, i = out["same_pos_shared"], out["same_pos_independent"]
+    out["mi_collision_bits"] = float(np.log2(s / i)) if s > 0 and i > 0 else float("nan")
+    return out
+
+
+@torch.no_grad()
+def posterior_metrics(model: FreeTransformer, batches: list[dict[str, torch.Tensor]], seed: int) -> dict[str, float]:
+    """How the encoder uses the latent on held-out sequences, and how far its Z is from the prior.
+
+    KL per token and per bit (bits), bits carrying information, codes drawn and their
+    entropy, and the aggregate per-bit marginals' KL to fair coins (the part of the
+    mismatch with the uniform prior that per-token free bits never pay for).
+    """
+    cfg = model.cfg
+    if not cfg.is_free:
+        return {}
+    dev = model.tok_emb.weight.device
+    g = torch.Generator(device=dev).manual_seed(seed)
+    kl_bits, mean_p, codes = [], [], []
+    for batch in batches:
+        logits = model.encode(model.trunk(batch["idx"].to(dev))).float()  # (B, T, H)
+        kl_bits.append(kl_per_bit(logits).flatten(0, 1) / math.log(2))
+        mean_p.append(torch.sigmoid(logits).flatten(0, 1))
+        codes.append(codes_from_bits(sample_bits(logits, g)).flatten())
+    per_bit = torch.cat(kl_bits).mean(0)  # (H,)
+    p_bar = torch.cat(mean_p).mean(0).double()  # aggregate P(bit = 1)
+    agg_kl = float((1 + p_bar * torch.log2(p_bar) + (1 - p_bar) * torch.log2(1 - p_bar)).sum())
+    code_counts = np.bincount(torch.cat(codes).cpu().numpy())
+    out = {
+        "kl_bits_per_token": float(per_bit.sum()),
+        "informative_bits": int((per_bit > 0.01).sum()),
+        "codes_distinct": int((code_counts > 0).sum()),
+        "code_entropy_bits": _entropy_bits(code_counts, miller_madow=False),
+        "codes_drawn": int(code_counts.sum()),
+        "aggregate_marginal_kl_bits": agg_kl,
+        "max_bit_bias": float((p_bar - 0.5).abs().max()),
+    }
+    out.update({f"kl_bit{h:02d}": float(v) for h, v in enumerate(per_bit)})
+    return out
+
+
+def write_groups(samples: GroupSamples, path) -> None:
+    """The probe's generations as text: one line per sequence, ``group kind valid position``."""
+    from ftstudy.checkpoint import atomic_write_text
+
+    valid, pos = synthetic.check_many(samples.strings)
+    lines = ["# group  Z            valid  position  sequence"]
+    for s, gid, sh, ok, p in zip(samples.strings, samples.group, samples.shared, valid, pos):
+        lines.append(f"{gid:5d}  {'shared     ' if sh else 'independent'}  {int(ok):5d}  {int(p):8d}  {s}")
+    atomic_write_text(path, "\n".join(lines) + "\n")

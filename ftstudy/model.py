@@ -316,7 +316,13 @@ class FreeTransformer(nn.Module):
         if out.kl is not None:
             # Per-token free bits (PAPER.md §3): (1/T) Σ_t max(0, KL_t − κ), over every
             # position that carries a latent, scored or not.
-            out.kl_loss = free_bits_penalty(out.kl, cfg.kappa_nats)
+            if cfg.free_bits_scope == "token":
+                out.kl_loss = free_bits_penalty(out.kl, cfg.kappa_nats)
+            else:
+                # DEVIATION (not in the paper): one budget T·κ on each sequence's total KL,
+                # normalised like the paper's term (per token).
+                t = out.kl.shape[1]
+                out.kl_loss = free_bits_penalty(out.kl.sum(1), t * cfg.kappa_nats) / t
             if cfg.kl_weight_below > 0:
                 # DEVIATION (not in the paper): also charge KL below κ, pulling Q toward the prior.
                 out.kl_loss = out.kl_loss + cfg.kl_weight_below * out.kl.clamp_max(cfg.kappa_nats).mean()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 from pathlib import Path
 
@@ -20,11 +19,9 @@ if not os.environ.get("DISPLAY") and "inline" not in matplotlib.get_backend():
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-__all__ = ["NO_LATENT_FLOOR", "read_metrics", "plot_training_curves", "save_figure"]
+from ftstudy.measure import NO_LATENT_FLOOR  # noqa: E402
 
-# Best CE per body character without a latent: ln(57)/64 (position, once per sequence)
-# + h(1/16) (noise, per character), PAPER.md §4 / FEASIBILITY.md.
-NO_LATENT_FLOOR = math.log(57) / 64 - (1 / 16) * math.log(1 / 16) - (15 / 16) * math.log(15 / 16)
+__all__ = ["NO_LATENT_FLOOR", "read_metrics", "plot_training_curves", "save_figure"]
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, float | str]]:

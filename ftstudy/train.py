@@ -39,7 +39,8 @@ from ftstudy import synthetic
 from ftstudy.checkpoint import atomic_write_text, load_checkpoint_dict, save_model
 from ftstudy.config import ConfigError, RunConfig, get_preset, parse_set_args, PRESETS
 from ftstudy.lit import LitFreeTransformer, NonFiniteLossError, resolve_precision
-from ftstudy.measure import generate_synthetic, synthetic_prompts, valid_rate
+from ftstudy.measure import (NO_LATENT_FLOOR, generate_synthetic, group_metrics, posterior_metrics,
+                             synthetic_prompts, valid_rate, write_groups)
 
 __all__ = ["RunError", "run_name", "train", "main", "REPO_ROOT", "DEFAULT_RESULTS"]
 
@@ -64,7 +65,8 @@ def run_name(cfg: RunConfig) -> str:
     base = get_preset(cfg.preset) if cfg.preset in PRESETS else RunConfig()
     m = cfg.model
     parts = [cfg.preset, f"free-k{_fmt(m.kappa_bits)}" if m.is_free else "base"]
-    skip = {"kappa_bits", "seed", "latent_bits"} | ({"kappa_bits"} if m.is_free else set())
+    # steps is not part of the name: a finished run can be extended to more steps in place.
+    skip = {"kappa_bits", "seed", "latent_bits", "steps"}
     ref, cur = base.to_dict(), cfg.to_dict()
     for section in ("model", "task", "train"):
         for key in sorted(cur[section]):
@@ -200,6 +202,11 @@ class AtomicCheckpoint(L.Callback):
 
 # ---------------------------------------------------------------- the run
 
+def _saved_steps(run_dir: Path) -> int | None:
+    f = run_dir / "config.json"
+    return json.loads(f.read_text())["config"]["train"]["steps"] if f.exists() else None
+
+
 def _launch_rank(cfg: RunConfig) -> int:
     """Global rank of this process before Lightning sets up the process group.
 
@@ -224,32 +231,53 @@ def _status(run_dir: Path) -> str:
     return "new"
 
 
-def _comparable(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if k != "preset"}
+def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return [f"{sec}.{k}: {a[sec].get(k)!r} → {b[sec].get(k)!r}" for sec in ("model", "task", "train")
+            for k in sorted(set(a[sec]) | set(b[sec])) if a[sec].get(k) != b[sec].get(k) and k != "steps"]
+
+
+def check_resumable(cfg: RunConfig, run_dir: Path) -> str:
+    """Status of ``run_dir`` for ``cfg``: new, finished, extend, interrupted or started.
+
+    Raises RunError when the directory holds a run of another config (only ``steps`` may
+    differ: more steps extend a run, fewer are refused).  Reads only; touches nothing.
+    """
+    status = _status(run_dir)
+    cfg_file = run_dir / "config.json"
+    if status == "new" or not cfg_file.exists():
+        return status
+    saved = json.loads(cfg_file.read_text())["config"]
+    diff = _differences(saved, cfg.to_dict())
+    if diff:
+        raise RunError(f"{run_dir} holds a run with a different config ({'; '.join(diff)}); "
+                       f"pick another --out or pass --overwrite")
+    old_steps = saved["train"]["steps"]
+    if cfg.train.steps < old_steps and status in ("finished", "interrupted"):
+        raise RunError(f"{run_dir} was set up for {old_steps} steps; asking for {cfg.train.steps} would shorten it "
+                       f"(pass --overwrite to start over)")
+    if status == "finished" and cfg.train.steps > json.loads((run_dir / "summary.json").read_text())["step"]:
+        return "extend"
+    return status
 
 
 def train(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, argv: list[str] | None = None,
-          progress: bool = True, launcher: str | None = None) -> dict[str, Any]:
+          progress: bool = True, launcher: str | None = None,
+          extra_callbacks: list[L.Callback] | None = None) -> dict[str, Any]:
     """Train one run into ``run_dir`` and return its summary (skips a finished run).
 
     ``argv`` are the ``ftstudy.train`` arguments that reproduce the run (recorded in
     config.json); ``launcher`` names the command that actually ran it, if another.
     """
     run_dir = Path(run_dir)
-    status = _status(run_dir)
-    if _launch_rank(cfg) != 0:
-        # Rank 0 has already checked, cleared or created the directory (it launches us).
-        status = "interrupted" if (run_dir / "ckpt" / "last.ckpt").exists() else "new"
-        overwrite = False
-    if overwrite and status != "new":
-        shutil.rmtree(run_dir)
-        status = "new"
     ckpt_dir = run_dir / "ckpt"
     last = ckpt_dir / "last.ckpt"
-    if status != "new":
-        saved = json.loads((run_dir / "config.json").read_text())["config"] if (run_dir / "config.json").exists() else None
-        if saved is not None and _comparable(saved) != _comparable(cfg.to_dict()):
-            raise RunError(f"{run_dir} holds a run with a different config; pick another --out or pass --overwrite")
+    if _launch_rank(cfg) != 0:
+        # Rank 0 has already checked, cleared or created the directory (it launches us).
+        status = "interrupted" if last.exists() else "new"
+    else:
+        if overwrite and _status(run_dir) != "new":
+            shutil.rmtree(run_dir)
+        status = check_resumable(cfg, run_dir)
         if status == "finished":
             summary = json.loads((run_dir / "summary.json").read_text())
             print(f"[ftstudy.train] {run_dir} is finished (step {summary.get('step')}); skipping. "
@@ -258,6 +286,12 @@ def train(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, argv: list[
         if status == "started":
             raise RunError(f"{run_dir} exists without a checkpoint or summary (killed before its first "
                            f"checkpoint?); pass --overwrite to start it again")
+        if status == "extend":
+            # Continue from the final checkpoint to the new step count; the run is
+            # unfinished again until its new summary is written.
+            print(f"[ftstudy.train] extending {run_dir} to {cfg.train.steps} steps")
+            (run_dir / "summary.json").unlink()
+            status = "interrupted"
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir.mkdir(exist_ok=True)
     (ckpt_dir / ".gitignore").write_text("*\n")  # belt and braces beside the repo's .gitignore
@@ -278,7 +312,7 @@ def train(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, argv: list[
     trainer = L.Trainer(
         max_steps=t.steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=t.strategy, precision=precision, logger=False, enable_checkpointing=False,
-        callbacks=[metrics, ckpt_cb], val_check_interval=t.val_every, check_val_every_n_epoch=None,
+        callbacks=[metrics, ckpt_cb, *(extra_callbacks or [])], val_check_interval=t.val_every, check_val_every_n_epoch=None,
         gradient_clip_val=t.grad_clip if t.grad_clip > 0 else None, num_sanity_val_steps=0,
         enable_model_summary=False, enable_progress_bar=progress and sys.stdout.isatty(), default_root_dir=str(run_dir),
         use_distributed_sampler=False, log_every_n_steps=t.log_every,
@@ -288,7 +322,7 @@ def train(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, argv: list[
         print(f"[ftstudy.train] resuming {run_dir} from step {resume_step}")
         metrics.load(resume_step)
         ckpt_path = str(last)
-    elif trainer.is_global_zero:
+    if trainer.is_global_zero and (status == "new" or _saved_steps(run_dir) != t.steps):
         atomic_write_text(run_dir / "config.json", json.dumps(
             {"config": cfg.to_dict(), "run": run_dir.name, "precision_resolved": precision, **_provenance(argv, launcher)}, indent=2, sort_keys=True))
 
@@ -330,6 +364,17 @@ def _finish(cfg: RunConfig, lit: LitFreeTransformer, run_dir: Path, trainer: L.T
         gen = valid_rate(samples)
         atomic_write_text(run_dir / "samples.txt", "\n".join(samples) + "\n")
     gen_time = time.perf_counter() - t0
+    probe: dict[str, Any] = {}
+    posterior: dict[str, Any] = {}
+    if lit.probe_design().total > 0:
+        with torch.autocast(model.tok_emb.weight.device.type, dtype=torch.bfloat16,
+                            enabled=precision == "bf16-mixed"):
+            lit.probe()
+            samples_p = lit.last_probe_samples
+            probe = group_metrics(samples_p)
+            write_groups(samples_p, run_dir / "groups.txt")
+            val_batches = [b for b in trainer.datamodule.val_dataloader()]
+            posterior = posterior_metrics(model.eval(), val_batches, seed=cfg.train.seed + 23)
     save_model(run_dir / "ckpt" / "model.pt", model, cfg, step=trainer.global_step)
     m = cfg.model
     summary = {
@@ -344,11 +389,28 @@ def _finish(cfg: RunConfig, lit: LitFreeTransformer, run_dir: Path, trainer: L.T
         "generation": {"z": "prior at every position (encoder never run)", "temperature": 1.0,
                        "time_s": round(gen_time, 2), **gen},
         "val": val,
+        "prior_ce_minus_floor": val["ce_prior"] - NO_LATENT_FLOOR if "ce_prior" in val else None,
+        "probe": probe,
+        "posterior": posterior,
         "params": model.num_parameters(),
         "params_latent": model.num_parameters("latent"),
     }
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True))
+    summary = _finite_or_none(summary)
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True, allow_nan=False))
     return summary
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """JSON has no NaN: undefined figures (e.g. no valid pair in a group) become null."""
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 # ---------------------------------------------------------------- CLI
