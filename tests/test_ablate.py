@@ -1,0 +1,111 @@
+"""The study runner: grids, bad input, resume after SIGKILL, extension, summary.csv."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ftstudy.ablate import KAPPAS, main, plan
+from ftstudy.train import REPO_ROOT
+
+# The quick preset shrunk to seconds per run.
+TINY = ["n_layers=2", "dim=16", "n_heads=2", "batch_size=4", "val_size=8", "n_generate=4", "probe_independent=2",
+        "probe_groups=1", "probe_group_size=2", "val_every=2", "ckpt_every=2", "log_every=1", "precision=32-true"]
+
+
+def test_grids() -> None:
+    kl = plan("kl_budget", "quick", [0, 1], {}, Path("/x"))
+    assert len(kl) == 2 * (1 + len(KAPPAS))
+    assert kl[0].config.model.latent_bits == 0
+    assert sorted(r.config.model.kappa_bits for r in kl if r.config.model.is_free)[:2] == [1 / 64, 1 / 64]
+    depth = plan("injection_depth", "quick", [0], {"n_layers": "6"}, Path("/x"))
+    assert [r.config.model.inject_layer for r in depth] == [1, 2, 3, 4, 5]
+    assert {r.config.model.kappa_bits for r in depth} == {0.125}
+    assert [r.config.model.latent_bits for r in plan("latent_bits", "quick", [0], {}, Path("/x"))] == [1, 2, 4, 8, 16]
+    scope = plan("free_bits_scope", "quick", [3], {}, Path("/x"))
+    assert [r.config.model.free_bits_scope for r in scope] == ["token", "sequence"]
+    assert all(r.config.train.seed == 3 for r in scope)
+    assert len(plan("all", "quick", [0], {}, Path("/x"))) == 9 + 3 + 5 + 2
+    names = [r.run_dir for r in plan("all", "quick", [0, 1], {}, Path("/x"))]
+    assert len(names) == len(set(names))
+
+
+def test_bad_input(tmp_path: Path, capsys) -> None:
+    assert main(["--study", "kl_budget", "--set", "kapa=1", "--out", str(tmp_path)]) == 2
+    assert "unknown config key 'kapa'" in capsys.readouterr().err
+    assert main(["--study", "kl_budget", "--seeds", "-1", "--out", str(tmp_path)]) == 2
+    with pytest.raises(SystemExit):
+        main(["--study", "everything"])
+    with pytest.raises(SystemExit):
+        main(["--study", "kl_budget", "--preset", "huge"])
+    with pytest.raises(SystemExit):
+        main(["--study", "kl_budget", "--seeds", "0.5"])
+    assert main(["--study", "all", "--dry-run", "--out", str(tmp_path)]) == 0
+    assert "19 runs" in capsys.readouterr().out and not any(tmp_path.iterdir())
+
+
+def _sweep(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "ftstudy.ablate", "--study", "free_bits_scope", "--preset", "quick",
+            "--out", str(out), "--set", *TINY, *extra]
+
+
+def test_sigkill_then_resume_loses_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "ablate"
+    cmd = _sweep(out, "steps=16")
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    study = out / "free_bits_scope"
+    deadline = time.time() + 240
+    first = None
+    while time.time() < deadline and proc.poll() is None:
+        done = sorted(study.glob("*/summary.json")) if study.exists() else []
+        started = [p for p in study.glob("*/ckpt/last.ckpt")] if study.exists() else []
+        if done and len(started) >= 2:  # first run finished, second one has a checkpoint
+            first = done[0]
+            break
+        time.sleep(0.2)
+    assert first is not None, "the sweep did not reach its second run"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = first.read_bytes(), first.stat().st_mtime_ns
+    assert json.loads(first.read_text())["step"] == 16  # finished files are whole JSON
+    rerun = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "resuming" in rerun.stdout
+    assert (first.read_bytes(), first.stat().st_mtime_ns) == before  # finished run untouched
+    rows = list(csv.DictReader(open(study / "summary.csv")))
+    assert len(rows) == 2 and {r["free_bits_scope"] for r in rows} == {"token", "sequence"}
+    for run in study.iterdir():
+        if run.is_dir():
+            steps = [(r["step"], r["split"]) for r in csv.DictReader(open(run / "metrics.csv"))]
+            assert len(steps) == len(set(steps))
+    # A folder holding a run of another config is refused before anything is touched.
+    other = sorted(p for p in study.iterdir() if p.is_dir())[-1] / "config.json"
+    saved = json.loads(other.read_text())
+    saved["config"]["train"]["lr"] = 0.5
+    other.write_text(json.dumps(saved))
+    refused = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 3 and "different config (train.lr: 0.5" in refused.stderr
+    assert (first.read_bytes(), first.stat().st_mtime_ns) == before
+
+
+def test_finished_run_extends_in_place(tmp_path: Path, capsys) -> None:
+    args = ["--study", "injection_depth", "--out", str(tmp_path), "--set", *TINY]
+    assert main([*args, "steps=4"]) == 0
+    (run,) = [p for p in (tmp_path / "injection_depth").iterdir() if p.is_dir()]
+    assert json.loads((run / "summary.json").read_text())["step"] == 4
+    assert main([*args, "steps=8"]) == 0
+    assert "extending" in capsys.readouterr().out
+    assert json.loads((run / "summary.json").read_text())["step"] == 8
+    assert json.loads((run / "config.json").read_text())["config"]["train"]["steps"] == 8
+    steps = [int(r["step"]) for r in csv.DictReader(open(run / "metrics.csv")) if r["split"] == "train"]
+    assert steps == list(range(1, 9))
+    assert main([*args, "steps=6"]) == 3  # shortening is refused
