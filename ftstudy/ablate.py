@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from ftstudy.checkpoint import atomic_write_text
 from ftstudy.config import ConfigError, RunConfig, get_preset, parse_set_args
+from ftstudy.report import write_aggregate
 from ftstudy.train import REPO_ROOT, RunError, check_resumable, run_name, train
 
 __all__ = ["STUDIES", "PRESETS", "Study", "plan", "rebuild_summary", "main"]
@@ -191,7 +192,47 @@ def rebuild_summary(study_dir: Path) -> Path | None:
     w.writerows(rows)
     path = study_dir / "summary.csv"
     atomic_write_text(path, buf.getvalue())
+    write_aggregate(study_dir)
     return path
+
+
+# ---------------------------------------------------------------- figures
+
+STUDY_X = {"kl_budget": ("kappa_bits", True), "injection_depth": ("inject_layer", False),
+           "latent_bits": ("latent_bits", True), "free_bits_scope": ("free_bits_scope", False)}
+FIG4_KAPPAS = (1 / 64, 1 / 8, 1, 8)  # the paper's Figure 4 columns
+
+
+def make_figures(out: Path, study: str, seed: int) -> list[Path]:
+    """Per-study metric plots and, for kl_budget, the paper's Figure 4 (PNG and text)."""
+    from ftstudy.plots import figure4_text, plot_figure4, plot_study, save_figure
+    from ftstudy.report import aggregate
+
+    written = []
+    fig_dir = out / "figures"
+    for name in (list(STUDY_X) if study == "all" else [study]):
+        summary = out / name / "summary.csv"
+        if not summary.exists():
+            continue
+        x, log_x = STUDY_X[name]
+        aggs = aggregate(summary)
+        if not any(a["variant"] != "baseline" for a in aggs):
+            continue
+        written.append(save_figure(plot_study(aggs, x, title=name, log_x=log_x),
+                                   fig_dir / f"{name}.png"))
+        if name == "kl_budget":
+            panels = {}
+            for k in FIG4_KAPPAS:
+                matches = [p for p in (out / name).glob(f"*-free-k{k:g}-s{seed}/groups.txt")]
+                if matches:
+                    panels[f"κ = {k:g} bit"] = matches[0]
+            if panels:
+                written.append(save_figure(plot_figure4(panels), fig_dir / f"figure4_s{seed}.png"))
+                text = "\n".join(f"===== {t} =====\n{figure4_text(p)}" for t, p in panels.items())
+                path = fig_dir / f"figure4_s{seed}.txt"
+                atomic_write_text(path, text)
+                written.append(path)
+    return written
 
 
 # ---------------------------------------------------------------- CLI
@@ -207,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override any config field for every run, e.g. steps=3000 n_layers=8")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--dry-run", action="store_true", help="print the grid and the estimated time, train nothing")
+    p.add_argument("--report", action="store_true",
+                   help="train nothing: rebuild summary/aggregate tables and figures from the finished runs")
     return p
 
 
@@ -228,6 +271,13 @@ def main(argv: list[str] | None = None) -> int:
         except RunError as e:
             print(f"error: {e}", file=sys.stderr)
             return 3
+    if args.report:
+        for d in sorted({r.run_dir.parent for r in runs}):
+            if d.exists():
+                rebuild_summary(d)
+        for path in make_figures(args.out, args.study, args.seeds[0]):
+            print(f"[ftstudy.ablate] wrote {path}")
+        return 0
     left = [(r, r.steps_left()) for r in runs]
     est = sum(n * _seconds_per_step(r.config) for r, n in left)
     print(f"{args.study} × preset {args.preset} ({PRESETS[args.preset]}) × seeds {args.seeds}: {len(runs)} runs, "
@@ -259,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{(time.perf_counter() - t0) / 60:.1f} min elapsed", flush=True)
     bar.close()
     studies = sorted({r.run_dir.parent for r in runs})
+    make_figures(args.out, args.study, args.seeds[0])
     print(f"[ftstudy.ablate] {len(runs)} runs in {(time.perf_counter() - t0) / 60:.1f} min; summaries: "
           + ", ".join(str(s / "summary.csv") for s in studies))
     return 0

@@ -109,3 +109,8 @@ def test_finished_run_extends_in_place(tmp_path: Path, capsys) -> None:
     steps = [int(r["step"]) for r in csv.DictReader(open(run / "metrics.csv")) if r["split"] == "train"]
     assert steps == list(range(1, 9))
     assert main([*args, "steps=6"]) == 3  # shortening is refused
+    # Tables and figures are rebuilt from the run files alone.
+    assert main([*args, "steps=8", "--report"]) == 0
+    agg = (tmp_path / "injection_depth" / "aggregate.md").read_text()
+    assert "| free |" in agg and "MI(Z;pos) bits" in agg
+    assert (tmp_path / "figures" / "injection_depth.png").stat().st_size > 10_000
