@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -172,6 +173,37 @@ class _Progress(L.Callback):
             self.last = trainer.global_step
 
 
+def find_twin(run: PlannedRun, out: Path) -> Path | None:
+    """A finished run with exactly this config in another study's folder (same name), if any.
+
+    The studies share points (κ = 1/8 with the default injection and H is in kl_budget,
+    latent_bits and free_bits_scope); a twin is copied instead of trained again.
+    """
+    want = run.config.to_dict()
+    want.pop("preset", None)
+    for cand in sorted(out.glob(f"*/{run.run_dir.name}")):
+        if cand == run.run_dir or not (cand / "summary.json").exists():
+            continue
+        try:
+            have = json.loads((cand / "config.json").read_text())["config"]
+        except (OSError, ValueError, KeyError):
+            continue
+        have.pop("preset", None)
+        if have == want:
+            return cand
+    return None
+
+
+def copy_run(src: Path, dst: Path) -> None:
+    """Copy a finished run directory atomically (to a temporary name, then rename)."""
+    tmp = dst.with_name(f".{dst.name}.copy")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(src, tmp)
+    (tmp / "COPIED_FROM").write_text(f"{src.parent.name}/{src.name}\n")
+    tmp.rename(dst)
+
+
 # ---------------------------------------------------------------- summary.csv
 
 def _flatten(prefix: str, obj: dict[str, Any], out: dict[str, Any]) -> None:
@@ -321,6 +353,12 @@ def main(argv: list[str] | None = None) -> int:
     done = 0
     for i, (r, n) in enumerate(left):
         bar.set_description(f"run {i + 1}/{len(runs)} {r.study}/{r.run_dir.name}")
+        twin = find_twin(r, args.out) if r.status == "todo" and not r.run_dir.exists() else None
+        if twin is not None:
+            copy_run(twin, r.run_dir)
+            bar.update(n)
+            print(f"[ftstudy.ablate] {r.study}/{r.run_dir.name}: identical finished run in "
+                  f"{twin.parent.name}/, copied instead of retrained", flush=True)
         try:
             train(r.config, r.run_dir, argv=r.argv, progress=False, extra_callbacks=[_Progress(bar)],
                   launcher="python -m ftstudy.ablate " + " ".join(sys.argv[1:] if argv is None else argv))

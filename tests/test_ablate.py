@@ -114,3 +114,22 @@ def test_finished_run_extends_in_place(tmp_path: Path, capsys) -> None:
     agg = (tmp_path / "injection_depth" / "aggregate.md").read_text()
     assert "| free |" in agg and "MI(Z;pos) bits" in agg
     assert (tmp_path / "figures" / "injection_depth.png").stat().st_size > 10_000
+
+
+def test_identical_runs_are_copied_between_studies(tmp_path: Path) -> None:
+    from ftstudy.ablate import copy_run, find_twin
+
+    out = tmp_path / "ablate"
+    (scope_run,) = [r for r in plan("free_bits_scope", "quick", [0], {}, out) if r.config.model.free_bits_scope == "token"]
+    (width_run,) = [r for r in plan("latent_bits", "quick", [0], {}, out) if r.config.model.latent_bits == 8]
+    assert scope_run.run_dir.name == width_run.run_dir.name
+    scope_run.run_dir.mkdir(parents=True)
+    (scope_run.run_dir / "config.json").write_text(json.dumps({"config": scope_run.config.to_dict()}))
+    assert find_twin(width_run, out) is None  # not finished yet
+    (scope_run.run_dir / "summary.json").write_text("{}")
+    assert find_twin(width_run, out) == scope_run.run_dir
+    other = [r for r in plan("latent_bits", "quick", [0], {}, out) if r.config.model.latent_bits == 4][0]
+    assert find_twin(other, out) is None
+    copy_run(scope_run.run_dir, width_run.run_dir)
+    assert (width_run.run_dir / "COPIED_FROM").read_text().strip() == f"free_bits_scope/{scope_run.run_dir.name}"
+    assert width_run.status == "finished" or (width_run.run_dir / "summary.json").exists()
