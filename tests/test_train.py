@@ -58,7 +58,7 @@ def test_exported_model_loads_weights_only(finished: tuple[Path, dict]) -> None:
     model, cfg, raw = load_model(run_dir / "ckpt" / "model.pt")
     assert cfg == tiny_cfg() and raw["step"] == 20
     lit_model, _, _ = load_model(run_dir / "ckpt" / "last.ckpt")  # Lightning's file, weights_only too
-    for (n1, p1), (n2, p2) in zip(model.state_dict().items(), lit_model.state_dict().items()):
+    for (n1, p1), (n2, p2) in zip(model.state_dict().items(), lit_model.state_dict().items(), strict=True):
         assert n1 == n2 and torch.equal(p1, p2)
 
 
@@ -112,7 +112,7 @@ def test_interrupted_run_resumes_exactly(tmp_path: Path, monkeypatch: pytest.Mon
     # uninterrupted one did.
     a, _, _ = load_model(ref_dir / "ckpt" / "model.pt")
     b, _, _ = load_model(run_dir / "ckpt" / "model.pt")
-    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.allclose(pa, pb, rtol=1e-4, atol=1e-6), name
 
 
