@@ -359,7 +359,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[ftstudy.ablate] {r.study}/{r.run_dir.name}: identical finished run in "
                   f"{twin.parent.name}/, copied instead of retrained", flush=True)
         try:
+            # A folder with neither checkpoint nor summary holds no training state (a run
+            # killed before its first checkpoint, or copied without its git-ignored ckpt/):
+            # the sweep starts it again rather than stopping.
+            restart = r.run_dir.exists() and r.status == "todo"
             train(r.config, r.run_dir, argv=r.argv, progress=False, extra_callbacks=[_Progress(bar)],
+                  overwrite=restart,
                   launcher="python -m ftstudy.ablate " + " ".join(sys.argv[1:] if argv is None else argv))
         except RunError as e:
             bar.close()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from ftstudy.ablate import KAPPAS, main, plan
+from ftstudy.config import parse_set_args
 from ftstudy.train import REPO_ROOT
 
 # The quick preset shrunk to seconds per run.
@@ -133,3 +134,13 @@ def test_identical_runs_are_copied_between_studies(tmp_path: Path) -> None:
     copy_run(scope_run.run_dir, width_run.run_dir)
     assert (width_run.run_dir / "COPIED_FROM").read_text().strip() == f"free_bits_scope/{scope_run.run_dir.name}"
     assert width_run.status == "finished" or (width_run.run_dir / "summary.json").exists()
+
+
+def test_sweep_restarts_a_run_that_left_no_checkpoint(tmp_path: Path) -> None:
+    args = ["--study", "injection_depth", "--out", str(tmp_path), "--set", *TINY, "steps=2"]
+    (run,) = plan("injection_depth", "quick", [0], parse_set_args([*TINY, "steps=2"]), tmp_path)
+    run.run_dir.mkdir(parents=True)
+    (run.run_dir / "config.json").write_text(json.dumps({"config": run.config.to_dict()}))
+    (run.run_dir / "metrics.csv").write_text("step,split\n1,train\n")
+    assert main(args) == 0
+    assert json.loads((run.run_dir / "summary.json").read_text())["step"] == 2
