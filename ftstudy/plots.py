@@ -156,7 +156,16 @@ def plot_study(aggs: list[dict], x: str, title: str = "", log_x: bool = False) -
     free = [a for a in aggs if a["variant"] != "baseline"]
     base = [a for a in aggs if a["variant"] == "baseline"]
 
+    labels = [str(a[x]) for a in free]
+    try:
+        [float(v) for v in labels]
+        categorical = False
+    except ValueError:
+        categorical = True  # e.g. free_bits_scope: token / sequence
+
     def xs(rows):
+        if categorical:
+            return list(range(len(rows)))
         return [float(a[x]) if a[x] not in ("", None) else math.nan for a in rows]
 
     for ax, (cols, label) in zip(axes.flat, panels):
@@ -172,7 +181,9 @@ def plot_study(aggs: list[dict], x: str, title: str = "", log_x: bool = False) -
         if col == "val.elbo":
             ax.axhline(NO_LATENT_FLOOR, color="gray", ls=":", lw=1, label="no-latent floor")
         ax.set(xlabel=x, ylabel=label)
-        if log_x:
+        if categorical:
+            ax.set_xticks(range(len(labels)), labels)
+        elif log_x:
             ax.set_xscale("log", base=2)
         ax.legend(fontsize=7)
     if title:
