@@ -246,7 +246,11 @@ def check_resumable(cfg: RunConfig, run_dir: Path) -> str:
     cfg_file = run_dir / "config.json"
     if status == "new" or not cfg_file.exists():
         return status
-    saved = json.loads(cfg_file.read_text())["config"]
+    try:
+        # Fields added to ftstudy after the run was made take their defaults.
+        saved = RunConfig.from_dict(json.loads(cfg_file.read_text())["config"]).to_dict()
+    except (ConfigError, KeyError, ValueError, TypeError) as e:
+        raise RunError(f"{run_dir}/config.json cannot be read as an ftstudy config: {e}") from e
     diff = _differences(saved, cfg.to_dict())
     if diff:
         raise RunError(f"{run_dir} holds a run with a different config ({'; '.join(diff)}); "

@@ -219,3 +219,18 @@ def test_two_process_ddp_run_completes(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["step"] == 10 and summary["generation"]["n"] == 8
+
+
+def test_runs_made_before_a_field_existed_still_match(finished: tuple[Path, dict], tmp_path: Path) -> None:
+    import shutil
+
+    run_dir = tmp_path / "old"
+    shutil.copytree(finished[0], run_dir)
+    saved = json.loads((run_dir / "config.json").read_text())
+    del saved["config"]["model"]["free_bits_scope"]  # as written by an older ftstudy
+    (run_dir / "config.json").write_text(json.dumps(saved))
+    assert train(tiny_cfg(), run_dir, progress=False)["step"] == 20  # recognised as finished, skipped
+    saved["config"]["model"]["colour"] = "red"
+    (run_dir / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(RunError, match="cannot be read as an ftstudy config"):
+        train(tiny_cfg(), run_dir, progress=False)
