@@ -31,7 +31,7 @@ from tqdm import tqdm
 from ftstudy.checkpoint import atomic_write_text
 from ftstudy.config import ConfigError, RunConfig, get_preset, parse_set_args
 from ftstudy.report import write_aggregate
-from ftstudy.train import REPO_ROOT, RunError, check_resumable, run_name, train
+from ftstudy.train import REPO_ROOT, RunError, check_resumable, run_name, saved_config, train
 
 __all__ = ["STUDIES", "PRESETS", "Study", "plan", "rebuild_summary", "main"]
 
@@ -83,10 +83,9 @@ class PlannedRun:
 
     @property
     def status(self) -> str:
-        if (self.run_dir / "summary.json").exists():
-            done = json.loads((self.run_dir / "summary.json").read_text()).get("step", 0)
-            return "finished" if done >= self.config.train.steps else "extend"
-        return "interrupted" if (self.run_dir / "ckpt" / "last.ckpt").exists() else "todo"
+        """finished, extend, interrupted, or todo (nothing worth keeping on disk)."""
+        s = check_resumable(self.config, self.run_dir)
+        return "todo" if s in ("new", "started") else s
 
     def steps_left(self) -> int:
         s = self.status
@@ -184,8 +183,8 @@ def find_twin(run: PlannedRun, out: Path) -> Path | None:
         if cand == run.run_dir or not (cand / "summary.json").exists():
             continue
         try:
-            have = json.loads((cand / "config.json").read_text())["config"]
-        except (OSError, ValueError, KeyError):
+            have = saved_config(cand)
+        except RunError:
             continue
         have.pop("preset", None)
         if have == want:

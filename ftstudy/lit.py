@@ -27,7 +27,7 @@ from torchmetrics import SumMetric
 
 from ftstudy.config import RunConfig
 from ftstudy.latent import kl_per_bit
-from ftstudy.measure import GroupDesign, generate_groups, group_metrics
+from ftstudy.measure import GroupDesign, GroupSamples, generate_groups, group_metrics
 from ftstudy.model import FreeTransformer
 
 __all__ = ["LitFreeTransformer", "NonFiniteLossError", "lr_at", "resolve_precision", "cpu_has_native_bf16"]
@@ -82,6 +82,7 @@ class LitFreeTransformer(L.LightningModule):
         self._sums = torch.nn.ModuleDict({k: SumMetric() for k in (
             "ce_prior", "ce_post", "kl", "n_scored", "n_latent")})
         self._t_last: float | None = None
+        self.last_probe_samples: GroupSamples | None = None  # generations of the latest probe
         self.train_tokens = 0  # tokens seen by this process since (re)start
 
     # ------------------------------------------------------------------ training

@@ -171,9 +171,9 @@ def group_metrics(samples: GroupSamples, body_len: int = synthetic.BODY_LEN) -> 
                                               for k in ("independent", "shared")}
     cond_entropies, group_sizes = [], []
     for gid in np.unique(samples.group):
-        members = np.flatnonzero((samples.group == gid) & valid)
-        kind = "shared" if samples.shared[members[0] if len(members) else np.flatnonzero(samples.group == gid)[0]] \
-            else "independent"
+        in_group = samples.group == gid
+        kind = "shared" if samples.shared[in_group][0] else "independent"
+        members = np.flatnonzero(in_group & valid)
         if len(members) < 2:
             continue
         pp = pos[members]

@@ -236,6 +236,15 @@ def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
             for k in sorted(set(a[sec]) | set(b[sec])) if a[sec].get(k) != b[sec].get(k) and k != "steps"]
 
 
+def saved_config(run_dir: Path) -> dict[str, Any]:
+    """The config a run directory was made with, as a full dict: fields added to ftstudy
+    after the run was made take their defaults.  RunError if it cannot be read."""
+    try:
+        return RunConfig.from_dict(json.loads((run_dir / "config.json").read_text())["config"]).to_dict()
+    except (ConfigError, KeyError, ValueError, TypeError, OSError) as e:
+        raise RunError(f"{run_dir}/config.json cannot be read as an ftstudy config: {e}") from e
+
+
 def check_resumable(cfg: RunConfig, run_dir: Path) -> str:
     """Status of ``run_dir`` for ``cfg``: new, finished, extend, interrupted or started.
 
@@ -246,11 +255,7 @@ def check_resumable(cfg: RunConfig, run_dir: Path) -> str:
     cfg_file = run_dir / "config.json"
     if status == "new" or not cfg_file.exists():
         return status
-    try:
-        # Fields added to ftstudy after the run was made take their defaults.
-        saved = RunConfig.from_dict(json.loads(cfg_file.read_text())["config"]).to_dict()
-    except (ConfigError, KeyError, ValueError, TypeError) as e:
-        raise RunError(f"{run_dir}/config.json cannot be read as an ftstudy config: {e}") from e
+    saved = saved_config(run_dir)
     diff = _differences(saved, cfg.to_dict())
     if diff:
         raise RunError(f"{run_dir} holds a run with a different config ({'; '.join(diff)}); "
@@ -259,7 +264,7 @@ def check_resumable(cfg: RunConfig, run_dir: Path) -> str:
     if cfg.train.steps < old_steps and status in ("finished", "interrupted"):
         raise RunError(f"{run_dir} was set up for {old_steps} steps; asking for {cfg.train.steps} would shorten it "
                        f"(pass --overwrite to start over)")
-    if status == "finished" and cfg.train.steps > json.loads((run_dir / "summary.json").read_text())["step"]:
+    if status == "finished" and cfg.train.steps > json.loads((run_dir / "summary.json").read_text()).get("step", 0):
         return "extend"
     return status
 
@@ -373,7 +378,10 @@ def _finish(cfg: RunConfig, lit: LitFreeTransformer, run_dir: Path, trainer: L.T
     if lit.probe_design().total > 0:
         with torch.autocast(model.tok_emb.weight.device.type, dtype=torch.bfloat16,
                             enabled=precision == "bf16-mixed"):
-            lit.probe()
+            if lit.last_probe_samples is None:  # no validation ran in this process
+                lit.probe()
+            # The final validation (at the last step, same seed and weights) already made
+            # these generations: reuse them rather than generating 1,024 sequences again.
             samples_p = lit.last_probe_samples
             probe = group_metrics(samples_p)
             write_groups(samples_p, run_dir / "groups.txt")
