@@ -14,6 +14,7 @@ truncated or foreign file into a ``CheckpointError`` that says which.
 
 from __future__ import annotations
 
+import csv
 import os
 import pickle
 import zipfile
@@ -25,7 +26,8 @@ import torch
 from ftstudy.config import ConfigError, RunConfig
 from ftstudy.model import FreeTransformer
 
-__all__ = ["CheckpointError", "FORMAT", "save_model", "load_model", "load_checkpoint_dict", "atomic_write_text"]
+__all__ = ["CheckpointError", "FORMAT", "save_model", "load_model", "load_checkpoint_dict", "atomic_write_text",
+           "read_metrics"]
 
 FORMAT = "ftstudy-model"
 FORMAT_VERSION = 1
@@ -114,3 +116,14 @@ def load_model(path: Path | str, map_location: str | torch.device = "cpu") -> tu
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {path}: weights do not match its own config: {e}") from e
     return model.to(map_location), cfg, obj
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, float | str]]:
+    """Rows of a run's metrics.csv with numbers parsed and empty cells dropped (the one
+    reader for plots and sweeps; only the writer, train.MetricsCSV, keeps raw strings)."""
+    rows = []
+    with open(Path(run_dir) / "metrics.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            rows.append({k: (v if k == "split" else float(v)) for k, v in r.items() if v != ""})
+    return rows
+

@@ -362,14 +362,24 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "task": dict(val_size=1024, n_generate=1000),
         "train": dict(steps=1000, batch_size=32, lr=2e-3, warmup_steps=50, val_every=250, ckpt_every=250),
     },
+    # make demo: the quick model for 400 steps, so that the reduced kl_budget sweep (5 runs,
+    # two at a time with one thread each) fits in 10 minutes with the install on 2 cores.
+    "synthetic-demo": {
+        "model": dict(n_layers=4, dim=64, n_heads=4, latent_bits=8, max_seq_len=66),
+        "task": dict(val_size=1024, n_generate=1000),
+        "train": dict(steps=400, batch_size=32, lr=2e-3, warmup_steps=50, val_every=200, ckpt_every=100),
+    },
     # Long runs for the κ = 1/8 question (issue 3): the prototype's shape (D 128, 4 layers,
-    # H 8, batch 64) trained ~6x longer than the demo.  About 35 min per Free run on a
-    # 2-core AVX2 CPU in fp32 (0.34 s/step); 8 layers, H = 16 and larger batches are
-    # overrides of it (H = 16 roughly quadruples the step time at this width on CPU).
+    # H 8, batch 64), 3x the demo's steps at 2x its batch and 2x its width: 3,000 steps,
+    # where the prototype's position effect had stopped growing (FEASIBILITY.md: 0.054-0.059
+    # shared-Z agreement at 3,000 steps, 0.064 at 10,000).  About 17 min per Free run alone
+    # on a 2-core AVX2 CPU in fp32 (0.34 s/step), about 37 min with one thread while another
+    # run uses the other core.  More steps, 8 layers, H = 16 and larger batches are
+    # overrides of it (`--set steps=...`; a finished run extends in place).
     "synthetic-paper": {
         "model": dict(n_layers=4, dim=128, n_heads=4, latent_bits=8, max_seq_len=66),
         "task": dict(val_size=2048, n_generate=1000),
-        "train": dict(steps=6000, batch_size=64, warmup_steps=200, val_every=1000, ckpt_every=250),
+        "train": dict(steps=3000, batch_size=64, warmup_steps=200, val_every=500, ckpt_every=250),
     },
     # Shape only (PAPER.md §5): 1.5B, 28 layers, D 1536, Llama-style with GQA, H 16.
     "paper-1.5b": {

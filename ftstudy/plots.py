@@ -6,7 +6,6 @@ Nothing here trains or evaluates: figures are drawn from ``metrics.csv`` and
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -20,18 +19,10 @@ if not os.environ.get("DISPLAY") and "inline" not in matplotlib.get_backend():
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from ftstudy.checkpoint import read_metrics  # noqa: E402
 from ftstudy.measure import NO_LATENT_FLOOR  # noqa: E402
 
 __all__ = ["NO_LATENT_FLOOR", "read_metrics", "plot_training_curves", "save_figure"]
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, float | str]]:
-    """Rows of a run's metrics.csv with numbers parsed (empty cells dropped)."""
-    rows = []
-    with open(Path(run_dir) / "metrics.csv", newline="") as f:
-        for r in csv.DictReader(f):
-            rows.append({k: (v if k == "split" else float(v)) for k, v in r.items() if v != ""})
-    return rows
 
 
 def _label(run_dir: Path) -> str:
@@ -185,6 +176,9 @@ def plot_study(aggs: list[dict], x: str, title: str = "", log_x: bool = False) -
             ax.set_xticks(range(len(labels)), labels)
         elif log_x:
             ax.set_xscale("log", base=2)
+            finite = [v for v in xs(free) if math.isfinite(v) and v > 0]
+            if finite:  # explicit limits: a panel whose metric is all NaN has no data range
+                ax.set_xlim(min(finite) / 1.5, max(finite) * 1.5)
         ax.legend(fontsize=7)
     if title:
         fig.suptitle(title)

@@ -188,7 +188,10 @@ class AtomicCheckpoint(L.Callback):
 
     def save(self, trainer: L.Trainer) -> None:
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        trainer.save_checkpoint(tmp)  # collective; rank 0 writes
+        # weights_only=False here means "save the optimizer and loop state too" (a resumable
+        # checkpoint); it holds only tensors and plain containers, so it still loads with
+        # torch.load(weights_only=True).
+        trainer.save_checkpoint(tmp, weights_only=False)  # collective; rank 0 writes
         if trainer.is_global_zero:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
@@ -469,7 +472,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     run_dir = args.out / (args.name or run_name(cfg))
     try:
-        summary = train(cfg, run_dir, overwrite=args.overwrite, argv=argv, progress=not args.no_progress)
+        summary = train(cfg, run_dir, overwrite=args.overwrite, argv=argv, progress=not args.no_progress,
+                        launcher=os.environ.get("FTSTUDY_LAUNCHED_BY"))  # set by ablate --jobs
     except RunError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3

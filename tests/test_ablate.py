@@ -34,7 +34,7 @@ def test_grids() -> None:
     scope = plan("free_bits_scope", "quick", [3], {}, Path("/x"))
     assert [r.config.model.free_bits_scope for r in scope] == ["token", "sequence"]
     assert all(r.config.train.seed == 3 for r in scope)
-    assert len(plan("all", "quick", [0], {}, Path("/x"))) == 9 + 3 + 5 + 2
+    assert len(plan("all", "quick", [0], {}, Path("/x"))) == 9 + 3 + 5 + 2 + 7
     names = [r.run_dir for r in plan("all", "quick", [0, 1], {}, Path("/x"))]
     assert len(names) == len(set(names))
 
@@ -50,7 +50,7 @@ def test_bad_input(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["--study", "kl_budget", "--seeds", "0.5"])
     assert main(["--study", "all", "--dry-run", "--out", str(tmp_path)]) == 0
-    assert "19 runs" in capsys.readouterr().out and not any(tmp_path.iterdir())
+    assert "26 runs" in capsys.readouterr().out and not any(tmp_path.iterdir())
 
 
 def _sweep(out: Path, *extra: str) -> list[str]:
@@ -144,3 +144,89 @@ def test_sweep_restarts_a_run_that_left_no_checkpoint(tmp_path: Path) -> None:
     (run.run_dir / "metrics.csv").write_text("step,split\n1,train\n")
     assert main(args) == 0
     assert json.loads((run.run_dir / "summary.json").read_text())["step"] == 2
+
+
+def test_demo_is_a_parallel_reduced_kl_sweep(tmp_path: Path, capsys) -> None:
+    """make demo: baseline + κ ∈ {1/64, 1/8, 1, 8}, two runs at a time, figures, a table."""
+    import shlex
+
+    from ftstudy import demo
+    from ftstudy.train import build_parser, config_from_args
+
+    out = tmp_path / "demo"
+    assert demo.main(["--out", str(out), "--jobs", "2", "--set", *TINY, "steps=4"]) == 0
+    text = capsys.readouterr().out
+    runs = sorted(p for p in (out / "kl_budget").iterdir() if p.is_dir() and p.name != "logs")
+    assert [p.name.split("-")[2:4] for p in runs] == [["base", "dim16"], ["free", "k0.015625"], ["free", "k0.125"],
+                                                      ["free", "k1"], ["free", "k8"]]
+    for run in runs:
+        assert json.loads((run / "summary.json").read_text())["step"] == 4
+        saved = json.loads((run / "config.json").read_text())
+        assert saved["launched_by"].startswith("python -m ftstudy.ablate --study kl_budget --preset demo")
+        # The recorded ftstudy.train command reproduces the run's config exactly.
+        again = config_from_args(build_parser().parse_args(shlex.split(saved["command"])[3:]))
+        assert again.to_dict() == saved["config"]
+    assert (out / "kl_budget" / "logs" / f"{runs[-1].name}.log").exists()
+    for line in ("baseline", "κ = 0.015625", "κ = 0.125", "κ = 1 ", "κ = 8 "):
+        assert f"\n{line}" in text
+    for fig in ("kl_budget.png", "figure4_s0.png", "figure4_s0.txt"):
+        assert (out / "figures" / fig).stat().st_size > 100
+    rows = list(csv.DictReader(open(out / "kl_budget" / "summary.csv")))
+    assert len(rows) == 5
+    # Rerunning trains nothing.
+    t = time.perf_counter()
+    assert demo.main(["--out", str(out), "--jobs", "2", "--set", *TINY, "steps=4"]) == 0
+    assert "5 finished" in capsys.readouterr().out and time.perf_counter() - t < 60
+
+
+def test_only_and_jobs_input(tmp_path: Path, capsys) -> None:
+    runs = plan("kl_budget", "quick", [0], {}, tmp_path, only=["kappa_bits=1/8", "latent_bits=0"])
+    assert [(r.config.model.latent_bits, r.config.model.kappa_bits) for r in runs] == [(0, 0.125), (8, 0.125)]
+    assert main(["--study", "kl_budget", "--only", "kappa_bits=3/7", "--out", str(tmp_path), "--dry-run"]) == 2
+    assert "matches no point" in capsys.readouterr().err
+    assert main(["--study", "kl_budget", "--only", "kapa=1", "--out", str(tmp_path), "--dry-run"]) == 2
+    assert "unknown config key 'kapa'" in capsys.readouterr().err
+    assert main(["--study", "kl_budget", "--jobs", "0", "--out", str(tmp_path)]) == 2
+    assert "--jobs must be an integer >= 1, got 0" in capsys.readouterr().err
+    assert main(["--study", "kl_budget", "--jobs", "2", "--set", "devices=2", "--out", str(tmp_path)]) == 2
+    assert "need --jobs 1" in capsys.readouterr().err
+    # One change at a time: the more-steps point is its own run, next to the unchanged one.
+    eighth = plan("kappa_eighth", "quick", [0], {}, tmp_path)
+    names = [r.run_dir.name for r in eighth]
+    assert len(names) == len(set(names)) == 7
+    assert "synthetic-quick-free-k0.125-steps3000-s0" in names
+    assert {r.config.model.kappa_bits for r in eighth} == {0.125}
+    assert not any(tmp_path.iterdir())
+
+
+def test_parallel_sweep_sigkill_takes_its_children_and_resumes(tmp_path: Path) -> None:
+    """--jobs 2: SIGKILL of the sweep process alone ends its training processes too (no orphan
+    keeps writing a run that the rerun resumes), and the rerun finishes every run."""
+    out = tmp_path / "ablate"
+    cmd = [*_sweep(out, "steps=40"), "--jobs", "2"]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    study = out / "free_bits_scope"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if study.exists() and len(list(study.glob("*/ckpt/last.ckpt"))) >= 2:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the sweep ended before both runs had a checkpoint"
+    os.kill(proc.pid, signal.SIGKILL)  # the parent only, not its process group
+    proc.wait()
+
+    def children() -> list[str]:
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        return [line for line in ps.splitlines() if "ftstudy.train" in line and str(study) in line]
+
+    deadline = time.time() + 30
+    while children() and time.time() < deadline:
+        time.sleep(0.2)
+    assert not children()
+    rerun = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    for run in (p for p in study.iterdir() if p.is_dir() and p.name != "logs"):
+        assert json.loads((run / "summary.json").read_text())["step"] == 40
+        steps = [int(r["step"]) for r in csv.DictReader(open(run / "metrics.csv")) if r["split"] == "train"]
+        assert steps == list(range(1, 41))  # resumed, not restarted, and no step twice
+    assert "resuming" in "".join(p.read_text() for p in (study / "logs").iterdir())

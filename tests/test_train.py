@@ -188,26 +188,6 @@ def test_training_curves_figure(finished: tuple[Path, dict], tmp_path: Path) -> 
     assert path.stat().st_size > 10_000 and path.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_demo_entry_point(tmp_path: Path, capsys) -> None:
-    from ftstudy import demo
-
-    assert demo.main(["--preset", "synthetic-tiny", "--out", str(tmp_path / "runs"),
-                      "--figures", str(tmp_path / "fig"), "--show", "2"]) == 0
-    out = capsys.readouterr().out
-    assert "baseline: valid" in out and "Free, κ = 1/8 bit: valid" in out
-    assert (tmp_path / "fig" / "demo_synthetic-tiny_s0.png").exists()
-    runs = sorted((tmp_path / "runs").iterdir())
-    assert [p.name for p in runs] == ["synthetic-tiny-base-s0", "synthetic-tiny-free-k0.125-s0"]
-    # The command recorded in config.json reproduces the run's config exactly.
-    from ftstudy.train import build_parser, config_from_args
-
-    for run in runs:
-        saved = json.loads((run / "config.json").read_text())
-        assert saved["command"].startswith("python -m ftstudy.train ")
-        again = config_from_args(build_parser().parse_args(shlex.split(saved["command"])[3:]))
-        assert again.to_dict() == saved["config"]
-
-
 def test_two_process_ddp_run_completes(tmp_path: Path) -> None:
     """Lightning's DDP launcher re-runs the command for rank 1: only rank 0 may manage the run dir."""
     import sys
