@@ -22,6 +22,7 @@ import os
 import shutil
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 from ftstudy import ablate
@@ -59,7 +60,7 @@ def report(out: Path, seed: int, overrides: list[str] = ()) -> str:  # type: ign
             continue
         s = json.loads(path.read_text())
         m = r.config.model
-        name = "baseline" if not m.is_free else f"κ = {m.kappa_bits:g}"
+        name = "baseline" if not m.is_free else f"κ = {Fraction(m.kappa_bits).limit_denominator(1024)}"
         p, g = s["probe"], s["generation"]
         kl = s.get("posterior", {}).get("kl_bits_per_token")
         lines.append(f"{name:10s} {_f(g['valid_rate'], '6.3f')} {_f(kl, '11.3f')} "

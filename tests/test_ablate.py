@@ -167,7 +167,7 @@ def test_demo_is_a_parallel_reduced_kl_sweep(tmp_path: Path, capsys) -> None:
         again = config_from_args(build_parser().parse_args(shlex.split(saved["command"])[3:]))
         assert again.to_dict() == saved["config"]
     assert (out / "kl_budget" / "logs" / f"{runs[-1].name}.log").exists()
-    for line in ("baseline", "κ = 0.015625", "κ = 0.125", "κ = 1 ", "κ = 8 "):
+    for line in ("baseline", "κ = 1/64", "κ = 1/8", "κ = 1 ", "κ = 8 "):
         assert f"\n{line}" in text
     for fig in ("kl_budget.png", "figure4_s0.png", "figure4_s0.txt"):
         assert (out / "figures" / fig).stat().st_size > 100
