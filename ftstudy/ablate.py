@@ -38,7 +38,7 @@ import lightning as L
 from tqdm import tqdm
 
 from ftstudy.checkpoint import atomic_write_text, read_metrics
-from ftstudy.config import ConfigError, RunConfig, get_preset, parse_set_args
+from ftstudy.config import LATENT_ONLY_FIELDS, ConfigError, RunConfig, get_preset, parse_set_args
 from ftstudy.report import write_aggregate
 from ftstudy.train import REPO_ROOT, RunError, check_resumable, run_name, saved_config, train
 
@@ -156,7 +156,8 @@ def plan(study: str, preset: str, seeds: list[int], overrides: dict[str, str], o
             for point in points:
                 ov = {**overrides, **{k: str(v) for k, v in point.items()}, "seed": str(seed)}
                 cfg = get_preset(PRESETS[preset], ov)
-                if wanted and not any(_field(cfg, k) == v for k, v in wanted):
+                if wanted and not any(_field(cfg, k) == v and (cfg.model.is_free or k.rpartition(".")[2]
+                                                                 not in LATENT_ONLY_FIELDS) for k, v in wanted):
                     continue
                 argv = ["--preset", PRESETS[preset], "--set", *[f"{k}={v}" for k, v in ov.items()]]
                 # Run names leave steps out (a finished run extends in place); a grid point

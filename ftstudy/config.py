@@ -20,8 +20,13 @@ from ftstudy.latent import MAX_LATENT_BITS
 
 __all__ = [
     "ConfigError", "ModelConfig", "TaskConfig", "TrainConfig", "RunConfig",
-    "PRESETS", "get_preset", "apply_overrides", "parse_set_args",
+    "PRESETS", "get_preset", "apply_overrides", "parse_set_args", "LATENT_ONLY_FIELDS",
 ]
+
+# Model fields that only a Free model reads: they change nothing in a baseline
+# (latent_bits = 0), so they neither name a baseline run nor select it.
+LATENT_ONLY_FIELDS = ("kappa_bits", "inject_layer", "post_sampler", "encoder_positions", "kl_weight_below",
+                      "free_bits_scope")
 
 
 class ConfigError(ValueError):

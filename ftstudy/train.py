@@ -37,7 +37,7 @@ import torch
 import ftstudy
 from ftstudy import synthetic
 from ftstudy.checkpoint import atomic_write_text, load_checkpoint_dict, save_model
-from ftstudy.config import ConfigError, RunConfig, get_preset, parse_set_args, PRESETS
+from ftstudy.config import LATENT_ONLY_FIELDS, ConfigError, RunConfig, get_preset, parse_set_args, PRESETS
 from ftstudy.lit import LitFreeTransformer, NonFiniteLossError, resolve_precision
 from ftstudy.measure import (NO_LATENT_FLOOR, generate_synthetic, group_metrics, posterior_metrics,
                              synthetic_prompts, valid_rate, write_groups)
@@ -72,8 +72,7 @@ def run_name(cfg: RunConfig) -> str:
         for key in sorted(cur[section]):
             if key in skip or cur[section][key] == ref[section][key]:
                 continue
-            if not m.is_free and key in ("kappa_bits", "inject_layer", "post_sampler", "encoder_positions",
-                                         "kl_weight_below"):
+            if not m.is_free and key in LATENT_ONLY_FIELDS:
                 continue  # latent-only settings do not change a baseline
             parts.append(f"{key}{_fmt(cur[section][key])}")
     if m.is_free and m.latent_bits != base.model.latent_bits:

@@ -182,6 +182,9 @@ def test_demo_is_a_parallel_reduced_kl_sweep(tmp_path: Path, capsys) -> None:
 def test_only_and_jobs_input(tmp_path: Path, capsys) -> None:
     runs = plan("kl_budget", "quick", [0], {}, tmp_path, only=["kappa_bits=1/8", "latent_bits=0"])
     assert [(r.config.model.latent_bits, r.config.model.kappa_bits) for r in runs] == [(0, 0.125), (8, 0.125)]
+    # The baseline's κ field holds its default, 1/8, but a latent-only value never selects it.
+    (only,) = plan("kl_budget", "quick", [0], {}, tmp_path, only=["kappa_bits=1/8"])
+    assert only.config.model.latent_bits == 8
     assert main(["--study", "kl_budget", "--only", "kappa_bits=3/7", "--out", str(tmp_path), "--dry-run"]) == 2
     assert "matches no point" in capsys.readouterr().err
     assert main(["--study", "kl_budget", "--only", "kapa=1", "--out", str(tmp_path), "--dry-run"]) == 2
