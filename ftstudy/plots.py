@@ -165,15 +165,19 @@ def plot_study(aggs: list[dict], x: str, title: str = "", log_x: bool = False) -
             lo = [a[f"{col}.ci_low"] for a in free]
             hi = [a[f"{col}.ci_high"] for a in free]
             name = col.split(".")[-1].replace("same_pos_", "").replace("noise_overlap_", "")
-            line, = ax.plot(xs(free), y, "o-", label=name)
-            ax.fill_between(xs(free), lo, hi, color=line.get_color(), alpha=0.2)
+            if categorical:  # one change at a time, token/sequence: not a continuum, no line
+                err = [[m - a for m, a in zip(y, lo)], [b - m for m, b in zip(y, hi)]]
+                line = ax.errorbar(xs(free), y, yerr=err, fmt="o", capsize=3, label=name).lines[0]
+            else:
+                line, = ax.plot(xs(free), y, "o-", label=name)
+                ax.fill_between(xs(free), lo, hi, color=line.get_color(), alpha=0.2)
             if base and math.isfinite(base[0].get(col, math.nan)):
                 ax.axhline(base[0][col], color=line.get_color(), ls="--", lw=1, label=f"{name}, baseline")
         if col == "val.elbo":
             ax.axhline(NO_LATENT_FLOOR, color="gray", ls=":", lw=1, label="no-latent floor")
         ax.set(xlabel=x, ylabel=label)
         if categorical:
-            ax.set_xticks(range(len(labels)), labels)
+            ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
         elif log_x:
             ax.set_xscale("log", base=2)
             finite = [v for v in xs(free) if math.isfinite(v) and v > 0]
