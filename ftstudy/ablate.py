@@ -38,7 +38,7 @@ import lightning as L
 from tqdm import tqdm
 
 from ftstudy.checkpoint import atomic_write_text, read_metrics
-from ftstudy.config import LATENT_ONLY_FIELDS, ConfigError, RunConfig, get_preset, parse_set_args
+from ftstudy.config import LATENT_ONLY_FIELDS, ConfigError, RunConfig, config_value, get_preset, parse_set_args
 from ftstudy.report import write_aggregate
 from ftstudy.train import REPO_ROOT, RunError, check_resumable, run_name, saved_config, train
 
@@ -121,15 +121,6 @@ class PlannedRun:
         return self.config.train.steps
 
 
-def _field(cfg: RunConfig, key: str) -> Any:
-    d = cfg.to_dict()
-    section, _, name = key.rpartition(".")
-    for sec in ([section] if section else ("model", "task", "train")):
-        if name in d.get(sec, {}):
-            return d[sec][name]
-    raise ConfigError(f"unknown config key {key!r}")
-
-
 def plan(study: str, preset: str, seeds: list[int], overrides: dict[str, str], out: Path,
          only: list[str] | None = None) -> list[PlannedRun]:
     """Every run of a study (or of all of them), in a deterministic order.
@@ -147,7 +138,7 @@ def plan(study: str, preset: str, seeds: list[int], overrides: dict[str, str], o
         if not sep or not key.strip():
             raise ConfigError(f"--only expects key=value, got {item!r}")
         key = key.strip()
-        wanted.append((key, _field(get_preset(PRESETS[preset], {**overrides, key: value}), key)))
+        wanted.append((key, config_value(get_preset(PRESETS[preset], {**overrides, key: value}), key)))
     runs = []
     for name in names:
         s = studies[name]
@@ -157,7 +148,7 @@ def plan(study: str, preset: str, seeds: list[int], overrides: dict[str, str], o
             for point in points:
                 ov = {**overrides, **{k: str(v) for k, v in point.items()}, "seed": str(seed)}
                 cfg = get_preset(PRESETS[preset], ov)
-                if wanted and not any(_field(cfg, k) == v and (cfg.model.is_free or k.rpartition(".")[2]
+                if wanted and not any(config_value(cfg, k) == v and (cfg.model.is_free or k.rpartition(".")[2]
                                                                  not in LATENT_ONLY_FIELDS) for k, v in wanted):
                     continue
                 argv = ["--preset", PRESETS[preset], "--set", *[f"{k}={v}" for k, v in ov.items()]]
@@ -347,11 +338,11 @@ def make_figures(out: Path, study: str, seed: int) -> list[Path]:
         written.append(save_figure(plot_study(aggs, x, title=name, log_x=log_x),
                                    fig_dir / f"{name}.png"))
         if name == "kl_budget":
+            probed = [(d, saved_config(d)) for d in sorted((out / name).iterdir())
+                      if (d / "groups.txt").exists() and (d / "summary.json").exists()]
             panels = {}
             for k in FIG4_KAPPAS:
-                matches = [d / "groups.txt" for d in sorted((out / name).iterdir())
-                           if (d / "groups.txt").exists() and (d / "summary.json").exists()
-                           and _is_point(saved_config(d), k, seed)]
+                matches = [d / "groups.txt" for d, cfg in probed if _is_point(cfg, k, seed)]
                 if matches:
                     panels[f"κ = {k:g} bit"] = matches[0]
             if panels:

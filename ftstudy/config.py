@@ -20,7 +20,7 @@ from ftstudy.latent import MAX_LATENT_BITS
 
 __all__ = [
     "ConfigError", "ModelConfig", "TaskConfig", "TrainConfig", "RunConfig",
-    "PRESETS", "get_preset", "apply_overrides", "parse_set_args", "LATENT_ONLY_FIELDS",
+    "PRESETS", "get_preset", "apply_overrides", "parse_set_args", "config_value", "LATENT_ONLY_FIELDS",
 ]
 
 # Model fields that only a Free model reads: they change nothing in a baseline
@@ -319,18 +319,30 @@ def _coerce(section: str, name: str, raw: Any) -> Any:
     raise ConfigError(f"{section}.{name} = {raw!r} cannot be parsed as {' or '.join(t.__name__ for t in types)}")
 
 
+def _locate(key: str) -> tuple[str, str]:
+    """(section, field) of a config key given as ``field`` or ``section.field``."""
+    index = _field_index()
+    section, _, name = key.rpartition(".")
+    if not section:
+        if name not in index:
+            raise ConfigError(f"unknown config key {key!r}; allowed: {sorted(index)}")
+        return index[name], name
+    if section not in _SECTIONS or name not in {f.name for f in fields(_SECTIONS[section])}:
+        raise ConfigError(f"unknown config key {key!r}; allowed: {sorted(index)} (optionally as section.field)")
+    return section, name
+
+
+def config_value(cfg: RunConfig, key: str) -> Any:
+    """The value of a config key (``field`` or ``section.field``) in cfg."""
+    section, name = _locate(key)
+    return getattr(getattr(cfg, section), name)
+
+
 def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """Return cfg with fields replaced; keys are field names, optionally `section.field`."""
-    index = _field_index()
     by_section: dict[str, dict[str, Any]] = {s: {} for s in _SECTIONS}
     for key, value in overrides.items():
-        section, _, name = key.rpartition(".")
-        if not section:
-            if name not in index:
-                raise ConfigError(f"unknown config key {key!r}; allowed: {sorted(index)}")
-            section = index[name]
-        elif section not in _SECTIONS or name not in {f.name for f in fields(_SECTIONS[section])}:
-            raise ConfigError(f"unknown config key {key!r}; allowed: {sorted(index)} (optionally as section.field)")
+        section, name = _locate(key)
         by_section[section][name] = _coerce(section, name, value)
     d = cfg.to_dict()
     for section, values in by_section.items():
