@@ -46,8 +46,10 @@ __all__ = ["STUDIES", "PRESETS", "Study", "plan", "rebuild_summary", "main"]
 
 DEFAULT_OUT = REPO_ROOT / "results" / "ablate"
 # --preset → (config preset, default results folder)
-PRESETS = {"quick": "synthetic-quick", "paper": "synthetic-paper", "demo": "synthetic-demo"}
-PRESET_OUT = {"quick": DEFAULT_OUT, "paper": DEFAULT_OUT / "paper", "demo": REPO_ROOT / "results" / "demo"}
+PRESETS = {"quick": "synthetic-quick", "paper": "synthetic-paper", "demo": "synthetic-demo",
+           "code-math": "code-math-small"}
+PRESET_OUT = {"quick": DEFAULT_OUT, "paper": DEFAULT_OUT / "paper", "demo": REPO_ROOT / "results" / "demo",
+              "code-math": REPO_ROOT / "results" / "benchmarks" / "code-math-small" / "runs"}
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,8 @@ class ModelConfig:
 class TaskConfig:
     """What the model is trained on."""
 
-    name: Literal["synthetic"] = "synthetic"  # the paper's §4.1 task (more corpora come with the benchmark issue)
+    name: Literal["synthetic", "tokens"] = "synthetic"  # the paper's §4.1 task, or token shards (ftstudy.data)
+    data_dir: str | None = None  # tokens: a folder made by `python -m ftstudy.data prepare` (or the same format)
     val_size: int = 1024  # fixed validation sequences
     n_generate: int = 1000  # sequences generated under prior Z at the end of a run
     # Probe of how much Z decides, at every validation: per fixed prompt, one group with
@@ -213,6 +214,12 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.model.max_seq_len < 65 and self.task.name == "synthetic":
             _fail("ModelConfig", "max_seq_len", self.model.max_seq_len, ">= 65 for the synthetic task (66 chars)")
+        if self.task.name == "tokens" and not self.task.data_dir:
+            _fail("TaskConfig", "data_dir", self.task.data_dir,
+                  "a shard folder for task 'tokens' (python -m ftstudy.data prepare ... --out DIR)")
+        if self.task.name == "tokens" and (self.task.n_generate or self.task.probe_independent or self.task.probe_groups):
+            _fail("TaskConfig", "name", self.task.name,
+                  "'tokens' only with n_generate = probe_independent = probe_groups = 0 (synthetic-task figures)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -397,6 +404,27 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "model": dict(n_layers=4, dim=128, n_heads=4, latent_bits=8, max_seq_len=66),
         "task": dict(val_size=2048, n_generate=1000),
         "train": dict(steps=3000, batch_size=64, warmup_steps=200, val_every=500, ckpt_every=250),
+    },
+    # Issue 4's benchmark models on the code-math corpus (python -m ftstudy.data prepare
+    # --corpus code-math --out data/code-math), byte-level.  Sized for a 2-core AVX2 CPU in
+    # fp32: D 128, 4 layers, 256-byte context, batch 32, 800 steps = 6.6M tokens per model.
+    # Measured with one thread each, two runs side by side: about 1.1 s/step for the
+    # baseline and 1.65 s/step for the Free model (about 22 min), so baseline + four κ fit
+    # in about an hour.  H = 8 (not the paper's 16): a Linear(2^16 → 128) post-sampler
+    # would hold 8.4M weights, 8x the rest of the model.
+    "code-math-small": {
+        "model": dict(vocab_size=258, n_layers=4, dim=128, n_heads=2, latent_bits=8, kappa_bits=1.0,
+                      max_seq_len=256),
+        "task": dict(name="tokens", data_dir="data/code-math", val_size=128, n_generate=0, probe_independent=0,
+                     probe_groups=0),
+        "train": dict(steps=800, batch_size=32, lr=2e-3, warmup_steps=50, val_every=200, ckpt_every=100),
+    },
+    # Tests: the same task on a tiny model (with a shard folder given by --set data_dir=...).
+    "tokens-tiny": {
+        "model": dict(vocab_size=258, n_layers=2, dim=32, n_heads=2, latent_bits=4, kappa_bits=1.0, max_seq_len=32),
+        "task": dict(name="tokens", data_dir="data/code-math", val_size=8, n_generate=0, probe_independent=0,
+                     probe_groups=0),
+        "train": dict(steps=10, batch_size=4, warmup_steps=2, val_every=5, ckpt_every=5, log_every=5),
     },
     # Shape only (PAPER.md §5): 1.5B, 28 layers, D 1536, Llama-style with GQA, H 16.
     "paper-1.5b": {

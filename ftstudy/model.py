@@ -100,15 +100,22 @@ class Attention(nn.Module):
         self.wo = nn.Linear(self.n_heads * self.hd, cfg.dim, bias=False)
 
     def forward(self, xq: Tensor, xkv: Tensor, rope: RotaryEmbedding | None, causal: bool,
-                start: int = 0, cache: KVCache | None = None, layer: int = 0) -> Tensor:
+                start: int = 0, cache: KVCache | None = None, layer: int = 0,
+                attn_mask: Tensor | None = None) -> Tensor:
+        """``attn_mask`` (bool, broadcastable to (B, nh, T, S_total), True = may attend)
+        replaces the causal rule when given: padded batches pass their own."""
         b, t, _ = xq.shape
         s = xkv.shape[1]
         q = self.wq(xq).view(b, t, self.n_heads, self.hd).transpose(1, 2)  # (B, nh, T, hd)
         k, v = self.wkv(xkv).view(b, s, 2, self.n_kv, self.hd).permute(2, 0, 3, 1, 4)  # 2 x (B, nkv, S, hd)
         if rope is not None:
             q, k = rope(q, start), rope(k, start)
-        mask = None
-        if cache is not None:
+        mask = attn_mask
+        if attn_mask is not None:
+            causal = False
+            if cache is not None:
+                k, v = cache.update(layer, start, k, v)
+        elif cache is not None:
             k, v = cache.update(layer, start, k, v)  # (B, nkv, start+S, hd)
             if causal and start > 0:
                 # Queries at start … start+T-1 see keys 0 … their own position.  With one
@@ -147,10 +154,11 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg)
 
     def forward(self, x: Tensor, kv: Tensor | None = None, *, rope: RotaryEmbedding | None, causal: bool = True,
-                start: int = 0, cache: KVCache | None = None, layer: int = 0) -> Tensor:
+                start: int = 0, cache: KVCache | None = None, layer: int = 0,
+                attn_mask: Tensor | None = None) -> Tensor:
         h = self.attn_norm(x)
         hkv = h if kv is None else self.attn_norm(kv)
-        x = x + self.attn(h, hkv, rope, causal, start, cache, layer)
+        x = x + self.attn(h, hkv, rope, causal, start, cache, layer, attn_mask)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -222,20 +230,22 @@ class FreeTransformer(nn.Module):
 
     # ------------------------------------------------------------------ pieces
 
-    def trunk(self, idx: Tensor, start: int = 0, cache: KVCache | None = None) -> Tensor:
+    def trunk(self, idx: Tensor, start: int = 0, cache: KVCache | None = None,
+              attn_mask: Tensor | None = None) -> Tensor:
         """Embedding and the blocks before the injection point: X, (B, T, D)."""
         x = self.tok_emb(idx)
         n = self.cfg.injection if self.cfg.is_free else self.cfg.n_layers
         for i in range(n):
-            x = self.blocks[i](x, rope=self.rope, start=start, cache=cache, layer=i)
+            x = self.blocks[i](x, rope=self.rope, start=start, cache=cache, layer=i, attn_mask=attn_mask)
         return x
 
-    def encode(self, x: Tensor) -> Tensor:
-        """Encoder logits L (B, T, H) from the trunk output X: ζ queries, X keys/values, no mask."""
+    def encode(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        """Encoder logits L (B, T, H) from the trunk output X: ζ queries, X keys/values, no
+        mask (``attn_mask`` restricts the keys, e.g. to a padded batch's context tokens)."""
         b, t, d = x.shape
         zeta = self.zeta.to(x.dtype).expand(b, t, d)  # ζ repeated at every position
         rope = self.rope if self.cfg.encoder_positions == "rope" else None
-        h = self.encoder(zeta, x, rope=rope, causal=False)
+        h = self.encoder(zeta, x, rope=rope, causal=False, attn_mask=attn_mask)
         return self.enc_head(self.enc_norm(h))
 
     def post_sample(self, enc_logits: Tensor | None, bits: Tensor | None,
@@ -254,12 +264,13 @@ class FreeTransformer(nn.Module):
         mapper = binary_mapper if self.cfg.post_sampler == "dense" else factored_mapper
         return mapper(enc_logits.float(), w, bits=bits, generator=generator)
 
-    def head(self, x: Tensor, start: int = 0, cache: KVCache | None = None, r: Tensor | None = None) -> Tensor:
+    def head(self, x: Tensor, start: int = 0, cache: KVCache | None = None, r: Tensor | None = None,
+             attn_mask: Tensor | None = None) -> Tensor:
         """Blocks from the injection point on, final norm and readout: logits (B, T, V)."""
         first = self.cfg.injection if self.cfg.is_free else self.cfg.n_layers
         for i in range(first, self.cfg.n_layers):
             kv = (x + r) if (i == first and r is not None) else None  # PAPER.md §2.6: R into k/v only
-            x = self.blocks[i](x, kv, rope=self.rope, start=start, cache=cache, layer=i)
+            x = self.blocks[i](x, kv, rope=self.rope, start=start, cache=cache, layer=i, attn_mask=attn_mask)
         return self.lm_head(self.norm(x))
 
     # ------------------------------------------------------------------ forward

@@ -36,6 +36,7 @@ import torch
 
 import ftstudy
 from ftstudy import synthetic
+from ftstudy.data import DataError, TokenDataModule, tokenizer_spec
 from ftstudy.checkpoint import atomic_write_text, load_checkpoint_dict, save_model
 from ftstudy.config import LATENT_ONLY_FIELDS, ConfigError, RunConfig, get_preset, parse_set_args, PRESETS
 from ftstudy.lit import LitFreeTransformer, NonFiniteLossError, resolve_precision
@@ -271,6 +272,20 @@ def check_resumable(cfg: RunConfig, run_dir: Path) -> str:
     return status
 
 
+def make_datamodule(cfg: RunConfig, start_index: int = 0) -> L.LightningDataModule:
+    """The task's data module, resuming at batch ``start_index`` (raises DataError for bad shards)."""
+    t = cfg.train
+    world = t.devices * t.num_nodes
+    if cfg.task.name == "tokens":
+        assert cfg.task.data_dir is not None
+        return TokenDataModule(cfg.task.data_dir, batch_size=t.batch_size // world, seq_len=cfg.model.max_seq_len,
+                               val_size=cfg.task.val_size, seed=t.seed, steps_per_epoch=max(t.val_every, 1),
+                               start_index=start_index, vocab_size=cfg.model.vocab_size)
+    return synthetic.SyntheticDataModule(batch_size=t.batch_size // world, val_size=cfg.task.val_size,
+                                         seed=t.seed, steps_per_epoch=max(t.val_every, 1), num_workers=t.num_workers,
+                                         start_index=start_index)
+
+
 def train(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, argv: list[str] | None = None,
           progress: bool = True, launcher: str | None = None,
           extra_callbacks: list[L.Callback] | None = None) -> dict[str, Any]:
@@ -315,9 +330,7 @@ def train(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, argv: list[
     resume_step = 0
     if status == "interrupted":
         resume_step = int(load_checkpoint_dict(last).get("global_step", 0))  # weights_only=True
-    dm = synthetic.SyntheticDataModule(batch_size=t.batch_size // world, val_size=cfg.task.val_size,
-                                       seed=t.seed, steps_per_epoch=max(t.val_every, 1), num_workers=t.num_workers,
-                                       start_index=resume_step)
+    dm = make_datamodule(cfg, resume_step)
     metrics = MetricsCSV(run_dir / "metrics.csv", t.log_every)
     ckpt_cb = AtomicCheckpoint(last, t.ckpt_every)
     trainer = L.Trainer(
@@ -389,7 +402,11 @@ def _finish(cfg: RunConfig, lit: LitFreeTransformer, run_dir: Path, trainer: L.T
             write_groups(samples_p, run_dir / "groups.txt")
             val_batches = [b for b in trainer.datamodule.val_dataloader()]
             posterior = posterior_metrics(model.eval(), val_batches, seed=cfg.train.seed + 23)
-    save_model(run_dir / "ckpt" / "model.pt", model, cfg, step=trainer.global_step)
+    extra = {}
+    if isinstance(trainer.datamodule, TokenDataModule):
+        # The checkpoint carries its tokenizer, so evaluation needs nothing but the file.
+        extra["tokenizer"] = tokenizer_spec(trainer.datamodule.folder)
+    save_model(run_dir / "ckpt" / "model.pt", model, cfg, step=trainer.global_step, extra=extra)
     m = cfg.model
     summary = {
         "run": run_dir.name,
@@ -403,7 +420,8 @@ def _finish(cfg: RunConfig, lit: LitFreeTransformer, run_dir: Path, trainer: L.T
         "generation": {"z": "prior at every position (encoder never run)", "temperature": 1.0,
                        "time_s": round(gen_time, 2), **gen},
         "val": val,
-        "prior_ce_minus_floor": val["ce_prior"] - NO_LATENT_FLOOR if "ce_prior" in val else None,
+        "prior_ce_minus_floor": (val["ce_prior"] - NO_LATENT_FLOOR
+                                 if "ce_prior" in val and cfg.task.name == "synthetic" else None),
         "probe": probe,
         "posterior": posterior,
         "params": model.num_parameters(),
@@ -473,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = train(cfg, run_dir, overwrite=args.overwrite, argv=argv, progress=not args.no_progress,
                         launcher=os.environ.get("FTSTUDY_LAUNCHED_BY"))  # set by ablate --jobs
-    except RunError as e:
+    except (RunError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
     if summary:

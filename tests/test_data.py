@@ -1,0 +1,184 @@
+"""Token corpora (ftstudy.data) and generated math (ftstudy.mathgen)."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ftstudy import data, mathgen
+from ftstudy.data import DataError, Document, TokenDataModule, prepare, read_manifest
+
+
+def _docs(n: int = 30) -> list[Document]:
+    rng = random.Random(0)
+    return [Document("text", f"doc{i}", "".join(rng.choice("abc xyz\n") for _ in range(rng.randint(50, 400))) + "é")
+            for i in range(n)]
+
+
+def test_byte_shards_hold_the_documents_in_order(tmp_path: Path) -> None:
+    docs = _docs()
+    m = prepare(docs, tmp_path / "s", val_percent=20, progress=False, shard_tokens=1000)
+    assert m["vocab_size"] == 258 and m["eot_id"] == 256 and m["dtype"] == "uint16"
+    split = {json.loads(line)["path"]: json.loads(line)["split"] for line in open(tmp_path / "s" / "sources.jsonl")}
+    assert set(split.values()) == {"train", "val"}
+    for s in ("train", "val"):
+        expect = b"".join(d.text.encode() + b"\x00" for d in docs if split[d.path] == s)
+        got = np.concatenate([np.fromfile(tmp_path / "s" / sh["file"], dtype="<u2")
+                              for sh in m["splits"][s]["shards"]])
+        assert len(m["splits"][s]["shards"]) >= 2 or s == "val"  # 1,000-token shards
+        ref = np.frombuffer(expect, dtype=np.uint8).astype(np.uint16)
+        ref[ref == 0] = 256  # the b"\x00" placeholders stand for <|endoftext|>
+        assert np.array_equal(got, ref)
+    # The split is a function of each document's name, not of order.
+    m2 = prepare(list(reversed(docs)), tmp_path / "r", val_percent=20, progress=False)
+    assert m2["splits"]["val"]["documents"] == m["splits"]["val"]["documents"]
+
+
+def test_prepare_is_not_redone_and_never_leaves_half_a_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "s"
+    prepare(_docs(5), out, progress=False)
+    mtime = (out / "manifest.json").stat().st_mtime_ns
+    prepare(_docs(5), out, progress=False)
+    assert (out / "manifest.json").stat().st_mtime_ns == mtime
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data._ShardWriter, "close_shard", boom)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(_docs(5), tmp_path / "t", progress=False)
+    assert not (tmp_path / "t").exists()  # only a hidden temporary folder
+    with pytest.raises(DataError, match="no manifest.json"):
+        read_manifest(tmp_path / "t")
+
+
+def test_bpe_and_user_tokenizers(tmp_path: Path) -> None:
+    docs = _docs(20)
+    m = prepare(docs, tmp_path / "bpe", tokenizer="bpe", bpe_vocab=300, progress=False)
+    tok = data.load_tokenizer(tmp_path / "bpe")
+    assert m["vocab_size"] == tok.vocab_size <= 300
+    assert tok.decode(tok.encode(docs[0].text)) == docs[0].text
+    assert len(tok.encode(docs[0].text)) < len(docs[0].text.encode())
+    m2 = prepare(docs, tmp_path / "user", tokenizer=str(tmp_path / "bpe" / "tokenizer.json"), progress=False)
+    assert m2["splits"] == m["splits"]
+    from tokenizers import Tokenizer, models
+    bare = tmp_path / "bare.json"
+    bare.write_text(Tokenizer(models.BPE()).to_str())
+    with pytest.raises(DataError, match="<\\|endoftext\\|>"):
+        prepare(docs, tmp_path / "bad", tokenizer=str(bare), progress=False)
+    with pytest.raises(DataError, match="'byte', 'bpe' or a tokenizers JSON"):
+        prepare(docs, tmp_path / "bad2", tokenizer="gpt2", progress=False)
+
+
+def test_sources_skip_tests_and_read_wheels(tmp_path: Path) -> None:
+    whl = tmp_path / "pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(whl, "w") as z:
+        z.writestr("pkg/core.py", "x = 1\n")
+        z.writestr("pkg/tests/test_core.py", "assert True\n")
+        z.writestr("pkg/test_util.py", "\n")
+        z.writestr("pkg/data.txt", "not code\n")
+    assert [d.path for d in data.wheel_documents(whl, "pkg")] == ["pkg/core.py"]
+    cache = tmp_path / "cache"
+    (cache / "wheels").mkdir(parents=True)
+    (cache / "wheels" / "sympy-9.9-py3-none-any.whl").write_bytes(whl.read_bytes())
+    assert [d.source for d in data.sympy_documents(cache, "9.9")] == ["sympy"]  # cached: no pip call
+    lib = tmp_path / "lib"
+    for rel in ("os.py", "json/decoder.py", "test/test_os.py", "idlelib/idle_test/x.py", "site-packages/a.py"):
+        (lib / rel).parent.mkdir(parents=True, exist_ok=True)
+        (lib / rel).write_text("pass\n")
+    assert [d.path for d in data.stdlib_documents(lib)] == ["json/decoder.py", "os.py"]
+
+
+def test_user_corpus_and_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a.txt").write_text("hello world\n" * 50)
+    (tmp_path / "b.jsonl").write_text(json.dumps({"text": "one doc"}) + "\n" + json.dumps({"text": "two"}) + "\n")
+    rc = data.main(["prepare", "--corpus", "text", "--input", str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl"),
+                    "--out", str(tmp_path / "o"), "--no-progress", "--val-percent", "50"])
+    assert rc == 0
+    m = read_manifest(tmp_path / "o")
+    assert m["splits"]["train"]["documents"] + m["splits"]["val"]["documents"] == 3
+    assert "--corpus text" in m["command"]
+    assert data.main(["prepare", "--corpus", "text", "--out", str(tmp_path / "x")]) == 2
+    assert "needs --input" in capsys.readouterr().err
+    assert data.main(["prepare", "--corpus", "text", "--input", str(tmp_path / "missing*"),
+                      "--out", str(tmp_path / "x")]) == 2
+    assert "missing*" in capsys.readouterr().err
+    (tmp_path / "bad.jsonl").write_text("{not json}\n")
+    assert data.main(["prepare", "--corpus", "text", "--input", str(tmp_path / "bad.jsonl"),
+                      "--out", str(tmp_path / "y")]) == 2
+    assert "bad.jsonl:1" in capsys.readouterr().err
+
+
+def test_data_module_windows_are_shifted_reproducible_and_resumable(tmp_path: Path) -> None:
+    prepare(_docs(40), tmp_path / "s", val_percent=20, progress=False)
+    dm = TokenDataModule(tmp_path / "s", batch_size=4, seq_len=16, val_size=5, seed=3, steps_per_epoch=6)
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 6
+    b = batches[0]
+    assert b["idx"].shape == (4, 16) and torch.equal(b["idx"][:, 1:], b["targets"][:, :-1])
+    again = list(TokenDataModule(tmp_path / "s", batch_size=4, seq_len=16, val_size=5, seed=3,
+                                 steps_per_epoch=6).train_dataloader())
+    assert all(torch.equal(x["idx"], y["idx"]) for x, y in zip(batches, again))
+    resumed = list(TokenDataModule(tmp_path / "s", batch_size=4, seq_len=16, val_size=5, seed=3, steps_per_epoch=2,
+                                   start_index=4).train_dataloader())
+    assert torch.equal(resumed[0]["idx"], batches[4]["idx"])
+    val = list(dm.val_dataloader())
+    assert sum(v["idx"].shape[0] for v in val) == 5
+    with pytest.raises(DataError, match="vocab_size = 100"):
+        TokenDataModule(tmp_path / "s", batch_size=4, seq_len=16, val_size=5, vocab_size=100)
+    with pytest.raises(DataError, match="no manifest.json"):
+        TokenDataModule(tmp_path, batch_size=4, seq_len=16, val_size=5)
+
+
+def test_training_on_shards_writes_a_self_contained_checkpoint(tmp_path: Path) -> None:
+    from ftstudy.checkpoint import load_checkpoint_dict
+    from ftstudy.config import get_preset
+    from ftstudy.train import train
+    prepare(_docs(60), tmp_path / "s", val_percent=20, progress=False)
+    cfg = get_preset("tokens-tiny", {"data_dir": str(tmp_path / "s"), "steps": "6"})
+    summary = train(cfg, tmp_path / "run", progress=False)
+    assert summary["step"] == 6 and summary["val"]["ce_prior"] > 0
+    assert load_checkpoint_dict(tmp_path / "run" / "ckpt" / "model.pt")["tokenizer"] == {"kind": "byte"}
+
+
+# ---------------------------------------------------------------- mathgen
+
+def test_arithmetic_answers_are_right_and_eval_items_never_train() -> None:
+    rng = random.Random(0)
+    words = {"plus": "+", "minus": "-", "times": "*"}
+    for kind in mathgen.ARITH_KINDS:
+        for split in ("train", "eval"):
+            p = mathgen.arithmetic(kind, rng, split)
+            expr = p.question.removeprefix("What is ").removesuffix("?")
+            for w, op in words.items():
+                expr = expr.replace(f" {w} ", f" {op} ")
+            assert eval(expr) == int(p.target)  # noqa: S307 - our own digits and operators
+    eval_q = {mathgen.arithmetic(k, random.Random(f"e{k}"), "eval").question for k in mathgen.ARITH_KINDS}
+    train_text = "".join(mathgen.documents("arithmetic", 300, seed=0))
+    assert not any(f"Question: {q}\n" in train_text for q in eval_q)
+    with pytest.raises(ValueError, match="allowed"):
+        mathgen.arithmetic("6da", rng, "train")
+
+
+def test_word_problems_hold_out_templates_and_operands() -> None:
+    rng = random.Random(1)
+    for _ in range(200):
+        p = mathgen.word_problem(rng, "train")
+        assert p.kind in mathgen.TRAIN_TEMPLATES
+        assert p.answer.endswith(f"#### {p.target}")
+        for a, op, b, c in re.findall(r"<<(\d+)([-+*/])(\d+)=(\d+)>>", p.answer):
+            assert eval(f"{a}{op}{b}".replace("/", "//")) == int(c)  # noqa: S307
+        if p.kind in ("buy_more", "weekly", "savings", "trips", "class", "two_friends"):  # all numbers drawn
+            q_numbers = [int(n) for n in re.findall(r"\d+", p.question)]
+            assert not any(n % 10 == mathgen.RESERVED_DIGIT for n in q_numbers)
+        e = mathgen.word_problem(rng, "eval")
+        assert e.kind in mathgen.EVAL_TEMPLATES
+        assert any(int(n) % 10 == mathgen.RESERVED_DIGIT for n in re.findall(r"\d+", e.question))
+    assert not set(mathgen.TRAIN_TEMPLATES) & set(mathgen.EVAL_TEMPLATES)

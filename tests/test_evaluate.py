@@ -1,0 +1,103 @@
+"""python -m ftstudy.evaluate: perplexity bounds, paired statistics, the report, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ftstudy import evaluate
+from ftstudy.data import Document, prepare
+from ftstudy.evaluate import paired_stats, perplexity
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from ftstudy.config import get_preset
+    from ftstudy.train import train
+    root = tmp_path_factory.mktemp("eval")
+    rng = random.Random(0)
+    docs = [Document("text", f"d{i}", "\n".join(f"Question: What is {a} plus {b}?\nAnswer: {a + b}"
+                                                for a, b in ((rng.randint(10, 99), rng.randint(10, 99))
+                                                             for _ in range(20)))) for i in range(40)]
+    prepare(docs, root / "shards", val_percent=20, progress=False)
+    out = {}
+    for name, latent in (("base", "0"), ("free", "4")):
+        cfg = get_preset("tokens-tiny", {"data_dir": str(root / "shards"), "latent_bits": latent, "steps": "20",
+                                         "kappa_bits": "2"})
+        train(cfg, root / name, progress=False)
+        out[name] = root / name
+    out["shards"] = root / "shards"
+    return out
+
+
+def test_perplexity_bounds_are_ordered(runs: dict[str, Path]) -> None:
+    free = perplexity(runs["free"] / "ckpt" / "model.pt", None, n_windows=8, k=8)
+    assert free["iwae_8"] <= free["elbo"] + 1e-6  # more samples, tighter bound
+    assert free["kl_per_token"] >= 0 and free["windows"] == 8
+    assert free["nll_prior_bits_per_byte"] == pytest.approx(free["nll_prior"] / math.log(2), rel=1e-6)  # bytes
+    base = perplexity(runs["base"] / "ckpt" / "model.pt", None, n_windows=8, k=8)
+    assert base["nll_prior"] == pytest.approx(base["elbo"]) == pytest.approx(base["iwae_8"])
+
+
+def test_paired_stats() -> None:
+    a = {i: float(i % 2) for i in range(200)}
+    same = paired_stats(a, dict(a))
+    assert same["diff"] == 0 and same["p"] == 1.0
+    better = {i: 1.0 for i in range(200)}
+    s = paired_stats(a, better, n_resamples=999)
+    assert s["diff"] == pytest.approx(0.5) and s["p"] < 0.01 and s["ci95"][0] > 0.3
+    rng = np.random.default_rng(0)
+    noise = {i: float(rng.integers(0, 2)) for i in range(200)}
+    assert paired_stats(a, noise, n_resamples=999)["p"] > 0.01
+    # bits per byte: (loglikelihood, bytes) pairs; b has 1 nat less per document.
+    la = {i: (-10.0, 5) for i in range(50)}
+    lb = {i: (-11.0, 5) for i in range(50)}
+    r = paired_stats(la, lb, ratio=True, n_resamples=999)
+    assert r["diff"] == pytest.approx(1 / 5 / math.log(2))
+
+
+def test_compare_writes_report_and_resumes(runs: dict[str, Path], tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--checkpoints", str(runs["base"]), str(runs["free"]), "--tasks", "ftstudy_arithmetic_2da",
+            "ftstudy_humaneval_bpb", "--out", str(tmp_path / "cmp"), "--limit", "6", "--ppl-windows", "4",
+            "--ppl-k", "2", "--bootstrap", "199"]
+    assert evaluate.main(argv) == 0
+    report = json.loads((tmp_path / "cmp" / "report.json").read_text())
+    labels = [c["label"] for c in report["checkpoints"]]
+    assert labels == ["baseline", "free k=2"]
+    rows = {(r["task"], r["metric"]): r for r in report["table"]}
+    bpb = rows[("ftstudy_humaneval_bpb", "bits_per_byte")]
+    assert bpb["group"].startswith("Likelihood") and bpb["cells"][1]["n"] == 6
+    assert bpb["cells"][0]["value"] > 0 and "p" in bpb["cells"][1]
+    assert rows[("ftstudy_arithmetic_2da", "exact_match")]["group"] == "Generative math"
+    assert {r["metric"] for r in report["perplexity"]} == {"nll_prior", "elbo", "iwae"}
+    md = (tmp_path / "cmp" / "report.md").read_text()
+    assert "| Likelihood (lower is better) | ftstudy_humaneval_bpb |" in md
+    assert len(list((tmp_path / "cmp" / "lm_eval").glob("*.json"))) == 4  # results + samples, per model
+
+    import lm_eval
+
+    def no_rerun(*a, **k):
+        raise AssertionError("a finished checkpoint was evaluated again")
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", no_rerun)
+    assert evaluate.main(argv) == 0
+    assert "reusing" in capsys.readouterr().out
+
+
+def test_bad_input(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert evaluate.main(["--checkpoints", str(tmp_path / "nope"), "--tasks", "ftstudy_gsm",
+                          "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert evaluate.main(["--checkpoints", str(runs["base"]), "--tasks", "ftstudy_gsm8", "--out",
+                          str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "ftstudy_gsm8" in err and "ftstudy_gsm" in err
+    assert evaluate.main(["--checkpoints", str(runs["base"]), "--tasks", "ftstudy_gsm", "--labels", "a", "b",
+                          "--out", str(tmp_path / "o")]) == 2
+    assert "--labels" in capsys.readouterr().err
