@@ -2,6 +2,7 @@
 #   make venv   create/refresh .venv from requirements.txt + constraints.txt (+ editable ftstudy)
 #   make test   run the test suite in .venv (prints wall time)
 #   make demo   run `python -m ftstudy.demo` in .venv
+#   make benchmark  issue 4's comparison: code-math corpus, baseline + Free κ ∈ {1/4,1/2,1,2}, lm-eval (hours on 2 cores)
 #   make lock   regenerate constraints.txt from a fresh venv
 #   make clean  remove .venv and build/test caches
 
@@ -27,7 +28,12 @@ RUN_ENV := PYTHONHASHSEED=0 HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 TOKENIZERS_PA
 # Parallel tests only when pytest-xdist is a declared requirement.
 XDIST := $(if $(shell grep -Eiq '^pytest[-_.]xdist[[:space:]]*==' requirements.txt && echo yes),-n 2,)
 
-.PHONY: venv test demo lock clean
+.PHONY: venv test demo benchmark lock clean
+
+# make benchmark: seeds, and the tasks compared (BENCH_SEEDS="0 1" for two seeds).
+BENCH_SEEDS ?= 0
+BENCH_TASKS ?= ftstudy_arithmetic ftstudy_gsm ftstudy_humaneval ftstudy_humaneval_bpb
+BENCH_RUNS  := results/benchmarks/code-math-small/runs/kl_budget/code-math-small
 
 venv:
 	@want=$$(sha256sum $(ENV_FILES) | sha256sum | cut -d' ' -f1); \
@@ -61,6 +67,16 @@ demo: venv
 	@echo "==> $(RUN_ENV) $(VPY) -m ftstudy.demo $(DEMO_ARGS)"
 	@start=$$(date +%s); $(RUN_ENV) $(VPY) -m ftstudy.demo $(DEMO_ARGS); \
 	echo "==> demo wall time (after the venv step) $$(( $$(date +%s) - start )) s"
+
+benchmark: venv
+	$(RUN_ENV) $(VPY) -m ftstudy.data prepare --corpus code-math --out data/code-math --val-percent 2
+	$(RUN_ENV) $(VPY) -m ftstudy.ablate --study kl_budget --preset code-math --seeds $(BENCH_SEEDS) --jobs 2 \
+	  --only latent_bits=0 kappa_bits=1/4 kappa_bits=1/2 kappa_bits=1 kappa_bits=2
+	for s in $(BENCH_SEEDS); do \
+	  $(RUN_ENV) $(VPY) -m ftstudy.evaluate --tasks $(BENCH_TASKS) --out results/benchmarks/code-math-small/s$$s \
+	    --checkpoints $(BENCH_RUNS)-base-s$$s $(BENCH_RUNS)-free-k0.25-s$$s $(BENCH_RUNS)-free-k0.5-s$$s \
+	      $(BENCH_RUNS)-free-k1-s$$s $(BENCH_RUNS)-free-k2-s$$s; \
+	done
 
 lock:
 	@echo "==> regenerating constraints.txt: fresh $(LOCK_VENV) with $(PYTHON), resolve requirements.txt, pip freeze"

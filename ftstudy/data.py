@@ -488,7 +488,8 @@ class TokenDataModule(L.LightningDataModule):
     """
 
     def __init__(self, data_dir: Path | str, batch_size: int, seq_len: int, val_size: int, seed: int = 0,
-                 steps_per_epoch: int = 1000, start_index: int = 0, vocab_size: int | None = None) -> None:
+                 steps_per_epoch: int = 1000, start_index: int = 0, vocab_size: int | None = None,
+                 val_layout: str = "first") -> None:
         super().__init__()
         self.folder = Path(data_dir)
         self.manifest = read_manifest(self.folder)
@@ -507,7 +508,12 @@ class TokenDataModule(L.LightningDataModule):
             raise DataError(f"{self.folder}: the validation split has {self.val.total} tokens, fewer than one "
                             f"window of {seq_len + 1}; raise --val-percent")
         self.val_size = min(val_size, n_val)
-        w = np.stack([self.val.window(i * (seq_len + 1), seq_len + 1) for i in range(self.val_size)])
+        if val_layout not in ("first", "spread"):
+            raise DataError(f"val_layout = {val_layout!r} is not allowed; allowed: 'first', 'spread'")
+        # "first": the split's first windows (what training validates on); "spread": windows
+        # evenly spaced over the whole split (every source in it, for evaluation).
+        stride = n_val // self.val_size if val_layout == "spread" else 1
+        w = np.stack([self.val.window(i * stride * (seq_len + 1), seq_len + 1) for i in range(self.val_size)])
         self._val_batches = [_batch(w[i:i + batch_size]) for i in range(0, self.val_size, batch_size)]
 
     def train_dataloader(self) -> DataLoader:

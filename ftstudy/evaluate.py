@@ -94,7 +94,7 @@ def perplexity(ckpt: Path, data_dir: str | Path | None, n_windows: int, k: int, 
     if folder is None:
         raise EvalError(f"{ckpt}: no validation data (a synthetic-task model); pass --val-data or --no-perplexity")
     dm = TokenDataModule(folder, batch_size=batch_size, seq_len=cfg.model.max_seq_len, val_size=n_windows,
-                         seed=0, vocab_size=cfg.model.vocab_size)
+                         seed=0, vocab_size=cfg.model.vocab_size, val_layout="spread")
     g = torch.Generator().manual_seed(seed)
     sums = {"nll_prior": 0.0, "ce_post": 0.0, "kl": 0.0, "iwae": 0.0, "tokens": 0, "bytes": 0}
     from ftstudy.data import tokenizer_from_spec
@@ -131,7 +131,8 @@ def perplexity(ckpt: Path, data_dir: str | Path | None, n_windows: int, k: int, 
         lw = torch.stack(logw)  # (K, B)
         sums["iwae"] += float(-(torch.logsumexp(lw, 0) - math.log(k)).sum())
     n = sums["tokens"]
-    res: dict[str, Any] = {"windows": dm.val_size, "tokens": n, "window": cfg.model.max_seq_len,
+    res: dict[str, Any] = {"windows": dm.val_size, "layout": "evenly spaced over the validation split",
+                           "tokens": n, "window": cfg.model.max_seq_len,
                            "data": str(folder), "k": k if model.cfg.is_free else None,
                            "nll_prior": sums["nll_prior"] / n, "elbo": (sums["ce_post"] + sums["kl"]) / n,
                            f"iwae_{k}": sums["iwae"] / n, "kl_per_token": sums["kl"] / n}
@@ -200,10 +201,16 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 continue
             metric, filt = key.split(",", 1)
             rows.append((task, metric, filt))
+    listed = {n for _, names in GROUPS for n in names}
+
+    def in_group(task: str, names: tuple[str, ...]) -> bool:
+        # A group's subtasks (ftstudy_arithmetic_2da) go with it unless listed themselves.
+        return task in names or (task not in listed and any(task.startswith(n + "_") for n in names))
+
     out = []
     for group, names in GROUPS:
         for task, metric, filt in sorted(rows):
-            if task in names or any(task.startswith(n + "_") for n in names):
+            if in_group(task, names):
                 out.append((group, task, metric, filt))
     known = {(t, m, f) for _, t, m, f in out}
     for task, metric, filt in sorted(rows):
@@ -250,8 +257,10 @@ def build_report(entries: list[dict[str, Any]], out: Path, n_resamples: int = 20
             cells.append({"label": e["label"], "value": p.get(name) if name else None,
                           "bits_per_byte": p.get(f"{name}_bits_per_byte") if name else None, "name": name})
         ppl_rows.append({"metric": key, "cells": cells})
+    cmd = out / "command.txt"
     report = {"checkpoints": [{k: e[k] for k in ("label", "checkpoint", "settings")} for e in entries],
-              "table": table, "perplexity": ppl_rows}
+              "table": table, "perplexity": ppl_rows,
+              "command": cmd.read_text().strip() if cmd.exists() else None}
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=False, default=_json_default))
     atomic_write_text(out / "report.md", _markdown(report))
     return report
@@ -287,27 +296,44 @@ def _markdown(report: dict[str, Any]) -> str:
                              f"Δ {c['diff']:+.3g} [{lo:+.3g}, {hi:+.3g}], p={c['p']:.2g})")
         metric = row["metric"] if row["filter"] == "none" else f"{row['metric']} ({row['filter']})"
         lines.append(f"| {row['group']} | {row['task']} | {metric} | " + " | ".join(cells) + " |")
-    lines += ["", "## Perplexity on the validation shard (per token, nats; bits per byte in brackets)", "",
-              "| bound | " + " | ".join(labels) + " |", "|" + "---|" * (1 + len(labels))]
-    for row in report["perplexity"]:
-        cells = [f"{_fmt(c['value'])} ({_fmt(c['bits_per_byte'])})" if c["value"] is not None else "—"
-                 for c in row["cells"]]
-        name = next((c["name"] for c in row["cells"] if c["name"]), row["metric"])
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Settings: " + "; ".join(f"{c['label']}: `{json.dumps(c['settings'], sort_keys=True)}`"
-                                           for c in report["checkpoints"]), ""]
-    return "\n".join(lines)
+    if any(c["value"] is not None for row in report["perplexity"] for c in row["cells"]):
+        lines += ["", "## Perplexity on the validation shard (per token, nats; bits per byte in brackets)", "",
+                  "| bound | " + " | ".join(labels) + " |", "|" + "---|" * (1 + len(labels))]
+        for row in report["perplexity"]:
+            cells = [f"{_fmt(c['value'])} ({_fmt(c['bits_per_byte'])})" if c["value"] is not None else "—"
+                     for c in row["cells"]]
+            name = next((c["name"] for c in row["cells"] if c["name"]), row["metric"])
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    settings = {json.dumps(c["settings"], sort_keys=True) for c in report["checkpoints"]}
+    if len(settings) == 1:
+        lines += ["", f"Settings (every checkpoint): `{settings.pop()}`"]
+    else:
+        lines += ["", "Settings: " + "; ".join(f"{c['label']}: `{json.dumps(c['settings'], sort_keys=True)}`"
+                                               for c in report["checkpoints"])]
+    lines += ["", "Checkpoints: " + "; ".join(f"{c['label']}: `{c['checkpoint']}`" for c in report["checkpoints"])]
+    if report.get("command"):
+        lines += ["", f"Command: `{report['command']}`"]
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- running
 
-def _task_manager(tasks: list[str]) -> Any:
-    """Our tasks' TaskManager; with lm-eval's built-in index only when a name is not ours."""
+def _task_manager(tasks: list[str], include: list[Path] | None = None) -> Any:
+    """Our tasks (plus a user's task folders) in one TaskManager; lm-eval's built-in index is
+    loaded only when a name is not found there."""
+    from lm_eval.tasks import TaskManager
+
     from ftstudy import tasks as ft_tasks
-    tm = ft_tasks.task_manager(include_defaults=False)
+    for folder in include or []:
+        try:
+            ft_tasks.check_data_files(folder)  # names the task and the missing path
+        except (FileNotFoundError, ValueError) as e:
+            raise EvalError(str(e)) from e
+    paths = [str(ft_tasks.materialize()), *(str(p) for p in include or [])]
+    tm = TaskManager(include_path=paths, include_defaults=False)
     if any(t not in tm.all_tasks and not t.startswith("ftstudy_") for t in tasks):
         # gsm8k, humaneval, mmlu, ...: lm-eval's own tasks (most need network for their data).
-        tm = ft_tasks.task_manager(include_defaults=True)
+        tm = TaskManager(include_path=paths, include_defaults=True)
     try:
         ft_tasks.check_task_names(tasks, tm)
     except ValueError as e:
@@ -324,7 +350,9 @@ def evaluate_one(ckpt: Path, label: str, tasks: list[str], out: Path, settings: 
     path = out / "lm_eval" / f"{slug}.json"
     samples_path = out / "lm_eval" / f"{slug}.samples.json"
     sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
-    key = {"settings": settings, "tasks": tasks, "checkpoint_sha256": sha, "perplexity": ppl}
+    from ftstudy import tasks as ft_tasks
+    key = {"settings": settings, "tasks": tasks, "checkpoint_sha256": sha, "perplexity": ppl,
+           "task_suite": ft_tasks.content_hash()}
     if path.exists() and samples_path.exists():
         saved = json.loads(path.read_text())
         if saved.get("key") == key:
@@ -371,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", nargs="+", required=True, help="ftstudy_* task names or lm-eval built-in names")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--labels", nargs="+", default=None, help="column names (default: from each config)")
+    p.add_argument("--include-path", nargs="+", type=Path, default=[],
+                   help="extra lm-eval task folders (YAML), checked for missing data files first")
     p.add_argument("--z-policy", default="posterior-context", choices=Z_POLICIES)
     p.add_argument("--z-samples", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -399,10 +429,11 @@ def main(argv: list[str] | None = None) -> int:
         for i, c in enumerate(ckpts):
             _, cfg, _ = load_model(c)
             labels.append(args.labels[i] if args.labels else _label(cfg, used))
-        tm = _task_manager(args.tasks)
+        tm = _task_manager(args.tasks, args.include_path)
         settings = {"z_policy": args.z_policy, "z_samples": args.z_samples, "seed": args.seed,
                     "batch_size": args.batch_size, "device": args.device, "limit": args.limit}
-        ppl = None if args.no_perplexity else {"data": args.val_data, "windows": args.ppl_windows, "k": args.ppl_k}
+        ppl = None if args.no_perplexity else {"data": args.val_data, "windows": args.ppl_windows, "k": args.ppl_k,
+                                               "layout": "spread"}
         args.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.out / "command.txt", "python -m ftstudy.evaluate " + shlex.join(argv) + "\n")
         entries = []

@@ -48,7 +48,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from ftstudy.checkpoint import CheckpointError, load_model
-from ftstudy.data import ByteTokenizer, DataError, FileTokenizer, tokenizer_from_spec
+from ftstudy.data import ByteTokenizer, DataError, FileTokenizer, tokenizer_from_spec, tokenizer_spec
 from ftstudy.model import FreeTransformer
 
 __all__ = ["FTStudyLM", "Z_POLICIES", "HarnessError", "SyntheticTokenizer", "main"]
@@ -134,6 +134,9 @@ class FTStudyLM(TemplateLM):
         try:
             if spec is not None:
                 self.tok: Tokenizer = tokenizer_from_spec(spec)
+            elif cfg.task.name == "tokens" and cfg.task.data_dir and Path(cfg.task.data_dir).is_dir():
+                # A Lightning last.ckpt carries no tokenizer: take the training data's.
+                self.tok = tokenizer_from_spec(tokenizer_spec(cfg.task.data_dir))
             elif cfg.task.name == "synthetic":
                 self.tok = SyntheticTokenizer()
             else:
@@ -305,6 +308,7 @@ class FTStudyLM(TemplateLM):
             kw = items[0][2]
             until, max_gen, temperature = self._gen_args(kw)
             encoded = []
+            seen: dict[str, int] = defaultdict(int)
             for i, context, _ in items:
                 ids = self.tok_encode(context)
                 if not ids:
@@ -312,12 +316,16 @@ class FTStudyLM(TemplateLM):
                         raise HarnessError("generation from an empty context needs an end-of-text token, which "
                                            "this tokenizer (synthetic task) does not have")
                     ids = [self.tok.eot_id]
-                encoded.append((i, ids))
+                # Repeats of one prompt (e.g. the synthetic task's 20 per letter) get their own
+                # draws: the k-th occurrence in request order uses draw index k.
+                encoded.append((i, ids, seen[context]))
+                seen[context] += 1
             encoded.sort(key=lambda r: -len(r[1]))
             for b0 in range(0, len(encoded), self.batch_size):
                 chunk = encoded[b0:b0 + self.batch_size]
-                texts = self._generate_batch([ids for _, ids in chunk], until, max_gen, temperature)
-                for (i, _), text in zip(chunk, texts):
+                texts = self._generate_batch([ids for _, ids, _ in chunk], until, max_gen, temperature,
+                                             draws=[k for _, _, k in chunk])
+                for (i, _, _), text in zip(chunk, texts):
                     out[i] = text
                 bar.update(len(chunk))
         bar.close()
@@ -346,10 +354,12 @@ class FTStudyLM(TemplateLM):
 
     @torch.no_grad()
     def _generate_batch(self, prompts: list[list[int]], until: list[str], max_gen: int,
-                        temperature: float) -> list[str]:
-        """Left-padded batch generation with a KV cache; per-row seeded Z and sampling."""
+                        temperature: float, draws: list[int] | None = None) -> list[str]:
+        """Left-padded batch generation with a KV cache; per-row seeded Z and sampling
+        (``draws[j]``: which draw of row j's prompt this is)."""
         m, win, dev = self.model, self.max_length, self.device
         b = len(prompts)
+        draws = draws or [0] * b
         prompts = [p[-(win - 1):] for p in prompts]  # leave room for at least one new token
         p_len = max(len(p) for p in prompts)
         total = p_len + max_gen
@@ -359,7 +369,7 @@ class FTStudyLM(TemplateLM):
             tokens[j, p_len - len(p):p_len] = torch.tensor(p)
             valid[j, p_len - len(p):p_len] = True
         valid[:, p_len:] = True
-        gens = [torch.Generator().manual_seed(_seed_of(self.seed, p, 0, "sample")) for p in prompts]
+        gens = [torch.Generator().manual_seed(_seed_of(self.seed, p, k, "sample")) for p, k in zip(prompts, draws)]
         bits = None
         if self.is_free:
             h = self.cfg.model.latent_bits
@@ -371,7 +381,8 @@ class FTStudyLM(TemplateLM):
                 keys = valid[:, None, None, :p_len] | (pos[:, None] == pos[None, :])[None, None]
                 enc = m.encode(x, attn_mask=keys)
             for j, p in enumerate(prompts):
-                row = self._bits(p, None if enc is None else enc[j, p_len - len(p):p_len], len(p) + max_gen, 0)
+                row = self._bits(p, None if enc is None else enc[j, p_len - len(p):p_len], len(p) + max_gen,
+                                 draws[j])
                 bits[j, p_len - len(p):] = row
         done = torch.zeros(b, dtype=torch.bool, device=dev)
         n_new = 0

@@ -131,6 +131,12 @@ def test_data_module_windows_are_shifted_reproducible_and_resumable(tmp_path: Pa
     assert torch.equal(resumed[0]["idx"], batches[4]["idx"])
     val = list(dm.val_dataloader())
     assert sum(v["idx"].shape[0] for v in val) == 5
+    spread = TokenDataModule(tmp_path / "s", batch_size=4, seq_len=16, val_size=3, val_layout="spread")
+    first = TokenDataModule(tmp_path / "s", batch_size=4, seq_len=16, val_size=3)
+    s_idx, f_idx = next(iter(spread.val_dataloader()))["idx"], next(iter(first.val_dataloader()))["idx"]
+    assert torch.equal(s_idx[0], f_idx[0]) and not torch.equal(s_idx[1:], f_idx[1:])
+    with pytest.raises(DataError, match="val_layout"):
+        TokenDataModule(tmp_path / "s", batch_size=4, seq_len=16, val_size=3, val_layout="random")
     with pytest.raises(DataError, match="vocab_size = 100"):
         TokenDataModule(tmp_path / "s", batch_size=4, seq_len=16, val_size=5, vocab_size=100)
     with pytest.raises(DataError, match="no manifest.json"):

@@ -70,6 +70,8 @@ def test_compare_writes_report_and_resumes(runs: dict[str, Path], tmp_path: Path
     report = json.loads((tmp_path / "cmp" / "report.json").read_text())
     labels = [c["label"] for c in report["checkpoints"]]
     assert labels == ["baseline", "free k=2"]
+    assert sorted((r["task"], r["metric"]) for r in report["table"]) == [
+        ("ftstudy_arithmetic_2da", "exact_match"), ("ftstudy_humaneval_bpb", "bits_per_byte")]  # once each
     rows = {(r["task"], r["metric"]): r for r in report["table"]}
     bpb = rows[("ftstudy_humaneval_bpb", "bits_per_byte")]
     assert bpb["group"].startswith("Likelihood") and bpb["cells"][1]["n"] == 6
@@ -101,3 +103,11 @@ def test_bad_input(runs: dict[str, Path], tmp_path: Path, capsys: pytest.Capture
     assert evaluate.main(["--checkpoints", str(runs["base"]), "--tasks", "ftstudy_gsm", "--labels", "a", "b",
                           "--out", str(tmp_path / "o")]) == 2
     assert "--labels" in capsys.readouterr().err
+    bad = tmp_path / "mytasks"
+    bad.mkdir()
+    (bad / "mine.yaml").write_text("task: mine\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+                                   f"    test: {tmp_path / 'absent.jsonl'}\noutput_type: loglikelihood\n"
+                                   "test_split: test\ndoc_to_text: q\ndoc_to_target: a\n")
+    assert evaluate.main(["--checkpoints", str(runs["base"]), "--tasks", "mine", "--include-path", str(bad),
+                          "--out", str(tmp_path / "o")]) == 2
+    assert "absent.jsonl" in capsys.readouterr().err

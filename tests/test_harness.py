@@ -164,6 +164,18 @@ def test_batched_generation_matches_one_at_a_time(leaky_ckpt: Path, policy: str)
         assert one == many
 
 
+def test_repeated_prompts_get_their_own_draws(leaky_ckpt: Path) -> None:
+    class Req:
+        def __init__(self, ctx: str) -> None:
+            self.args = (ctx, {"until": [], "max_gen_toks": 8, "do_sample": True, "temperature": 1.0})
+
+    lm = FTStudyLM(leaky_ckpt, batch_size=3)
+    outs = lm.generate_until([Req("\n")] * 6 + [Req("ab")], disable_tqdm=True)
+    assert len(set(outs[:6])) > 1
+    assert outs == FTStudyLM(leaky_ckpt, batch_size=7).generate_until([Req("\n")] * 6 + [Req("ab")],
+                                                                       disable_tqdm=True)
+
+
 def test_generate_until_stops_and_limits(leaky_ckpt: Path) -> None:
     class Req:
         def __init__(self, ctx: str, kw: dict) -> None:

@@ -198,11 +198,11 @@ def test_generated_data(folder):
     he = read_jsonl(folder / "humaneval.test.jsonl")
     assert len(he) == 164 and he[0]["task_id"] == "HumanEval/0"
     syn = read_jsonl(folder / "synthetic.test.jsonl")
-    assert len(syn) == 26 * T.SYNTHETIC_PER_LETTER == 104
+    assert len(syn) == 26 * T.SYNTHETIC_PER_LETTER == 520
     assert {r["prompt"] for r in syn} == {c + S.SEPARATOR for c in S.LETTERS}
     assert T.build.SYNTHETIC_LETTERS == S.LETTERS and T.build.SYNTHETIC_SEPARATOR == S.SEPARATOR
     cfg = yaml.safe_load((folder / "ftstudy_synthetic.yaml").read_text().replace("!function", ""))
-    assert cfg["generation_kwargs"] == {"until": [], "max_gen_toks": S.BODY_LEN}
+    assert cfg["generation_kwargs"] == {"until": [], "max_gen_toks": S.BODY_LEN, "do_sample": True, "temperature": 1.0}
 
 
 def test_heldout_problems_never_appear_in_training_documents(folder):
@@ -352,11 +352,11 @@ def test_synthetic_validity(tm, folder):
     lm = FakeLM(generate)
     res = evaluate(tm, ["ftstudy_synthetic"], lm)
     scores = per_doc(res, "ftstudy_synthetic", "valid")
-    assert len(scores) == 104
-    assert scores == {f"{c}-{k}": float(c in first_half) for c in S.LETTERS for k in range(4)}
+    assert len(scores) == 26 * T.SYNTHETIC_PER_LETTER
+    assert scores == {f"{c}-{k}": float(c in first_half) for c in S.LETTERS for k in range(T.SYNTHETIC_PER_LETTER)}
     assert res["results"]["ftstudy_synthetic"]["valid,none"] == 0.5
     for _, (ctx, kw) in lm.requests:
-        assert re.fullmatch(r"[A-Z]>", ctx) and kw == {"until": [], "max_gen_toks": 64}
+        assert re.fullmatch(r"[A-Z]>", ctx) and kw == {"until": [], "max_gen_toks": 64, "do_sample": True, "temperature": 1.0}
     assert metrics.synthetic_valid({"prompt": "A>"}, ["garbage"]) == {"valid": 0.0}
 
 

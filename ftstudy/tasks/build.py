@@ -45,7 +45,7 @@ __all__ = [
 #: Test problems per arithmetic kind, word problems, and synthetic prompts per letter.
 N_ARITHMETIC = 100
 N_GSM = 200
-SYNTHETIC_PER_LETTER = 4
+SYNTHETIC_PER_LETTER = 20
 #: Few-shot pools (train split; used only with num_fewshot > 0).
 N_ARITHMETIC_FEWSHOT = 32
 N_GSM_FEWSHOT = 16
