@@ -167,7 +167,7 @@ def plan(study: str, preset: str, seeds: list[int], overrides: dict[str, str], o
 
 def _shape(cfg: dict[str, Any]) -> tuple:
     m, t = cfg["model"], cfg["train"]
-    return m["n_layers"], m["dim"], m["latent_bits"], m["post_sampler"], t["batch_size"]
+    return m["n_layers"], m["dim"], m["latent_bits"], m["post_sampler"], t["batch_size"], m["max_seq_len"]
 
 
 def measured_step_times(out: Path) -> dict[tuple, float]:
@@ -186,12 +186,14 @@ def measured_step_times(out: Path) -> dict[tuple, float]:
 
 def seconds_per_step(cfg: RunConfig, measured: dict[tuple, float]) -> float:
     """A finished run of the same shape if there is one, else a rough model fitted on a
-    2-core AVX2 CPU in fp32 (D 64/4 layers/batch 32: 0.095 s; D 128/batch 64: 0.34 s)."""
+    2-core CPU in fp32 (D 64/4 layers/batch 32/66 tokens: 0.095 s; D 128/batch 64: 0.34 s;
+    D 128/batch 32/256 tokens: about 1 s)."""
     key = _shape(cfg.to_dict())
     if key in measured:
         return measured[key]
     m, t = cfg.model, cfg.train
     units = (t.batch_size / 32) * (m.dim / 64) * (m.n_layers / 4)  # 1 = the demo's shape
+    units *= (m.max_seq_len / 66) ** 1.5  # longer windows: more tokens, and attention grows as T^2
     base = 0.095 * units ** 0.73  # fitted: bigger matmuls run closer to peak
     if not m.is_free:
         return base
