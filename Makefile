@@ -2,6 +2,7 @@
 #   make venv   create/refresh .venv from requirements.txt + constraints.txt (+ editable ftstudy)
 #   make test   run the test suite in .venv (prints wall time)
 #   make demo   run `python -m ftstudy.demo` in .venv
+#   make notebooks  execute notebooks/*.ipynb against results/ and save them with outputs (figures to results/figures/)
 #   make benchmark  issue 4's comparison: code-math corpus, baseline + Free κ ∈ {1/4,1/2,1,2}, lm-eval (hours on 2 cores)
 #   make lock   regenerate constraints.txt from a fresh venv
 #   make clean  remove .venv and build/test caches
@@ -28,7 +29,7 @@ RUN_ENV := PYTHONHASHSEED=0 HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 TOKENIZERS_PA
 # Parallel tests only when pytest-xdist is a declared requirement.
 XDIST := $(if $(shell grep -Eiq '^pytest[-_.]xdist[[:space:]]*==' requirements.txt && echo yes),-n 2,)
 
-.PHONY: venv test demo benchmark lock clean
+.PHONY: venv test demo notebooks benchmark lock clean
 
 # make benchmark: seeds, and the tasks compared (BENCH_SEEDS="0 1" for two seeds).
 BENCH_SEEDS ?= 0
@@ -67,6 +68,9 @@ demo: venv
 	@echo "==> $(RUN_ENV) $(VPY) -m ftstudy.demo $(DEMO_ARGS)"
 	@start=$$(date +%s); $(RUN_ENV) $(VPY) -m ftstudy.demo $(DEMO_ARGS); \
 	echo "==> demo wall time (after the venv step) $$(( $$(date +%s) - start )) s"
+
+notebooks: venv
+	$(RUN_ENV) $(VPY) -m ftstudy.notebooks run --inplace
 
 benchmark: venv
 	$(RUN_ENV) $(VPY) -m ftstudy.data prepare --corpus code-math --out data/code-math --val-percent 2

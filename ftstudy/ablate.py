@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from ftstudy.checkpoint import atomic_write_text, read_metrics
 from ftstudy.config import LATENT_ONLY_FIELDS, ConfigError, RunConfig, config_value, get_preset, parse_set_args
-from ftstudy.report import write_aggregate
+from ftstudy.report import STUDY_X, write_aggregate
 from ftstudy.train import REPO_ROOT, RunError, check_resumable, run_name, saved_config, train
 
 __all__ = ["STUDIES", "PRESETS", "Study", "plan", "rebuild_summary", "main"]
@@ -300,62 +300,12 @@ def rebuild_summary(study_dir: Path) -> Path | None:
 
 # ---------------------------------------------------------------- figures
 
-STUDY_X = {"kl_budget": ("kappa_bits", True), "injection_depth": ("inject_layer", False),
-           "latent_bits": ("latent_bits", True), "free_bits_scope": ("free_bits_scope", False),
-           "kappa_eighth": ("change", False)}
+def make_figures(out: Path, study: str, seed: int, fig_dir: Path | None = None) -> list[Path]:
+    """Figures of every finished study under ``out`` (see ftstudy.plots.study_figures)."""
+    from ftstudy.plots import study_figures
 
-
-def label_changes(aggs: list[dict[str, Any]]) -> None:
-    """Name each row of a one-change-at-a-time study by the grid fields where it differs
-    from the most common value of each field ("preset" for the unchanged point)."""
-    from collections import Counter
-
-    from ftstudy.report import KEYS
-    free = [a for a in aggs if a["variant"] != "baseline"]
-    mode = {k: Counter(a[k] for a in free).most_common(1)[0][0] for k in KEYS} if free else {}
-    for a in aggs:
-        diff = [f"{k}={a[k]}" for k in KEYS if a["variant"] != "baseline" and a[k] != mode[k]]
-        a["change"] = ", ".join(diff) or ("baseline" if a["variant"] == "baseline" else "preset")
-FIG4_KAPPAS = (1 / 64, 1 / 8, 1, 8)  # the paper's Figure 4 columns
-
-
-def _is_point(cfg: dict[str, Any], kappa: float, seed: int) -> bool:
-    return cfg["model"]["latent_bits"] > 0 and cfg["model"]["kappa_bits"] == kappa and cfg["train"]["seed"] == seed
-
-
-def make_figures(out: Path, study: str, seed: int) -> list[Path]:
-    """Per-study metric plots and, for kl_budget, the paper's Figure 4 (PNG and text)."""
-    from ftstudy.plots import figure4_text, plot_figure4, plot_study, save_figure
-    from ftstudy.report import aggregate
-
-    written = []
-    fig_dir = out / "figures"
-    for name in (list(STUDY_X) if study == "all" else [study]):
-        summary = out / name / "summary.csv"
-        if not summary.exists():
-            continue
-        x, log_x = STUDY_X[name]
-        aggs = aggregate(summary)
-        if not any(a["variant"] != "baseline" for a in aggs):
-            continue
-        label_changes(aggs)
-        written.append(save_figure(plot_study(aggs, x, title=name, log_x=log_x),
-                                   fig_dir / f"{name}.png"))
-        if name == "kl_budget":
-            probed = [(d, saved_config(d)) for d in sorted((out / name).iterdir())
-                      if (d / "groups.txt").exists() and (d / "summary.json").exists()]
-            panels = {}
-            for k in FIG4_KAPPAS:
-                matches = [d / "groups.txt" for d, cfg in probed if _is_point(cfg, k, seed)]
-                if matches:
-                    panels[f"κ = {k:g} bit"] = matches[0]
-            if panels:
-                written.append(save_figure(plot_figure4(panels), fig_dir / f"figure4_s{seed}.png"))
-                text = "\n".join(f"===== {t} =====\n{figure4_text(p)}" for t, p in panels.items())
-                path = fig_dir / f"figure4_s{seed}.txt"
-                atomic_write_text(path, text)
-                written.append(path)
-    return written
+    names = list(STUDY_X) if study == "all" else [study]
+    return [p for name in names for p in study_figures(out / name, seed, fig_dir or out / "figures")]
 
 
 # ---------------------------------------------------------------- CLI
@@ -380,6 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the grid and the estimated time, train nothing")
     p.add_argument("--report", action="store_true",
                    help="train nothing: rebuild summary/aggregate tables and figures from the finished runs")
+    p.add_argument("--plot", action="store_true",
+                   help="train nothing: draw the figures from the committed tables and runs (the same "
+                        "ftstudy.plots functions the notebooks call)")
+    p.add_argument("--figures", type=Path, default=None, metavar="DIR",
+                   help="where --plot/--report write figures (default: OUT/figures)")
     return p
 
 
@@ -512,8 +467,17 @@ def main(argv: list[str] | None = None) -> int:
         for d in sorted({r.run_dir.parent for r in runs}):
             if d.exists():
                 rebuild_summary(d)
-        for path in make_figures(out, args.study, args.seeds[0]):
+        for path in make_figures(out, args.study, args.seeds[0], args.figures):
             print(f"[ftstudy.ablate] wrote {path}")
+        return 0
+    if args.plot:
+        written = make_figures(out, args.study, args.seeds[0], args.figures)
+        for path in written:
+            print(f"[ftstudy.ablate] wrote {path}")
+        if not written:
+            print(f"error: no finished runs of study {args.study!r} under {out} to plot; train them with "
+                  f"python -m ftstudy.ablate --study {args.study} --preset {args.preset}", file=sys.stderr)
+            return 3
         return 0
     left = [(r, r.steps_left()) for r in runs]
     measured = measured_step_times(out)
@@ -541,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     if rc:
         return rc
     studies = sorted({r.run_dir.parent for r in runs})
-    make_figures(out, args.study, args.seeds[0])
+    make_figures(out, args.study, args.seeds[0], args.figures)
     print(f"[ftstudy.ablate] {len(runs)} runs in {(time.perf_counter() - t0) / 60:.1f} min; summaries: "
           + ", ".join(str(s / "summary.csv") for s in studies))
     return 0

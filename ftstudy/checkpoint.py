@@ -14,7 +14,6 @@ truncated or foreign file into a ``CheckpointError`` that says which.
 
 from __future__ import annotations
 
-import csv
 import os
 import pickle
 import zipfile
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from ftstudy.config import ConfigError, RunConfig
+from ftstudy.files import atomic_write_text, read_metrics  # noqa: F401  (re-exported)
 from ftstudy.model import FreeTransformer
 
 __all__ = ["CheckpointError", "FORMAT", "save_model", "load_model", "load_checkpoint_dict", "atomic_write_text",
@@ -35,17 +35,6 @@ FORMAT_VERSION = 1
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, truncated, or not one of ours."""
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text so that readers see the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_model(path: Path, model: FreeTransformer, config: RunConfig, step: int,
@@ -116,14 +105,3 @@ def load_model(path: Path | str, map_location: str | torch.device = "cpu") -> tu
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {path}: weights do not match its own config: {e}") from e
     return model.to(map_location), cfg, obj
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, float | str]]:
-    """Rows of a run's metrics.csv with numbers parsed and empty cells dropped (the one
-    reader for plots and sweeps; only the writer, train.MetricsCSV, keeps raw strings)."""
-    rows = []
-    with open(Path(run_dir) / "metrics.csv", newline="") as f:
-        for r in csv.DictReader(f):
-            rows.append({k: (v if k == "split" else float(v)) for k, v in r.items() if v != ""})
-    return rows
-

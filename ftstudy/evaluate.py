@@ -45,6 +45,7 @@ import torch
 
 from ftstudy.checkpoint import CheckpointError, atomic_write_text, load_model
 from ftstudy.harness import Z_POLICIES, FTStudyLM, HarnessError
+from ftstudy.report import benchmark_cell, perplexity_cell
 
 __all__ = ["resolve_checkpoint", "perplexity", "paired_stats", "build_report", "main"]
 
@@ -272,12 +273,6 @@ def _json_default(o: Any) -> Any:
     raise TypeError(type(o).__name__)
 
 
-def _fmt(v: Any, pct: bool = False) -> str:
-    if v is None:
-        return "—"
-    return f"{100 * v:+.0f}%" if pct else f"{v:.4g}"
-
-
 def _markdown(report: dict[str, Any]) -> str:
     labels = [c["label"] for c in report["checkpoints"]]
     lines = ["# Benchmark comparison", "",
@@ -286,22 +281,14 @@ def _markdown(report: dict[str, Any]) -> str:
     head = "| group | task | metric | " + " | ".join(labels) + " |"
     lines += [head, "|" + "---|" * (3 + len(labels))]
     for row in report["table"]:
-        cells = []
-        for i, c in enumerate(row["cells"]):
-            if i == 0 or c.get("diff") is None:
-                cells.append(_fmt(c["value"]))
-            else:
-                lo, hi = c["ci95"]
-                cells.append(f"{_fmt(c['value'])} ({_fmt(c.get('rel_change'), pct=True)}; "
-                             f"Δ {c['diff']:+.3g} [{lo:+.3g}, {hi:+.3g}], p={c['p']:.2g})")
+        cells = [benchmark_cell(c) for c in row["cells"]]
         metric = row["metric"] if row["filter"] == "none" else f"{row['metric']} ({row['filter']})"
         lines.append(f"| {row['group']} | {row['task']} | {metric} | " + " | ".join(cells) + " |")
     if any(c["value"] is not None for row in report["perplexity"] for c in row["cells"]):
         lines += ["", "## Perplexity on the validation shard (per token, nats; bits per byte in brackets)", "",
                   "| bound | " + " | ".join(labels) + " |", "|" + "---|" * (1 + len(labels))]
         for row in report["perplexity"]:
-            cells = [f"{_fmt(c['value'])} ({_fmt(c['bits_per_byte'])})" if c["value"] is not None else "—"
-                     for c in row["cells"]]
+            cells = [perplexity_cell(c) for c in row["cells"]]
             name = next((c["name"] for c in row["cells"] if c["name"]), row["metric"])
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     settings = {json.dumps(c["settings"], sort_keys=True) for c in report["checkpoints"]}

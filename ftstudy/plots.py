@@ -1,7 +1,10 @@
-"""Pure functions from run directories to figures; the demo and the notebooks call these.
+"""Pure functions from committed results to figures and tables.
 
-Nothing here trains or evaluates: figures are drawn from ``metrics.csv`` and
-``summary.json`` as written by ``ftstudy.train``.
+The notebooks, ``python -m ftstudy.ablate --plot`` and the demo all call these, so a figure
+in a notebook and the PNG in ``results/figures/`` come from the same code.  Nothing here
+trains or evaluates: inputs are the files ``ftstudy.train``, ``ftstudy.ablate``,
+``ftstudy.evaluate`` and ``ftstudy.perf`` write (``metrics.csv``, ``summary.json``,
+``summary.csv``, ``report.json``, ``results/perf/*.json``).
 """
 
 from __future__ import annotations
@@ -9,7 +12,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -17,12 +22,54 @@ if not os.environ.get("DISPLAY") and "inline" not in matplotlib.get_backend():
     matplotlib.use("Agg")  # headless (CI, make demo); notebooks keep their inline backend
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from ftstudy.checkpoint import read_metrics  # noqa: E402
-from ftstudy.measure import NO_LATENT_FLOOR  # noqa: E402
+from ftstudy.files import atomic_write_text, read_metrics  # noqa: E402
+from ftstudy.report import FIG4_KAPPAS, NO_LATENT_FLOOR, STUDY_X, aggregate, label_changes  # noqa: E402
 
-__all__ = ["NO_LATENT_FLOOR", "read_metrics", "plot_training_curves", "save_figure"]
+__all__ = [
+    "NO_LATENT_FLOOR", "read_metrics", "have", "show", "plot_training_curves", "save_figure", "figure4_text", "plot_figure4",
+    "figure4_panels", "plot_study", "study_aggregates", "study_runs", "study_table", "per_seed_table", "study_figures",
+    "plot_dynamics", "collapse_events", "benchmark_table", "perplexity_table", "plot_benchmark_deltas",
+    "plot_perplexity", "synthetic_examples", "perf_tables", "plot_mapper",
+]
+
+
+def show(fig: plt.Figure, path: Path | str | None = None) -> None:
+    """Display ``fig`` in a notebook (if running in one), save it as PNG at ``path`` (if
+    given), and close it."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+        if get_ipython() is not None:
+            display(fig)
+    except ImportError:
+        pass
+    if path is not None:
+        save_figure(fig, Path(path))
+    else:
+        plt.close(fig)
+
+
+def have(path: Path | str, command: str) -> bool:
+    """True if ``path`` exists; otherwise say which result is missing and the command that
+    makes it (a notebook cell then skips its figure instead of failing with a stack trace)."""
+    path = Path(path)
+    if path.exists():
+        return True
+    msg = f"MISSING RESULT: {path}\n  make it with: {command}"
+    try:  # rendered as a visible note in a notebook
+        from IPython.display import Markdown, display
+        from IPython import get_ipython
+        if get_ipython() is not None:
+            display(Markdown(f"**Missing result** `{path}`. Make it with:\n\n```bash\n{command}\n```"))
+            return False
+    except ImportError:
+        pass
+    print(msg, file=sys.stderr)
+    return False
 
 
 def _label(run_dir: Path) -> str:
@@ -109,9 +156,13 @@ def plot_figure4(panels: dict[str, Path], letter: str | None = None, per_group: 
     n = len(panels)
     rows_per_col = (1 + shared_groups) * (per_group + 1)
     fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 0.16 * rows_per_col + 1), squeeze=False)
+    fig.subplots_adjust(left=0.005, right=0.995, top=0.92, bottom=0.01, wspace=0.04)
+    # Fixed margins, so the monospace size that fills a panel's 67 cells is known: a
+    # DejaVu Sans Mono character advances 0.602 em.
+    fontsize = axes[0, 0].get_position().width * fig.get_figwidth() * 72 / 67 / 0.602
     for ax, (title, path) in zip(axes[0], panels.items()):
         text = figure4_text(path, letter, per_group, shared_groups).splitlines() + [""]  # "" closes a box
-        ax.set_xlim(0, 67)
+        ax.set_xlim(-0.5, 66.5)
         ax.set_ylim(len(text) + 0.5, -0.5)
         ax.axis("off")
         ax.set_title(title, fontsize=10)
@@ -124,16 +175,26 @@ def plot_figure4(panels: dict[str, Path], letter: str | None = None, per_group: 
                 if y0 is not None:
                     ax.add_patch(plt.Rectangle((-0.5, y0 + 0.5), 67, y - y0 - 1, fill=False, ec=color, lw=1.5))
                 continue
-            for x, ch in enumerate(line):
-                c = "#bbbbbb" if ch == "_" else ("tab:red" if ch == "!" else "black")
-                ax.text(x, y, ch, fontsize=5.5, family="monospace", ha="center", va="center", color=c)
-    fig.tight_layout()
+            # One text per colour (others blanked), overlaid: 3 artists per line, not 66.
+            for keep, c in ((lambda ch: ch == "_", "#bbbbbb"), (lambda ch: ch == "!", "tab:red"),
+                            (lambda ch: ch not in "_!", "black")):
+                ax.text(-0.5, y, "".join(ch if keep(ch) else " " for ch in line), fontsize=fontsize,
+                        family="DejaVu Sans Mono", ha="left", va="center", color=c)
     return fig
 
 
-def plot_study(aggs: list[dict], x: str, title: str = "", log_x: bool = False) -> plt.Figure:
+# Panels whose metric cannot leave [0, 1] or go below 0: the axis stops there even where a
+# t-interval over three seeds does not (the seeds themselves are drawn as dots).
+_BOUNDED = {"valid rate (prior Z)": (0, 1.02), "P(same block position)": (0, 1.02),
+            "KL used, bits/token": (0, None), "MI(Z; position), bits": (None, None),
+            "nats/char": (0, None), "shared noise / chance": (0, None)}
+
+
+def plot_study(aggs: list[dict], x: str, title: str = "", log_x: bool = False,
+               seeds: pd.DataFrame | None = None) -> plt.Figure:
     """Key metrics of a study (rows of ftstudy.report.aggregate) against the grid field ``x``,
-    with 95% intervals over seeds where there are several; the baseline as a dashed line."""
+    with 95% intervals over seeds where there are several; the baseline as a dashed line.
+    ``seeds`` (a study's summary.csv as a DataFrame) adds each run as a dot."""
     sns.set_theme(style="whitegrid", context="notebook")
     panels = (
         ("generation.valid_rate", "valid rate (prior Z)"),
@@ -171,11 +232,16 @@ def plot_study(aggs: list[dict], x: str, title: str = "", log_x: bool = False) -
             else:
                 line, = ax.plot(xs(free), y, "o-", label=name)
                 ax.fill_between(xs(free), lo, hi, color=line.get_color(), alpha=0.2)
+                if seeds is not None and col in seeds.columns:
+                    runs = seeds[seeds["variant"] != "baseline"]
+                    ax.plot(runs[x].astype(float), runs[col], ".", color=line.get_color(), alpha=0.6, ms=5)
             if base and math.isfinite(base[0].get(col, math.nan)):
                 ax.axhline(base[0][col], color=line.get_color(), ls="--", lw=1, label=f"{name}, baseline")
         if col == "val.elbo":
             ax.axhline(NO_LATENT_FLOOR, color="gray", ls=":", lw=1, label="no-latent floor")
         ax.set(xlabel=x, ylabel=label)
+        lo_lim, hi_lim = _BOUNDED.get(label, (None, None))
+        ax.set_ylim(bottom=lo_lim, top=hi_lim)
         if categorical:
             ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
         elif log_x:
@@ -186,5 +252,309 @@ def plot_study(aggs: list[dict], x: str, title: str = "", log_x: bool = False) -
         ax.legend(fontsize=7)
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- studies (ftstudy.ablate results)
+
+def study_aggregates(study_dir: Path) -> list[dict[str, Any]]:
+    """Rows of a study's aggregate (mean and 95% t-interval over seeds per grid point),
+    each named by what it changes (``change``)."""
+    aggs = aggregate(Path(study_dir) / "summary.csv")
+    label_changes(aggs)
+    return aggs
+
+
+def study_runs(study_dir: Path) -> pd.DataFrame:
+    """A study's summary.csv: one row per finished run (config fields, then metrics)."""
+    return pd.read_csv(Path(study_dir) / "summary.csv")
+
+
+def study_table(aggs: list[dict[str, Any]], x: str,
+                metrics: tuple[tuple[str, str], ...] | None = None) -> pd.DataFrame:
+    """The study as a table: one row per grid point, "mean [low, high]" over seeds."""
+    from ftstudy.report import METRICS, _fmt
+
+    metrics = metrics or METRICS
+    rows = []
+    for a in aggs:
+        row = {"variant": a["variant"], x: a.get(x, ""), "seeds": a["seeds"], "collapsed": a["collapsed"]}
+        for col, name in metrics:
+            row[name] = _fmt(a, col)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+PER_SEED = (("generation.valid_rate", "valid"), ("val.ce_prior", "CE prior"), ("val.elbo", "ELBO"),
+            ("posterior.kl_bits_per_token", "KL bits/tok"), ("probe.same_pos_independent", "same pos, indep"),
+            ("probe.same_pos_shared", "same pos, shared"), ("probe.noise_overlap_shared", "noise overlap, shared"),
+            ("probe.mi_position_bits", "MI(Z;pos) bits"), ("collapsed", "collapsed"))
+
+
+def per_seed_table(study_dir: Path, x: str) -> pd.DataFrame:
+    """One row per run of a study: the grid value, the seed and the key metrics."""
+    df = study_runs(study_dir)
+    cols = [c for c, _ in PER_SEED if c in df.columns]
+    out = df[["variant", x, "seed", *cols]].rename(columns=dict(PER_SEED))
+    return out.sort_values(["variant", x, "seed"], na_position="first").reset_index(drop=True)
+
+
+def _run_config(run_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / "config.json").read_text())["config"]
+
+
+def figure4_panels(study_dir: Path, seed: int, kappas: tuple[float, ...] = FIG4_KAPPAS) -> dict[str, Path]:
+    """The groups.txt of the Free runs of ``seed`` at the paper's Figure 4 budgets, by title."""
+    runs = sorted(d for d in Path(study_dir).iterdir()
+                  if (d / "groups.txt").exists() and (d / "summary.json").exists())
+    panels = {}
+    for k in kappas:
+        for d in runs:
+            m, t = _run_config(d)["model"], _run_config(d)["train"]
+            if m["latent_bits"] > 0 and m["kappa_bits"] == k and t["seed"] == seed:
+                panels[f"κ = {k:g} bit"] = d / "groups.txt"
+                break
+    return panels
+
+
+def study_figures(study_dir: Path, seed: int, fig_dir: Path) -> list[Path]:
+    """A study's metric figure and, for kl_budget, the paper's Figure 4 for ``seed`` (PNG and
+    text) and its training dynamics, written into ``fig_dir``.  [] if the study has no
+    finished Free run."""
+    study_dir, fig_dir = Path(study_dir), Path(fig_dir)
+    name = study_dir.name
+    if name not in STUDY_X or not (study_dir / "summary.csv").exists():
+        return []
+    x, log_x = STUDY_X[name]
+    aggs = study_aggregates(study_dir)
+    if not any(a["variant"] != "baseline" for a in aggs):
+        return []
+    seeds = study_runs(study_dir)
+    written = [save_figure(plot_study(aggs, x, title=name, log_x=log_x, seeds=seeds), fig_dir / f"{name}.png")]
+    if name == "kl_budget":
+        panels = figure4_panels(study_dir, seed)
+        if panels:
+            written.append(save_figure(plot_figure4(panels), fig_dir / f"figure4_s{seed}.png"))
+            text = "\n".join(f"===== {t} =====\n{figure4_text(p)}" for t, p in panels.items())
+            atomic_write_text(fig_dir / f"figure4_s{seed}.txt", text)
+            written.append(fig_dir / f"figure4_s{seed}.txt")
+        written.append(save_figure(plot_dynamics(study_dir, x), fig_dir / f"{name}_dynamics.png"))
+    return written
+
+
+# ---------------------------------------------------------------- training dynamics
+
+def _runs_by(study_dir: Path, x: str) -> dict[Any, list[tuple[int, Path]]]:
+    """Finished runs of a study by grid value (None for the baseline), as (seed, dir)."""
+    out: dict[Any, list[tuple[int, Path]]] = {}
+    for d in sorted(Path(study_dir).iterdir()):
+        if not ((d / "metrics.csv").exists() and (d / "config.json").exists()):
+            continue
+        cfg = _run_config(d)
+        m = cfg["model"]
+        key = None if m["latent_bits"] == 0 else {**m, **cfg["train"], **cfg.get("task", {})}.get(x)
+        out.setdefault(key, []).append((cfg["train"]["seed"], d))
+    return out
+
+
+def collapse_events(study_dir: Path, x: str = "kappa_bits", threshold_bits: float = 0.01) -> pd.DataFrame:
+    """Per Free run: the final training KL, whether the run collapsed (summary.csv's rule:
+    every logged KL of the last quarter below ``threshold_bits``), and the last logged step
+    with the KL at or above the threshold, after which it stayed below (empty if the KL
+    ended above it)."""
+    rows = []
+    for key, runs in _runs_by(study_dir, x).items():
+        if key is None:
+            continue
+        for seed, d in runs:
+            kl = [(r["step"], r["kl_bits"]) for r in read_metrics(d) if r["split"] == "train" and "kl_bits" in r]
+            if not kl:
+                continue
+            above = [s for s, v in kl if v >= threshold_bits]
+            tail = kl[len(kl) * 3 // 4:]
+            rows.append({x: key, "seed": seed, "final KL bits/tok": kl[-1][1],
+                         "collapsed": all(v < threshold_bits for _, v in tail),
+                         "KL below threshold after step": (None if above and above[-1] == kl[-1][0]
+                                                          else (above[-1] if above else kl[0][0]))})
+    return pd.DataFrame(rows).sort_values([x, "seed"]).reset_index(drop=True) if rows else pd.DataFrame()
+
+
+def plot_dynamics(study_dir: Path, x: str = "kappa_bits", smooth: int = 5) -> plt.Figure:
+    """Training KL (top) and validation CE under prior Z (bottom) against steps, one column
+    per grid value and one line per seed; the budget κ dashed, the baseline's CE grey, a
+    collapsed run drawn with an ×."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    by = _runs_by(study_dir, x)
+    keys = sorted(k for k in by if k is not None)
+    if not keys:
+        raise ValueError(f"{study_dir} holds no finished Free run with a {x!r} to plot")
+    fig, axes = plt.subplots(2, len(keys), figsize=(2.6 * len(keys) + 1, 5.5), squeeze=False, sharex=True)
+    base = [read_metrics(d) for _, d in by.get(None, [])]
+    events = collapse_events(study_dir, x)
+    colors = sns.color_palette("deep", 10)
+    for j, key in enumerate(keys):
+        ax_kl, ax_ce = axes[0, j], axes[1, j]
+        for seed, d in sorted(by[key]):
+            rows = read_metrics(d)
+            kl = [(r["step"], r["kl_bits"]) for r in rows if r["split"] == "train" and "kl_bits" in r]
+            c = colors[seed % 10]
+            if kl:
+                steps, vals = zip(*kl)
+                w = max(1, min(smooth, len(vals)))
+                vals = np.convolve(vals, np.ones(w) / w, mode="valid")
+                ax_kl.plot(steps[w - 1:], vals, color=c, lw=1, label=f"seed {seed}")
+                hit = events[(events[x] == key) & (events["seed"] == seed)] if len(events) else events
+                if len(hit) and bool(hit["collapsed"].iloc[0]):
+                    ax_kl.plot(steps[-1], vals[-1], "x", color=c, ms=9, mew=2)
+            val = [(r["step"], r["ce_prior"]) for r in rows if r["split"] == "val" and "ce_prior" in r]
+            if val:
+                ax_ce.plot(*zip(*val), "o-", color=c, ms=3, lw=1)
+        if x == "kappa_bits":
+            ax_kl.axhline(float(key), color="black", ls="--", lw=1, label="κ")
+        for rows in base:
+            val = [(r["step"], r["ce_prior"]) for r in rows if r["split"] == "val" and "ce_prior" in r]
+            if val:
+                ax_ce.plot(*zip(*val), color="gray", lw=1, alpha=0.7)
+        ax_kl.set_title(f"{x} = {key:g}" if isinstance(key, float) else f"{x} = {key}", fontsize=10)
+        ax_kl.set_ylim(bottom=0)
+        ax_ce.set_xlabel("step")
+        if j == 0:
+            ax_kl.set_ylabel("KL, bits/token (train)")
+            ax_ce.set_ylabel("CE, prior Z (val)")
+            ax_kl.legend(fontsize=7)
+    fig.suptitle(f"{Path(study_dir).name}: where the KL goes (× = collapsed), and the honest CE "
+                 "(grey: baseline)", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- benchmarks (ftstudy.evaluate reports)
+
+def _report(report: Path | dict[str, Any]) -> dict[str, Any]:
+    return report if isinstance(report, dict) else json.loads(Path(report).read_text())
+
+
+def benchmark_table(report: Path | dict[str, Any], subtasks: bool = False) -> pd.DataFrame:
+    """The paper's Tables 1–2 layout: rows grouped (generative code, generative math, …),
+    one column per model; every compared cell carries the relative change, the paired
+    bootstrap 95% interval of the difference and the permutation p-value."""
+    from ftstudy.report import benchmark_cell
+
+    r = _report(report)
+    labels = [c["label"] for c in r["checkpoints"]]
+    rows = []
+    for row in r["table"]:
+        task = row["task"]
+        if not subtasks and task.startswith("ftstudy_arithmetic_"):
+            continue
+        metric = row["metric"] if row["filter"] == "none" else f"{row['metric']} ({row['filter']})"
+        rows.append({"group": row["group"], "task": task, "metric": metric,
+                     **{lab: benchmark_cell(c) for lab, c in zip(labels, row["cells"])}})
+    return pd.DataFrame(rows).set_index(["group", "task", "metric"])
+
+
+def perplexity_table(report: Path | dict[str, Any]) -> pd.DataFrame:
+    """Honest perplexity on the validation shard: NLL under prior Z, the ELBO and the
+    importance-weighted bound, nats per token (bits per byte), one column per model."""
+    from ftstudy.report import perplexity_cell
+
+    r = _report(report)
+    labels = [c["label"] for c in r["checkpoints"]]
+    rows = []
+    for row in r["perplexity"]:
+        name = next((c["name"] for c in row["cells"] if c.get("name")), row["metric"])
+        rows.append({"bound": name, **{lab: perplexity_cell(c) for lab, c in zip(labels, row["cells"])}})
+    return pd.DataFrame(rows).set_index("bound")
+
+
+def plot_benchmark_deltas(report: Path | dict[str, Any], subtasks: bool = False) -> plt.Figure:
+    """Each Free model minus the baseline per task, with the paired 95% interval (a forest
+    plot); one panel per task because the metrics have different units."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    r = _report(report)
+    rows = [row for row in r["table"] if subtasks or not row["task"].startswith("ftstudy_arithmetic_")]
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows) + 0.5, 3.6), squeeze=False)
+    for ax, row in zip(axes[0], rows):
+        cells = [c for c in row["cells"] if c.get("diff") is not None]
+        ys = range(len(cells))
+        for y, c in zip(ys, cells):
+            lo, hi = c["ci95"]
+            color = "tab:red" if c["p"] < 0.05 else "tab:gray"
+            ax.errorbar(c["diff"], y, xerr=[[c["diff"] - lo], [hi - c["diff"]]], fmt="o", color=color, capsize=3)
+        ax.axvline(0, color="black", lw=1)
+        ax.set_yticks(list(ys), [c["label"] for c in cells])
+        ax.invert_yaxis()
+        metric = row["metric"] if row["filter"] == "none" else f"{row['metric']}\n({row['filter']})"
+        ax.set_title(f"{row['task'].removeprefix('ftstudy_')}\nΔ {metric}", fontsize=9)
+    fig.suptitle("Free − baseline, paired 95% interval (red: p < 0.05)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_perplexity(report: Path | dict[str, Any]) -> plt.Figure:
+    """The three honest bounds per model, bits per byte (lower is better)."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    r = _report(report)
+    data = [{"model": c["label"], "bound": next((cc["name"] for cc in row["cells"] if cc.get("name")), row["metric"]),
+             "bits per byte": c["bits_per_byte"]}
+            for row in r["perplexity"] for c in row["cells"] if c["value"] is not None]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    if data:
+        sns.barplot(pd.DataFrame(data), x="model", y="bits per byte", hue="bound", ax=ax)
+    ax.set_title("validation perplexity: prior Z, ELBO, importance-weighted bound")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- the synthetic task itself
+
+def synthetic_examples(n: int = 8, seed: int = 0) -> pd.DataFrame:
+    """Samples from the task's generator with their ground truth, and what the checker says
+    about each sample and about a corrupted copy of it (one body character changed)."""
+    from ftstudy.synthetic import check, sample_with_info
+
+    info = sample_with_info(n, seed)
+    rows = []
+    for s, pos, letter in zip(info.strings, info.positions, info.letters):
+        ok, found = check(s)
+        body = list(s)
+        far = 2 + (int(pos) + 40) % (len(s) - 2)  # a body cell outside the block: a stray letter
+        body[far] = letter if body[far] != letter else "_"
+        bad = "".join(body)
+        bad_ok, _ = check(bad)
+        rows.append({"sequence": s, "letter": letter, "block at": int(pos), "checker: valid": ok,
+                     "checker: position": found, "corrupted copy valid": bad_ok})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- performance (ftstudy.perf results)
+
+def perf_tables(perf_dir: Path) -> dict[str, pd.DataFrame]:
+    """Every ``results/perf/*.json`` as a table, by file stem."""
+    out = {}
+    for p in sorted(Path(perf_dir).glob("*.json")):
+        data = json.loads(p.read_text())
+        rows = data if isinstance(data, list) else data.get("rows", [data])
+        out[p.stem] = pd.DataFrame(rows)
+    return out
+
+
+def plot_mapper(tables: dict[str, pd.DataFrame]) -> plt.Figure:
+    """The binary mapper's time against its matmul floor (and the naive reference), per
+    machine and latent width H."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    frames = [df.assign(machine=name) for name, df in tables.items() if "mapper_s" in df.columns]
+    if not frames:
+        raise ValueError("no mapper benchmark among the perf results (python -m ftstudy.perf mapper)")
+    df = pd.concat(frames, ignore_index=True)
+    long = df.melt(id_vars=["machine", "bits"], value_vars=[c for c in ("matmul_s", "mapper_s", "reference_s")
+                                                             if c in df.columns],
+                   var_name="implementation", value_name="seconds")
+    long["case"] = long["machine"] + ", H=" + long["bits"].astype(str)
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    sns.barplot(long, x="case", y="seconds", hue="implementation", ax=ax)
+    ax.set_yscale("log")
+    ax.set_title("binary mapper (forward + backward) against its matmul floor")
     fig.tight_layout()
     return fig

@@ -10,15 +10,17 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
-from ftstudy.checkpoint import atomic_write_text
+from ftstudy.files import atomic_write_text
 
-__all__ = ["METRICS", "aggregate", "write_aggregate"]
+__all__ = ["NO_LATENT_FLOOR", "METRICS", "STUDY_X", "FIG4_KAPPAS", "aggregate", "label_changes", "write_aggregate",
+           "benchmark_cell", "perplexity_cell"]
 
 # (column in summary.csv, short name in the tables)
 METRICS = (
@@ -41,6 +43,16 @@ METRICS = (
 # Config fields that vary within the studies (the grid coordinates).
 KEYS = ("latent_bits", "kappa_bits", "inject_layer", "free_bits_scope", "n_layers", "dim", "batch_size", "steps",
         "kl_weight_below", "post_sampler")
+
+# Best CE per body character of the synthetic task without a latent: ln(57)/64 (the block
+# position, once per sequence) + h(1/16) (the noise, per character); PAPER.md §4, FEASIBILITY.md.
+NO_LATENT_FLOOR = math.log(57) / 64 - (1 / 16) * math.log(1 / 16) - (15 / 16) * math.log(15 / 16)
+
+# Each study's grid axis, and whether to draw it on a log scale.
+STUDY_X = {"kl_budget": ("kappa_bits", True), "injection_depth": ("inject_layer", False),
+           "latent_bits": ("latent_bits", True), "free_bits_scope": ("free_bits_scope", False),
+           "kappa_eighth": ("change", False)}
+FIG4_KAPPAS = (1 / 64, 1 / 8, 1, 8)  # the paper's Figure 4 columns
 
 
 def _num(x: str) -> float:
@@ -112,3 +124,36 @@ def write_aggregate(study_dir: Path) -> Path | None:
     path = Path(study_dir) / "aggregate.md"
     atomic_write_text(path, md)
     return path
+
+
+def label_changes(aggs: list[dict[str, Any]]) -> None:
+    """Name each row of a one-change-at-a-time study by the grid fields where it differs
+    from the most common value of each field ("preset" for the unchanged point)."""
+    free = [a for a in aggs if a["variant"] != "baseline"]
+    mode = {k: Counter(a[k] for a in free).most_common(1)[0][0] for k in KEYS} if free else {}
+    for a in aggs:
+        diff = [f"{k}={a[k]}" for k in KEYS if a["variant"] != "baseline" and a[k] != mode[k]]
+        a["change"] = ", ".join(diff) or ("baseline" if a["variant"] == "baseline" else "preset")
+
+
+# ---------------------------------------------------------------- benchmark report cells
+
+def _g(v: Any, pct: bool = False) -> str:
+    if v is None:
+        return "—"
+    return f"{100 * v:+.0f}%" if pct else f"{v:.4g}"
+
+
+def benchmark_cell(c: dict[str, Any]) -> str:
+    """One cell of an ftstudy.evaluate report: the value, and for a compared model its
+    relative change, paired-bootstrap 95% interval of the difference and p-value."""
+    if c.get("diff") is None:
+        return _g(c["value"])
+    lo, hi = c["ci95"]
+    return (f"{_g(c['value'])} ({_g(c.get('rel_change'), pct=True)}; "
+            f"Δ {c['diff']:+.3g} [{lo:+.3g}, {hi:+.3g}], p={c['p']:.2g})")
+
+
+def perplexity_cell(c: dict[str, Any]) -> str:
+    """nats per token (bits per byte)."""
+    return f"{_g(c['value'])} ({_g(c['bits_per_byte'])})" if c["value"] is not None else "—"

@@ -1,0 +1,47 @@
+"""The README's claims table is generated from the committed result files and cannot drift."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ftstudy.claims import CLAIMS, QUICK, REPO_ROOT, ClaimError, claims_table, main
+
+
+def test_readme_quotes_the_results() -> None:
+    assert main(["--check", str(REPO_ROOT / "README.md")]) == 0
+
+
+def test_a_changed_result_changes_the_table_and_fails_the_check(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "repo"
+    for c in CLAIMS:
+        (root / c.source).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO_ROOT / c.source, root / c.source)
+    assert claims_table(root) == claims_table(REPO_ROOT)
+    agg = root / QUICK
+    text = agg.read_text()
+    # κ = 8: change its valid rate in the file; the README's number must no longer match.
+    lines = text.splitlines()
+    head = lines[0].split(",")
+    col = head.index("generation.valid_rate")
+    for i, line in enumerate(lines):
+        cells = line.split(",")
+        if cells[head.index("kappa_bits")] == "8.0":
+            cells[col] = "0.123"
+            lines[i] = ",".join(cells)
+    agg.write_text("\n".join(lines) + "\n")
+    assert "valid rate 0.123" in claims_table(root)
+    assert main(["--check", str(REPO_ROOT / "README.md"), "--root", str(root)]) == 1
+    assert "differs" in capsys.readouterr().err
+
+
+def test_a_missing_result_is_named(tmp_path: Path, capsys) -> None:
+    with pytest.raises(ClaimError, match="aggregate.csv is missing"):
+        claims_table(tmp_path)
+    assert main(["--root", str(tmp_path)]) == 2
+    readme = tmp_path / "README.md"
+    readme.write_text("no block here\n")
+    assert main(["--check", str(readme)]) == 2
+    assert "claims:begin" in capsys.readouterr().err
