@@ -1,11 +1,13 @@
 """The paper's claims against our measurements, as one table built from committed results.
 
-    python -m ftstudy.claims                 # print the table (markdown)
-    python -m ftstudy.claims --check README.md   # exit 1 if the README's table differs
+    python -m ftstudy.claims                 # print both tables (markdown, with their markers)
+    python -m ftstudy.claims --check README.md   # exit 1 if the README's tables differ
 
-The README quotes this table between ``<!-- claims:begin -->`` and ``<!-- claims:end -->``;
-the test suite runs ``--check``, so a number in the README cannot drift from the result file
-it cites.  Every cell is read from a file under ``results/``: nothing here is typed in.
+The README quotes the claims table between ``<!-- claims:begin -->`` and
+``<!-- claims:end -->``, and the performance targets of ``results/perf/*.json`` between
+``<!-- perf:begin -->`` and ``<!-- perf:end -->``; the test suite runs ``--check``, so a
+number in the README cannot drift from the result file it cites.  Every cell is read
+from a file under ``results/``: nothing here is typed in.
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- claims:begin -->", "<!-- claims:end -->"
+PERF_BEGIN, PERF_END = "<!-- perf:begin -->", "<!-- perf:end -->"
+PERF_DIR = "results/perf"
 
 QUICK = "results/ablate/kl_budget/aggregate.csv"
 PAPER = "results/ablate/paper/kl_budget/aggregate.csv"
 BENCH = "results/benchmarks/code-math-small/s0/report.json"
 RUNS = "results/benchmarks/code-math-small/runs/kl_budget/summary.csv"
+SCALE = "results/perf/scale.json"
 QUICK_CMD = "`python -m ftstudy.ablate --study kl_budget --preset quick --seeds 0 1 2 --jobs 2`"
 PAPER_CMD = "`python -m ftstudy.ablate --study kl_budget --preset paper --seeds 0 1 2 --only kappa_bits=1/8`"
 BENCH_CMD = "`make benchmark`"
@@ -136,6 +141,18 @@ def _leak(root: Path) -> str:
             f"(prior Z) {float(k2['val.ce_prior']):.3f}, baseline {float(base['val.ce_prior']):.3f} nats/byte")
 
 
+def _overhead(root: Path) -> str:
+    path = root / SCALE
+    if not path.exists():
+        raise ClaimError(f"{SCALE} is missing; make it with python -m ftstudy.perf scale --json {SCALE}")
+    parts = []
+    for r in json.loads(path.read_text()):
+        parts.append(f"{r['preset']}: encoder block {r['overhead_flops_encoder_block']:.1%} of training FLOPs, "
+                     f"{r['overhead_flops']:.1%} with the post-sampler's gradient product "
+                     f"({r['overhead_params']:.1%} of parameters)")
+    return "; ".join(parts)
+
+
 @dataclass(frozen=True)
 class Claim:
     claim: str
@@ -157,6 +174,8 @@ CLAIMS = (
     Claim("(our stand-in) GPT-3 arithmetic", _arithmetic, BENCH, BENCH_CMD),
     Claim("(not a paper claim) honest likelihood of Free vs baseline", _likelihood, BENCH, BENCH_CMD),
     Claim("(the trap in PAPER.md) a leaky evaluation flatters Free models", _leak, RUNS, BENCH_CMD),
+    Claim("The encoder costs about 3.6% (1.5B) and 3.1% (8B) more compute", _overhead, SCALE,
+          f"`python -m ftstudy.perf scale --json {SCALE}`"),
 )
 
 
@@ -168,11 +187,26 @@ def claims_table(root: Path = REPO_ROOT) -> str:
     return "\n".join(lines)
 
 
-def readme_block(readme: Path) -> str:
+def perf_tables(root: Path = REPO_ROOT) -> str:
+    """The targets table of every committed ``python -m ftstudy.perf suite`` result, by machine."""
+    from ftstudy.perf import targets_table
+
+    parts = []
+    for path in sorted((Path(root) / PERF_DIR).glob("*.json")):
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and "targets" in data:
+            parts.append(f"`{PERF_DIR}/{path.name}` ({data['machine']}, torch {data['torch']}, "
+                         f"{data['threads']} threads):\n\n{targets_table(data)}")
+    if not parts:
+        raise ClaimError(f"no suite result in {PERF_DIR}/; make one with python -m ftstudy.perf suite")
+    return "\n\n".join(parts)
+
+
+def readme_block(readme: Path, begin: str = BEGIN, end: str = END) -> str:
     text = Path(readme).read_text()
-    if BEGIN not in text or END not in text:
-        raise ClaimError(f"{readme} has no {BEGIN} … {END} block")
-    return text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+    if begin not in text or end not in text:
+        raise ClaimError(f"{readme} has no {begin} … {end} block")
+    return text.split(begin, 1)[1].split(end, 1)[0].strip()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,22 +216,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", type=Path, default=REPO_ROOT, help="the repository whose results/ are read")
     args = p.parse_args(argv)
     try:
-        table = claims_table(args.root)
+        table, perf = claims_table(args.root), perf_tables(args.root)
         if args.check is None:
-            print(table)
+            print(f"{BEGIN}\n{table}\n{END}\n\n{PERF_BEGIN}\n{perf}\n{PERF_END}")
             return 0
         quoted = readme_block(args.check)
+        quoted_perf = readme_block(args.check, PERF_BEGIN, PERF_END)
     except ClaimError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if quoted != table:
-        import difflib
-        diff = difflib.unified_diff(quoted.splitlines(), table.splitlines(), "README", "results", lineterm="")
-        print("the README's claims table differs from the results (run python -m ftstudy.claims and paste):\n"
-              + "\n".join(diff), file=sys.stderr)
-        return 1
-    print(f"{args.check}: claims table matches the results ({len(CLAIMS)} claims)")
-    return 0
+    import difflib
+    bad = 0
+    for name, want, got in (("claims table", table, quoted), ("performance targets", perf, quoted_perf)):
+        if got != want:
+            diff = difflib.unified_diff(got.splitlines(), want.splitlines(), "README", "results", lineterm="")
+            print(f"the README's {name} differs from the results (python -m ftstudy.claims prints both):\n"
+                  + "\n".join(diff), file=sys.stderr)
+            bad = 1
+    if not bad:
+        print(f"{args.check}: the claims table ({len(CLAIMS)} claims) and the performance targets match the results")
+    return bad
 
 
 if __name__ == "__main__":

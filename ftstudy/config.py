@@ -172,7 +172,8 @@ class TrainConfig:
     accelerator: str = "cpu"  # Lightning accelerator ("cpu", "gpu", "auto")
     devices: int = 1  # processes/devices per node
     num_nodes: int = 1
-    strategy: str = "auto"  # Lightning strategy ("auto", "ddp", "fsdp")
+    strategy: str = "auto"  # Lightning strategy ("auto", "ddp", "fsdp": sharded per transformer block)
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
     num_workers: int = 0  # data loader workers (synthetic data is generated in-process)
 
     def __post_init__(self) -> None:
@@ -431,14 +432,16 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "model": dict(vocab_size=128256, n_layers=28, dim=1536, n_heads=12, n_kv_heads=4, mlp_hidden=8192,
                       max_seq_len=4096, rope_base=500000.0, tie_embeddings=True, latent_bits=16, kappa_bits=0.5),
         "task": dict(),
-        "train": dict(precision="bf16-mixed", accelerator="gpu", strategy="fsdp", lr=3e-4, batch_size=512),
+        "train": dict(precision="bf16-mixed", accelerator="gpu", strategy="fsdp", activation_checkpointing=True,
+                      lr=3e-4, batch_size=512),
     },
     # Shape only: 8B, 32 layers, D 4096 (Llama-3-8B-like), H 16.
     "paper-8b": {
         "model": dict(vocab_size=128256, n_layers=32, dim=4096, n_heads=32, n_kv_heads=8, mlp_hidden=14336,
                       max_seq_len=8192, rope_base=500000.0, latent_bits=16, kappa_bits=0.5),
         "task": dict(),
-        "train": dict(precision="bf16-mixed", accelerator="gpu", strategy="fsdp", lr=3e-4, batch_size=1024),
+        "train": dict(precision="bf16-mixed", accelerator="gpu", strategy="fsdp", activation_checkpointing=True,
+                      lr=3e-4, batch_size=1024),
     },
 }
 

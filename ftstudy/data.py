@@ -455,18 +455,21 @@ def _batch(windows: np.ndarray) -> dict[str, torch.Tensor]:
 
 
 class _TrainWindows(IterableDataset):
-    """Random windows of seq_len + 1 tokens; batch ``i`` is a function of (seed, rank, i)."""
+    """Random windows of seq_len + 1 tokens.  Step ``i`` draws the starts of one global batch
+    of ``batch_size * world_size`` windows from (seed, i); rank ``r`` reads its slice, so the
+    global batch does not depend on the number of ranks."""
 
     def __init__(self, shards: _Shards, batch_size: int, seq_len: int, seed: int, rank: int,
-                 steps_per_epoch: int, start_index: int) -> None:
+                 steps_per_epoch: int, start_index: int, world_size: int = 1) -> None:
         self.shards, self.batch_size, self.seq_len = shards, batch_size, seq_len
-        self.seed, self.rank, self.steps_per_epoch = seed, rank, steps_per_epoch
+        self.seed, self.rank, self.world_size, self.steps_per_epoch = seed, rank, world_size, steps_per_epoch
         self.next_index = start_index
 
     def batch_at(self, index: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, self.rank, index, 0x544F4B])
-        starts = rng.integers(0, self.shards.total - self.seq_len - 1, size=self.batch_size)
-        return _batch(np.stack([self.shards.window(int(s), self.seq_len + 1) for s in starts]))
+        rng = np.random.default_rng([self.seed, 0, index, 0x544F4B])
+        starts = rng.integers(0, self.shards.total - self.seq_len - 1, size=self.batch_size * self.world_size)
+        mine = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        return _batch(np.stack([self.shards.window(int(s), self.seq_len + 1) for s in mine]))
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -517,9 +520,10 @@ class TokenDataModule(L.LightningDataModule):
         self._val_batches = [_batch(w[i:i + batch_size]) for i in range(0, self.val_size, batch_size)]
 
     def train_dataloader(self) -> DataLoader:
-        rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+        rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
         ds = _TrainWindows(self.train, self.batch_size, self.seq_len, self.seed, rank, self.steps_per_epoch,
-                           self.start_index)
+                           self.start_index, world_size=world)
         return DataLoader(ds, batch_size=None)
 
     def val_dataloader(self) -> DataLoader:

@@ -79,6 +79,8 @@ class LitFreeTransformer(L.LightningModule):
         self.save_hyperparameters({"config": cfg.to_dict()})
         self.cfg = cfg
         self.model = FreeTransformer(cfg.model)
+        # Under FSDP the strategy wraps each block in a checkpoint itself (train.build_strategy).
+        self.model.activation_checkpointing = cfg.train.activation_checkpointing and cfg.train.strategy != "fsdp"
         self._sums = torch.nn.ModuleDict({k: SumMetric() for k in (
             "ce_prior", "ce_post", "kl", "n_scored", "n_latent")})
         self._t_last: float | None = None
@@ -112,6 +114,12 @@ class LitFreeTransformer(L.LightningModule):
             # Tokens of the whole step (all ranks) over the wall time since the previous step.
             logs["train/tokens_per_s"] = torch.tensor(n_tok * self.trainer.world_size / (now - self._t_last))
         self._t_last = now
+        if self.trainer.world_size > 1:
+            # The logged losses are the global batch's (mean over ranks, whose shares are
+            # equal): one collective for all of them.
+            keys = [k for k in logs if k != "train/tokens_per_s"]
+            mean = self.trainer.strategy.reduce(torch.stack([logs[k].float() for k in keys]), reduce_op="mean")
+            logs.update(dict(zip(keys, mean.unbind(0))))
         logs["train/lr"] = torch.tensor(self.optimizers().param_groups[0]["lr"])
         self.log_dict(logs, on_step=True, on_epoch=False, sync_dist=False, batch_size=batch["idx"].shape[0])
         return out.loss

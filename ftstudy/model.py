@@ -28,6 +28,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ftstudy.config import ModelConfig
 from ftstudy.latent import (
@@ -183,6 +184,8 @@ class FreeTransformer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        # A training setting, not part of the model (TrainConfig.activation_checkpointing sets it).
+        self.activation_checkpointing = False
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_base)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
@@ -236,8 +239,18 @@ class FreeTransformer(nn.Module):
         x = self.tok_emb(idx)
         n = self.cfg.injection if self.cfg.is_free else self.cfg.n_layers
         for i in range(n):
-            x = self.blocks[i](x, rope=self.rope, start=start, cache=cache, layer=i, attn_mask=attn_mask)
+            x = self._block(i, x, None, start, cache, attn_mask)
         return x
+
+    def _block(self, i: int, x: Tensor, kv: Tensor | None, start: int, cache: KVCache | None,
+               attn_mask: Tensor | None) -> Tensor:
+        """Block ``i``; with ``activation_checkpointing`` (training only) its activations are
+        recomputed in the backward pass instead of stored (less memory, one more forward)."""
+        block = self.blocks[i]
+        if self.activation_checkpointing and self.training and cache is None and torch.is_grad_enabled():
+            return checkpoint(lambda a, b: block(a, b, rope=self.rope, start=start, cache=None, layer=i,
+                                                 attn_mask=attn_mask), x, kv, use_reentrant=False)
+        return block(x, kv, rope=self.rope, start=start, cache=cache, layer=i, attn_mask=attn_mask)
 
     def encode(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         """Encoder logits L (B, T, H) from the trunk output X: ζ queries, X keys/values, no
@@ -270,7 +283,7 @@ class FreeTransformer(nn.Module):
         first = self.cfg.injection if self.cfg.is_free else self.cfg.n_layers
         for i in range(first, self.cfg.n_layers):
             kv = (x + r) if (i == first and r is not None) else None  # PAPER.md §2.6: R into k/v only
-            x = self.blocks[i](x, kv, rope=self.rope, start=start, cache=cache, layer=i, attn_mask=attn_mask)
+            x = self._block(i, x, kv, start, cache, attn_mask)
         return self.lm_head(self.norm(x))
 
     # ------------------------------------------------------------------ forward

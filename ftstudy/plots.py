@@ -33,7 +33,8 @@ __all__ = [
     "NO_LATENT_FLOOR", "read_metrics", "have", "show", "plot_training_curves", "save_figure", "figure4_text", "plot_figure4",
     "figure4_panels", "plot_study", "study_aggregates", "study_runs", "study_table", "per_seed_table", "study_figures",
     "plot_dynamics", "collapse_events", "benchmark_table", "perplexity_table", "plot_benchmark_deltas",
-    "plot_perplexity", "synthetic_examples", "perf_tables", "plot_mapper",
+    "plot_perplexity", "synthetic_examples", "perf_tables", "perf_suites", "suite_tables", "plot_suite",
+    "plot_mapper",
 ]
 
 
@@ -540,14 +541,66 @@ def perf_tables(perf_dir: Path) -> dict[str, pd.DataFrame]:
     return out
 
 
+def perf_suites(perf_dir: Path) -> dict[str, dict[str, Any]]:
+    """The ``python -m ftstudy.perf suite`` results under ``perf_dir``, by machine."""
+    out = {}
+    for p in sorted(Path(perf_dir).glob("*.json")):
+        data = json.loads(p.read_text())
+        if isinstance(data, dict) and "targets" in data and "rows" in data:
+            out[data.get("machine", p.stem)] = data
+    return out
+
+
+def suite_tables(result: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    """A suite result as tables: training steps, generation, evaluation, mapper, targets."""
+    rows = pd.DataFrame(result["rows"])
+    out = {}
+    for bench, cols in (("train", ["shape", "dtype", "impl", "params", "step_s", "tokens_per_s", "peak_gib", "mfu"]),
+                        ("generate", ["shape", "impl", "new_tokens", "batch", "cache_tokens_per_s",
+                                      "recompute_tokens_per_s", "speedup"]),
+                        ("loglikelihood", ["shape", "impl", "requests", "batch_size", "requests_per_s"]),
+                        ("mapper", ["bits", "tokens", "dim", "dtype", "matmul_s", "mapper_s", "ratio_to_matmul"])):
+        part = rows[rows["bench"] == bench] if "bench" in rows else rows.iloc[0:0]
+        out[bench] = part[[c for c in cols if c in part.columns]].reset_index(drop=True)
+    t = pd.DataFrame(result["targets"])
+    out["targets"] = t[[c for c in ("target", "measured", "threshold", "met", "margin", "note") if c in t.columns]]
+    return out
+
+
+def plot_suite(result: dict[str, Any]) -> plt.Figure:
+    """Training throughput (tokens/s) and peak memory per implementation and shape, and the
+    baseline's model FLOP utilisation against the matmul peak measured in the same run."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    train = suite_tables(result)["train"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, col, title, log in ((axes[0], "tokens_per_s", "training tokens/s (higher is better)", True),
+                                (axes[1], "peak_gib", "peak memory of a training step, GiB", True)):
+        sns.barplot(train, x="shape", y=col, hue="impl", ax=ax)
+        ax.set_title(title, fontsize=10)
+        if log:
+            ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    ours = train[train["impl"].str.startswith("ftstudy")]
+    sns.barplot(ours, x="shape", y="mfu", hue="impl", ax=axes[2])
+    axes[2].set_title("model FLOP utilisation (of the measured matmul peak)", fontsize=10)
+    axes[2].set_ylim(0, 1)
+    axes[2].legend(fontsize=7)
+    fig.suptitle(f"{result['machine']}: " + ", ".join(sorted(set(train['dtype']))), fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
 def plot_mapper(tables: dict[str, pd.DataFrame]) -> plt.Figure:
     """The binary mapper's time against its matmul floor (and the naive reference), per
     machine and latent width H."""
     sns.set_theme(style="whitegrid", context="notebook")
-    frames = [df.assign(machine=name) for name, df in tables.items() if "mapper_s" in df.columns]
+    frames = [(df[df["bench"] == "mapper"] if "bench" in df.columns else df).assign(machine=name)
+              for name, df in tables.items() if "mapper_s" in df.columns]
     if not frames:
         raise ValueError("no mapper benchmark among the perf results (python -m ftstudy.perf mapper)")
     df = pd.concat(frames, ignore_index=True)
+    values = [c for c in ("matmul_s", "mapper_s", "reference_s") if c in df.columns]
+    df = df[["machine", "bits", *values]]
     long = df.melt(id_vars=["machine", "bits"], value_vars=[c for c in ("matmul_s", "mapper_s", "reference_s")
                                                              if c in df.columns],
                    var_name="implementation", value_name="seconds")

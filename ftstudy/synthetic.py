@@ -421,14 +421,24 @@ def _distributed_rank() -> int:
     return 0
 
 
+def _distributed_world() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return int(torch.distributed.get_world_size())
+    return 1
+
+
 class SyntheticTrainStream(IterableDataset[Batch]):
     """Endless stream of freshly sampled, already-batched training dicts.
 
-    Batch ``k`` of the stream of (rank, worker) is ``make_batch(sample(batch_size,
-    derive_batch_seed(derive_stream_seed(seed, rank, worker), k)))``, so it depends only on those
-    numbers: restarting with the same seed, world size and ``num_workers`` replays the same batches,
-    and ``start_index`` resumes the stream after the batches a run already consumed. ``rank`` must be given by the
-    caller because ``torch.distributed`` is not initialised inside DataLoader worker processes.
+    Step ``k`` of DataLoader worker ``w`` draws one *global* batch, ``sample(batch_size *
+    world_size, derive_batch_seed(derive_stream_seed(seed, 0, w), k))``, and DDP rank ``rank``
+    takes rows ``[rank * batch_size, (rank + 1) * batch_size)`` of it.  The global batch is
+    therefore the same whatever the number of ranks: two processes with ``batch_size = B/2``
+    train on exactly the batches one process with ``batch_size = B`` does (tested).  It
+    depends only on those numbers: restarting with the same seed and ``num_workers`` replays
+    the same batches, and ``start_index`` resumes the stream after the batches a run already
+    consumed. ``rank`` and ``world_size`` must be given by the caller because
+    ``torch.distributed`` is not initialised inside DataLoader worker processes.
 
     Each ``iter()`` yields this worker's share of ``steps_per_epoch`` batches (all workers together
     yield exactly ``steps_per_epoch``; ``None`` = forever) and *continues* the stream, so successive
@@ -442,11 +452,15 @@ class SyntheticTrainStream(IterableDataset[Batch]):
         seed: int,
         *,
         rank: int = 0,
+        world_size: int = 1,
         steps_per_epoch: int | None = None,
         tokenizer: CharTokenizer | None = None,
         start_index: int = 0,
     ) -> None:
         super().__init__()
+        if not _is_int(world_size) or int(world_size) < 1 or not _is_int(rank) or not 0 <= int(rank) < int(world_size):
+            raise ValueError(f"rank must be in 0..world_size-1 and world_size >= 1, got rank={rank!r}, "
+                             f"world_size={world_size!r}")
         if not _is_int(start_index) or int(start_index) < 0:
             raise ValueError(f"start_index must be an integer >= 0, got {start_index!r}")
         if not _is_int(batch_size) or int(batch_size) < 1:
@@ -461,6 +475,7 @@ class SyntheticTrainStream(IterableDataset[Batch]):
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.rank = int(rank)
+        self.world_size = int(world_size)
         self.steps_per_epoch = None if steps_per_epoch is None else int(steps_per_epoch)
         self.tokenizer = tokenizer if tokenizer is not None else CharTokenizer()
         # Batches already consumed by the run being resumed: the stream continues where it
@@ -469,11 +484,11 @@ class SyntheticTrainStream(IterableDataset[Batch]):
         self._next_index: int | None = None
 
     def batch_at(self, worker_id: int, index: int) -> Batch:
-        """Batch ``index`` of the stream of ``(self.rank, worker_id)``."""
-        stream_seed = derive_stream_seed(self.seed, self.rank, worker_id)
-        return make_batch(
-            sample(self.batch_size, derive_batch_seed(stream_seed, index)), self.tokenizer
-        )
+        """This rank's rows of global batch ``index`` of worker ``worker_id``'s stream."""
+        stream_seed = derive_stream_seed(self.seed, 0, worker_id)
+        rows = sample(self.batch_size * self.world_size, derive_batch_seed(stream_seed, index))
+        lo = self.rank * self.batch_size
+        return make_batch(rows[lo : lo + self.batch_size], self.tokenizer)
 
     def __len__(self) -> int:
         if self.steps_per_epoch is None:
@@ -508,7 +523,8 @@ class SyntheticDataModule(L.LightningDataModule):
     """Lightning data module for the synthetic task.
 
     Training: :class:`SyntheticTrainStream` (fresh samples every step, ``steps_per_epoch`` batches
-    per epoch, distinct streams per DDP rank and DataLoader worker, reproducible from ``seed``).
+    per epoch, each DDP rank a slice of one global batch, distinct streams per DataLoader
+    worker, reproducible from ``seed``).
     Validation: ``val_size`` fixed sequences drawn with ``seed + VAL_SEED_OFFSET``
     (``VAL_SEED_OFFSET = 10_000_019``), which can never equal a training batch seed; exposed as
     ``val_strings`` and served in order in batches of ``batch_size``.
@@ -559,12 +575,14 @@ class SyntheticDataModule(L.LightningDataModule):
             for i in range(0, self.val_size, self.batch_size)
         ]
 
-    def train_dataset(self, rank: int | None = None) -> SyntheticTrainStream:
-        """A fresh training stream; ``rank`` defaults to the ``torch.distributed`` rank or 0."""
+    def train_dataset(self, rank: int | None = None, world_size: int | None = None) -> SyntheticTrainStream:
+        """A fresh training stream; ``rank`` and ``world_size`` default to ``torch.distributed``'s
+        (0 and 1 without a process group)."""
         return SyntheticTrainStream(
             self.batch_size,
             self.seed,
             rank=_distributed_rank() if rank is None else rank,
+            world_size=_distributed_world() if world_size is None else world_size,
             steps_per_epoch=self.steps_per_epoch,
             tokenizer=self.tokenizer,
             start_index=self.start_index,

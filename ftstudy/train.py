@@ -38,7 +38,7 @@ import ftstudy
 from ftstudy import synthetic
 from ftstudy.data import DataError, TokenDataModule, tokenizer_spec
 from ftstudy.checkpoint import atomic_write_text, load_checkpoint_dict, save_model
-from ftstudy.config import LATENT_ONLY_FIELDS, ConfigError, RunConfig, get_preset, parse_set_args, PRESETS
+from ftstudy.config import LATENT_ONLY_FIELDS, PRESETS, ConfigError, RunConfig, TrainConfig, get_preset, parse_set_args
 from ftstudy.lit import LitFreeTransformer, NonFiniteLossError, resolve_precision
 from ftstudy.measure import (NO_LATENT_FLOOR, generate_synthetic, group_metrics, posterior_metrics,
                              synthetic_prompts, valid_rate, write_groups)
@@ -272,6 +272,20 @@ def check_resumable(cfg: RunConfig, run_dir: Path) -> str:
     return status
 
 
+def build_strategy(t: TrainConfig) -> str | L.pytorch.strategies.Strategy:
+    """Lightning's strategy for ``t.strategy``: "fsdp" shards per transformer block (and
+    checkpoints activations per block when ``activation_checkpointing``); any other name
+    is passed through as is."""
+    if t.strategy != "fsdp":
+        return t.strategy
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from ftstudy.model import Block
+
+    return FSDPStrategy(auto_wrap_policy={Block},
+                        activation_checkpointing_policy={Block} if t.activation_checkpointing else None)
+
+
 def make_datamodule(cfg: RunConfig, start_index: int = 0) -> L.LightningDataModule:
     """The task's data module, resuming at batch ``start_index`` (raises DataError for bad shards)."""
     t = cfg.train
@@ -335,7 +349,7 @@ def train(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, argv: list[
     ckpt_cb = AtomicCheckpoint(last, t.ckpt_every)
     trainer = L.Trainer(
         max_steps=t.steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-        strategy=t.strategy, precision=precision, logger=False, enable_checkpointing=False,
+        strategy=build_strategy(t), precision=precision, logger=False, enable_checkpointing=False,
         callbacks=[metrics, ckpt_cb, *(extra_callbacks or [])], val_check_interval=t.val_every, check_val_every_n_epoch=None,
         gradient_clip_val=t.grad_clip if t.grad_clip > 0 else None, num_sanity_val_steps=0,
         enable_model_summary=False, enable_progress_bar=progress and sys.stdout.isatty(), default_root_dir=str(run_dir),
@@ -364,16 +378,30 @@ def train(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, argv: list[
         # Decided from the config alone, so every DDP rank takes the same branch.
         trainer.validate(lit, datamodule=dm, verbose=False, weights_only=True)
     train_time = ckpt_cb.total_time
+    replicas = replica_checksums(lit.model, trainer)  # a collective: every rank takes part
 
     summary: dict[str, Any] = {}
     if trainer.is_global_zero:
-        summary = _finish(cfg, lit, run_dir, trainer, metrics, train_time, precision)
+        summary = _finish(cfg, lit, run_dir, trainer, metrics, train_time, precision, replicas)
     trainer.strategy.barrier()
     return summary
 
 
+def replica_checksums(model: torch.nn.Module, trainer: L.Trainer) -> list[float]:
+    """A float64 fingerprint of the weights on every rank (identical replicas give
+    identical numbers): each parameter dotted with a fixed pseudo-random vector."""
+    total = torch.zeros((), dtype=torch.float64)
+    for i, p in enumerate(model.parameters()):
+        flat = p.detach().reshape(-1).double().cpu()
+        w = torch.randn(flat.numel(), generator=torch.Generator().manual_seed(i), dtype=torch.float64)
+        total += flat @ w
+    device = next(model.parameters()).device
+    gathered = trainer.strategy.all_gather(total.to(device))
+    return [float(x) for x in torch.as_tensor(gathered).reshape(-1).cpu()]
+
+
 def _finish(cfg: RunConfig, lit: LitFreeTransformer, run_dir: Path, trainer: L.Trainer,
-            metrics: MetricsCSV, train_time: float, precision: str) -> dict[str, Any]:
+            metrics: MetricsCSV, train_time: float, precision: str, replicas: list[float]) -> dict[str, Any]:
     model = lit.model
     val = {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     tps = [float(r["tokens_per_s"]) for r in metrics.rows if r.get("split") == "train" and r.get("tokens_per_s")]
@@ -426,6 +454,9 @@ def _finish(cfg: RunConfig, lit: LitFreeTransformer, run_dir: Path, trainer: L.T
         "posterior": posterior,
         "params": model.num_parameters(),
         "params_latent": model.num_parameters("latent"),
+        # DDP keeps replicas equal by construction; this records that it did.
+        "replicas": {"world_size": trainer.world_size, "weight_checksums": replicas,
+                     "identical": len(set(replicas)) == 1},
     }
     summary = _finite_or_none(summary)
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True, allow_nan=False))

@@ -7,19 +7,26 @@ from pathlib import Path
 
 import pytest
 
-from ftstudy.claims import CLAIMS, QUICK, REPO_ROOT, ClaimError, claims_table, main
+from ftstudy.claims import CLAIMS, PERF_DIR, QUICK, REPO_ROOT, ClaimError, claims_table, main, perf_tables
 
 
 def test_readme_quotes_the_results() -> None:
     assert main(["--check", str(REPO_ROOT / "README.md")]) == 0
 
 
-def test_a_changed_result_changes_the_table_and_fails_the_check(tmp_path: Path, capsys) -> None:
-    root = tmp_path / "repo"
+def _copy_results(root: Path) -> Path:
+    """The result files the README quotes, copied under ``root``."""
     for c in CLAIMS:
         (root / c.source).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO_ROOT / c.source, root / c.source)
-    assert claims_table(root) == claims_table(REPO_ROOT)
+    shutil.copytree(REPO_ROOT / PERF_DIR, root / PERF_DIR, dirs_exist_ok=True)
+    return root
+
+
+def test_a_changed_result_changes_the_table_and_fails_the_check(tmp_path: Path, capsys) -> None:
+    root = _copy_results(tmp_path / "repo")
+    assert claims_table(root) == claims_table(REPO_ROOT) and perf_tables(root) == perf_tables(REPO_ROOT)
+    assert main(["--check", str(REPO_ROOT / "README.md"), "--root", str(root)]) == 0
     agg = root / QUICK
     text = agg.read_text()
     # κ = 8: change its valid rate in the file; the README's number must no longer match.
@@ -45,3 +52,16 @@ def test_a_missing_result_is_named(tmp_path: Path, capsys) -> None:
     readme.write_text("no block here\n")
     assert main(["--check", str(readme)]) == 2
     assert "claims:begin" in capsys.readouterr().err
+
+
+def test_a_changed_perf_result_fails_the_check(tmp_path: Path, capsys) -> None:
+    import json
+
+    root = _copy_results(tmp_path / "repo")
+    suite = next(p for p in (root / PERF_DIR).glob("*.json") if "targets" in json.loads(p.read_text()))
+    data = json.loads(suite.read_text())
+    first = next(t for t in data["targets"] if t["measured"] is not None)
+    first["measured"] *= 1.5
+    suite.write_text(json.dumps(data))
+    assert main(["--check", str(REPO_ROOT / "README.md"), "--root", str(root)]) == 1
+    assert "performance targets differs" in capsys.readouterr().err

@@ -135,6 +135,10 @@ def test_data_module_windows_are_shifted_reproducible_and_resumable(tmp_path: Pa
     first = TokenDataModule(tmp_path / "s", batch_size=4, seq_len=16, val_size=3)
     s_idx, f_idx = next(iter(spread.val_dataloader()))["idx"], next(iter(first.val_dataloader()))["idx"]
     assert torch.equal(s_idx[0], f_idx[0]) and not torch.equal(s_idx[1:], f_idx[1:])
+    # DDP: two ranks with half the batch read the two halves of the one-process batch.
+    from ftstudy.data import _TrainWindows
+    halves = [_TrainWindows(dm.train, 2, 16, 3, rank, 1, 0, world_size=2).batch_at(0) for rank in (0, 1)]
+    assert torch.equal(torch.cat([h["idx"] for h in halves]), batches[0]["idx"])
     with pytest.raises(DataError, match="val_layout"):
         TokenDataModule(tmp_path / "s", batch_size=4, seq_len=16, val_size=3, val_layout="random")
     with pytest.raises(DataError, match="vocab_size = 100"):

@@ -226,3 +226,37 @@ def test_paper_presets_on_meta_device(name: str) -> None:
     # Free overhead: one encoder block plus the literal 2^16 x D post-sampler.
     block = sum(p.numel() for p in base.blocks[0].parameters())
     assert free.num_parameters("latent") >= block + 2 ** 16 * cfg.model.dim
+
+
+@pytest.mark.parametrize("bits", [0, 4])
+def test_activation_checkpointing_changes_memory_not_results(bits: int) -> None:
+    """Recomputing block activations in the backward gives the same loss and gradients."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=29, n_layers=4, dim=32, n_heads=2, max_seq_len=66, latent_bits=bits)
+    m = FreeTransformer(cfg).train()
+    idx = torch.randint(0, 29, (3, 65))
+    grads = []
+    for ac in (False, True):
+        m.activation_checkpointing = ac
+        m.zero_grad()
+        out = m(idx[:, :-1], idx[:, 1:], generator=torch.Generator().manual_seed(1))
+        out.loss.backward()
+        grads.append((out.loss.item(), [p.grad.clone() for p in m.parameters()]))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
+    for a, b in zip(grads[0][1], grads[1][1]):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_fsdp_strategy_shards_per_block() -> None:
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from ftstudy.model import Block
+    from ftstudy.train import build_strategy
+
+    cfg = get_preset("paper-1.5b")
+    s = build_strategy(cfg.train)
+    assert isinstance(s, FSDPStrategy)
+    assert Block in s.kwargs["auto_wrap_policy"]._module_classes  # one FSDP unit per transformer block
+    assert Block in s._activation_checkpointing_kwargs["auto_wrap_policy"]._module_classes
+    assert cfg.train.activation_checkpointing and cfg.train.precision == "bf16-mixed"
+    assert build_strategy(get_preset("synthetic-tiny").train) == "auto"

@@ -43,8 +43,7 @@ def test_the_six_notebooks_exist_and_are_committed_with_outputs() -> None:
         assert images >= 1, f"{path}: no figure rendered"
         text = "".join(str(o.get("data", {}).get("text/markdown", "")) + o.get("text", "")
                        for c in code for o in c.outputs)
-        if path.stem != "06_performance":  # 06 waits for the perf suite; the rest must find their results
-            assert "Missing result" not in text, f"{path}: committed with a missing result"
+        assert "Missing result" not in text, f"{path}: committed with a missing result"
 
 
 def test_notebooks_run_on_the_committed_results(tmp_path: Path) -> None:
@@ -52,6 +51,7 @@ def test_notebooks_run_on_the_committed_results(tmp_path: Path) -> None:
     for nb, proc in _run_all([f"FIG_DIR={figs}"], tmp_path):
         assert proc.returncode == 0, f"{nb.name}:\n{proc.stderr[-3000:]}"
     names = {p.name for p in figs.glob("*.png")}
+    assert any(n.startswith("06_suite_") for n in names), sorted(names)
     for prefix in ("01_figure4_quick_s0", "02_kl_budget", "03_injection_depth", "04_benchmarks_s0",
                    "05_dynamics_kl_budget", "06_mapper"):
         assert f"{prefix}.png" in names, sorted(names)

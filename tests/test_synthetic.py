@@ -485,15 +485,25 @@ def test_endless_stream() -> None:
         len(ds)
 
 
-def test_rank_changes_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ranks_take_slices_of_one_global_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With world size 2 each rank reads its half of the global batch that one process with
+    twice the per-rank batch would train on."""
+    single = S.SyntheticDataModule(batch_size=16, val_size=0, seed=0, steps_per_epoch=1)
+    whole = next(iter(single.train_dataloader()))
     dm = S.SyntheticDataModule(batch_size=8, val_size=0, seed=0, steps_per_epoch=1)
-    rank0 = next(iter(dm.train_dataloader()))
-    monkeypatch.setattr(S, "_distributed_rank", lambda: 1)
-    dl1 = dm.train_dataloader()
-    assert isinstance(dl1.dataset, S.SyntheticTrainStream) and dl1.dataset.rank == 1
-    rank1 = next(iter(dl1))
-    assert not torch.equal(rank0["idx"], rank1["idx"])
-    assert torch.equal(rank1["idx"], dm.train_dataset(rank=1).batch_at(0, 0)["idx"])
+    monkeypatch.setattr(S, "_distributed_world", lambda: 2)
+    halves = []
+    for rank in (0, 1):
+        monkeypatch.setattr(S, "_distributed_rank", lambda r=rank: r)
+        dl = dm.train_dataloader()
+        assert isinstance(dl.dataset, S.SyntheticTrainStream) and dl.dataset.rank == rank
+        halves.append(next(iter(dl)))
+    assert not torch.equal(halves[0]["idx"], halves[1]["idx"])
+    for key in whole:
+        assert torch.equal(torch.cat([halves[0][key], halves[1][key]]), whole[key]), key
+    assert torch.equal(halves[1]["idx"], dm.train_dataset(rank=1, world_size=2).batch_at(0, 0)["idx"])
+    with pytest.raises(ValueError, match="rank must be in 0..world_size-1"):
+        S.SyntheticTrainStream(8, seed=0, rank=2, world_size=2)
 
 
 def test_multiworker_streams() -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ftstudy import synthetic
-from ftstudy.checkpoint import CheckpointError, load_model
+from ftstudy.checkpoint import CheckpointError, load_model, read_metrics
 from ftstudy.config import get_preset
 from ftstudy.lit import LitFreeTransformer
 from ftstudy.model import FreeTransformer
@@ -199,6 +199,35 @@ def test_two_process_ddp_run_completes(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["step"] == 10 and summary["generation"]["n"] == 8
+    # Both ranks end with the same weights (fingerprints gathered from each rank).
+    rep = summary["replicas"]
+    assert rep["world_size"] == 2 and len(rep["weight_checksums"]) == 2 and rep["identical"]
+
+
+def test_ddp_matches_one_process_with_the_same_global_batch(tmp_path: Path) -> None:
+    """Two gloo processes with half the batch each train on exactly the global batches one
+    process does: same logged (rank-averaged) losses, same final weights."""
+    import sys
+
+
+    common = ["--preset", "synthetic-tiny", "--baseline", "--out", str(tmp_path), "--no-progress", "--set",
+              "precision=32-true", "steps=8", "log_every=1", "val_every=8", "batch_size=8", "n_generate=0",
+              "probe_independent=0", "probe_groups=0"]
+    runs = {}
+    for name, extra in (("one", ["devices=1"]), ("two", ["devices=2", "strategy=ddp"])):
+        proc = subprocess.run([sys.executable, "-m", "ftstudy.train", *common, *extra, "--name", name],
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[name] = tmp_path / name
+    loss = {n: [r["loss"] for r in read_metrics(d) if r["split"] == "train"] for n, d in runs.items()}
+    assert len(loss["one"]) == len(loss["two"]) == 8
+    assert loss["one"] == pytest.approx(loss["two"], rel=1e-4)
+    m1, _, _ = load_model(runs["one"] / "ckpt" / "model.pt")
+    m2, _, _ = load_model(runs["two"] / "ckpt" / "model.pt")
+    for (name, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), name
+    val = {n: json.loads((d / "summary.json").read_text())["val"]["ce_prior"] for n, d in runs.items()}
+    assert val["one"] == pytest.approx(val["two"], rel=1e-4)
 
 
 def test_runs_made_before_a_field_existed_still_match(finished: tuple[Path, dict], tmp_path: Path) -> None:
