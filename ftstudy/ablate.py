@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from ftstudy.checkpoint import atomic_write_text, read_metrics
 from ftstudy.config import LATENT_ONLY_FIELDS, ConfigError, RunConfig, config_value, get_preset, parse_set_args
-from ftstudy.report import STUDY_X, write_aggregate
+from ftstudy.report import STUDY_X, kl_collapsed, write_aggregate
 from ftstudy.train import REPO_ROOT, RunError, check_resumable, run_name, saved_config, train
 
 __all__ = ["STUDIES", "PRESETS", "Study", "plan", "rebuild_summary", "main"]
@@ -262,11 +262,8 @@ def _flatten(prefix: str, obj: dict[str, Any], out: dict[str, Any]) -> None:
 def collapsed(run_dir: Path, threshold_bits: float = 0.01) -> bool | None:
     """KL fell to ~0 and stayed there: every logged KL in the last quarter of training
     below ``threshold_bits`` per token (None for the baseline)."""
-    rows = [r for r in read_metrics(run_dir) if r["split"] == "train" and "kl_bits" in r]
-    if not rows:
-        return None
-    tail = rows[len(rows) * 3 // 4:]
-    return all(float(r["kl_bits"]) < threshold_bits for r in tail)
+    kl = [float(r["kl_bits"]) for r in read_metrics(run_dir) if r["split"] == "train" and "kl_bits" in r]
+    return kl_collapsed(kl, threshold_bits) if kl else None
 
 
 def rebuild_summary(study_dir: Path) -> Path | None:

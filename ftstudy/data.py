@@ -57,6 +57,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
+from ftstudy.synthetic import distributed_rank_world
+
 __all__ = ["FORMAT", "EOT", "ByteTokenizer", "FileTokenizer", "tokenizer_from_spec", "DataError", "Document",
            "stdlib_documents", "sympy_documents", "math_documents", "text_documents", "prepare", "read_manifest",
            "TokenDataModule", "tokenizer_spec", "load_tokenizer", "main"]
@@ -520,8 +522,7 @@ class TokenDataModule(L.LightningDataModule):
         self._val_batches = [_batch(w[i:i + batch_size]) for i in range(0, self.val_size, batch_size)]
 
     def train_dataloader(self) -> DataLoader:
-        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-        rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
+        rank, world = distributed_rank_world()
         ds = _TrainWindows(self.train, self.batch_size, self.seq_len, self.seed, rank, self.steps_per_epoch,
                            self.start_index, world_size=world)
         return DataLoader(ds, batch_size=None)

@@ -45,7 +45,7 @@ import torch
 
 from ftstudy.checkpoint import CheckpointError, atomic_write_text, load_model
 from ftstudy.harness import Z_POLICIES, FTStudyLM, HarnessError
-from ftstudy.report import benchmark_cell, perplexity_cell
+from ftstudy.report import benchmark_cell, bound_name, metric_label, perplexity_cell
 
 __all__ = ["resolve_checkpoint", "perplexity", "paired_stats", "build_report", "main"]
 
@@ -282,15 +282,13 @@ def _markdown(report: dict[str, Any]) -> str:
     lines += [head, "|" + "---|" * (3 + len(labels))]
     for row in report["table"]:
         cells = [benchmark_cell(c) for c in row["cells"]]
-        metric = row["metric"] if row["filter"] == "none" else f"{row['metric']} ({row['filter']})"
-        lines.append(f"| {row['group']} | {row['task']} | {metric} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row['group']} | {row['task']} | {metric_label(row)} | " + " | ".join(cells) + " |")
     if any(c["value"] is not None for row in report["perplexity"] for c in row["cells"]):
         lines += ["", "## Perplexity on the validation shard (per token, nats; bits per byte in brackets)", "",
                   "| bound | " + " | ".join(labels) + " |", "|" + "---|" * (1 + len(labels))]
         for row in report["perplexity"]:
             cells = [perplexity_cell(c) for c in row["cells"]]
-            name = next((c["name"] for c in row["cells"] if c["name"]), row["metric"])
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            lines.append(f"| {bound_name(row)} | " + " | ".join(cells) + " |")
     settings = {json.dumps(c["settings"], sort_keys=True) for c in report["checkpoints"]}
     if len(settings) == 1:
         lines += ["", f"Settings (every checkpoint): `{settings.pop()}`"]

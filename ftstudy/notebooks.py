@@ -15,7 +15,6 @@ error, and nothing is written for it.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,8 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
+
+from ftstudy.files import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -81,10 +82,7 @@ def run_notebook(path: Path, params: dict[str, str] | None = None, timeout: int 
     except CellExecutionError as e:
         raise NotebookError(f"{path}: a cell failed:\n{e}") from None
     if write is not None:
-        write = Path(write)
-        tmp = write.with_name(f".{write.name}.tmp{os.getpid()}")
-        nbformat.write(nb, tmp)
-        os.replace(tmp, write)
+        atomic_write_text(Path(write), nbformat.writes(nb) + "\n")  # as nbformat.write ends the file
     return nb
 
 

@@ -19,6 +19,7 @@ never timed unit tests.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -36,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ftstudy.config import ModelConfig
+from ftstudy.files import atomic_write_text
 from ftstudy.latent import binary_mapper, binary_mapper_reference
 from ftstudy.lit import cpu_has_native_bf16
 from ftstudy.model import FreeTransformer, generate
@@ -43,6 +45,7 @@ from ftstudy.model import FreeTransformer, generate
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
+@functools.cache
 def _libc() -> Any:
     try:
         import ctypes
@@ -246,8 +249,9 @@ def ftstudy_config(shape: Shape, latent_bits: int = 0) -> ModelConfig:
                        max_seq_len=shape.seq_len, latent_bits=latent_bits, kappa_bits=0.5)
 
 
-def train_flops(cfg: ModelConfig, batch: int, seq_len: int) -> float:
-    """Analytical FLOPs of one training step (forward + backward = 3x the forward's matmuls).
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, float]:
+    """Analytical training FLOPs per token, by part (forward + backward = 3x the forward's
+    matmuls).
 
     Per token, forward: 2 FLOPs per weight of every linear layer (the embedding lookup is
     free, the readout is not), plus causal attention, 2 x 2 x D x (mean context) per layer.
@@ -260,12 +264,17 @@ def train_flops(cfg: ModelConfig, batch: int, seq_len: int) -> float:
     d, kv = cfg.dim, cfg.kv_heads * cfg.head_dim
     block = 2 * d * d + 2 * d * kv + 3 * d * cfg.hidden  # q, o; k, v; SwiGLU
     ctx = (seq_len + 1) / 2
-    fwd = cfg.n_layers * (2 * block + 4 * d * ctx) + 2 * d * cfg.vocab_size
-    extra = 0.0
+    parts = {"decoder": 3 * (cfg.n_layers * (2 * block + 4 * d * ctx) + 2 * d * cfg.vocab_size),
+             "encoder_block": 0.0, "readout": 0.0, "mapper": 0.0}
     if cfg.is_free:
-        fwd += 2 * block + 4 * d * seq_len + 2 * d * cfg.latent_bits
-        extra = 2 * d * (1 << cfg.latent_bits)
-    return batch * seq_len * (3 * fwd + extra)
+        parts.update(encoder_block=3 * (2 * block + 4 * d * seq_len), readout=3 * 2 * d * cfg.latent_bits,
+                     mapper=2 * d * (1 << cfg.latent_bits))
+    return parts
+
+
+def train_flops(cfg: ModelConfig, batch: int, seq_len: int) -> float:
+    """Analytical FLOPs of one training step (see flops_per_token)."""
+    return batch * seq_len * sum(flops_per_token(cfg, seq_len).values())
 
 
 def _median_time(fn: Callable[[], object], warmup: int, repeats: int, device: torch.device) -> float:
@@ -615,11 +624,10 @@ def scale_report(preset: str) -> dict[str, Any]:
         base = FreeTransformer(replace(m, latent_bits=0))
         free = FreeTransformer(m)
     t = m.max_seq_len
-    f_base, f_free = train_flops(replace(m, latent_bits=0), 1, t) / t, train_flops(m, 1, t) / t
+    parts = flops_per_token(m, t)
+    f_base, f_free = parts["decoder"], sum(parts.values())
     block = sum(p.numel() for p in base.blocks[0].parameters())
-    # What the Free model adds beyond the encoder block: the readout D -> H (3 x 2DH) and the
-    # mapper's gradient product (2 D 2^H), both per token (see train_flops).
-    enc_flops = f_free - f_base - 6 * m.dim * m.latent_bits - 2 * m.dim * (1 << m.latent_bits)
+    enc_flops = parts["encoder_block"]
     return {"preset": preset, "n_layers": m.n_layers, "dim": m.dim, "latent_bits": m.latent_bits, "seq_len": t,
             "params_base": base.num_parameters(), "params_free": free.num_parameters(),
             "params_encoder_block": block, "params_post_sampler": (1 << m.latent_bits) * m.dim,
@@ -688,9 +696,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_scale(rows))
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
-            tmp = args.json.with_name(f".{args.json.name}.tmp")
-            tmp.write_text(json.dumps(rows, indent=2))
-            tmp.replace(args.json)
+            atomic_write_text(args.json, json.dumps(rows, indent=2))
         return 0
 
     rows = []
@@ -714,11 +720,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  literal reference fwd+bwd: {row['reference_s']:.2f} s, extra memory "
                   f"{row['reference_extra_gib']:.2f} GiB")
     if args.json:
-        tmp = args.json.with_suffix(args.json.suffix + ".tmp")
-        tmp.write_text(json.dumps(rows, indent=2))
-        tmp.replace(args.json)
+        atomic_write_text(args.json, json.dumps(rows, indent=2))
     return 0
-
 
 
 def _main_suite(args: argparse.Namespace) -> int:
@@ -743,10 +746,8 @@ def _main_suite(args: argparse.Namespace) -> int:
     print(report)
     out = args.out or Path(__file__).resolve().parents[1] / "results" / "perf" / f"{result['machine']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    for path, text in ((out, json.dumps(result, indent=2)), (out.with_suffix(".md"), report)):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+    atomic_write_text(out, json.dumps(result, indent=2))
+    atomic_write_text(out.with_suffix(".md"), report)
     print(f"[ftstudy.perf] wrote {out} and {out.with_suffix('.md')}")
     return 0
 

@@ -27,7 +27,10 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from ftstudy.files import atomic_write_text, read_metrics  # noqa: E402
-from ftstudy.report import FIG4_KAPPAS, NO_LATENT_FLOOR, STUDY_X, aggregate, label_changes  # noqa: E402
+from ftstudy.report import (  # noqa: E402
+    FIG4_KAPPAS, NO_LATENT_FLOOR, STUDY_X, aggregate, benchmark_cell, bound_name, kl_collapsed, label_changes,
+    metric_label, perplexity_cell,
+)
 
 __all__ = [
     "NO_LATENT_FLOOR", "read_metrics", "have", "show", "plot_training_curves", "save_figure", "figure4_text", "plot_figure4",
@@ -38,16 +41,22 @@ __all__ = [
 ]
 
 
-def show(fig: plt.Figure, path: Path | str | None = None) -> None:
-    """Display ``fig`` in a notebook (if running in one), save it as PNG at ``path`` (if
-    given), and close it."""
+def _notebook_display() -> Any:
+    """IPython's ``display`` when running in a notebook kernel, else None."""
     try:
         from IPython import get_ipython
         from IPython.display import display
-        if get_ipython() is not None:
-            display(fig)
     except ImportError:
-        pass
+        return None
+    return display if get_ipython() is not None else None
+
+
+def show(fig: plt.Figure, path: Path | str | None = None) -> None:
+    """Display ``fig`` in a notebook (if running in one), save it as PNG at ``path`` (if
+    given), and close it."""
+    display = _notebook_display()
+    if display is not None:
+        display(fig)
     if path is not None:
         save_figure(fig, Path(path))
     else:
@@ -60,16 +69,13 @@ def have(path: Path | str, command: str) -> bool:
     path = Path(path)
     if path.exists():
         return True
-    msg = f"MISSING RESULT: {path}\n  make it with: {command}"
-    try:  # rendered as a visible note in a notebook
-        from IPython.display import Markdown, display
-        from IPython import get_ipython
-        if get_ipython() is not None:
-            display(Markdown(f"**Missing result** `{path}`. Make it with:\n\n```bash\n{command}\n```"))
-            return False
-    except ImportError:
-        pass
-    print(msg, file=sys.stderr)
+    display = _notebook_display()
+    if display is not None:  # rendered as a visible note in a notebook
+        from IPython.display import Markdown
+
+        display(Markdown(f"**Missing result** `{path}`. Make it with:\n\n```bash\n{command}\n```"))
+    else:
+        print(f"MISSING RESULT: {path}\n  make it with: {command}", file=sys.stderr)
     return False
 
 
@@ -275,14 +281,14 @@ def study_runs(study_dir: Path) -> pd.DataFrame:
 def study_table(aggs: list[dict[str, Any]], x: str,
                 metrics: tuple[tuple[str, str], ...] | None = None) -> pd.DataFrame:
     """The study as a table: one row per grid point, "mean [low, high]" over seeds."""
-    from ftstudy.report import METRICS, _fmt
+    from ftstudy.report import METRICS, interval_cell
 
     metrics = metrics or METRICS
     rows = []
     for a in aggs:
         row = {"variant": a["variant"], x: a.get(x, ""), "seeds": a["seeds"], "collapsed": a["collapsed"]}
         for col, name in metrics:
-            row[name] = _fmt(a, col)
+            row[name] = interval_cell(a, col)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -310,9 +316,10 @@ def figure4_panels(study_dir: Path, seed: int, kappas: tuple[float, ...] = FIG4_
     runs = sorted(d for d in Path(study_dir).iterdir()
                   if (d / "groups.txt").exists() and (d / "summary.json").exists())
     panels = {}
+    configs = [(d, _run_config(d)) for d in runs]
     for k in kappas:
-        for d in runs:
-            m, t = _run_config(d)["model"], _run_config(d)["train"]
+        for d, cfg in configs:
+            m, t = cfg["model"], cfg["train"]
             if m["latent_bits"] > 0 and m["kappa_bits"] == k and t["seed"] == seed:
                 panels[f"κ = {k:g} bit"] = d / "groups.txt"
                 break
@@ -373,9 +380,8 @@ def collapse_events(study_dir: Path, x: str = "kappa_bits", threshold_bits: floa
             if not kl:
                 continue
             above = [s for s, v in kl if v >= threshold_bits]
-            tail = kl[len(kl) * 3 // 4:]
             rows.append({x: key, "seed": seed, "final KL bits/tok": kl[-1][1],
-                         "collapsed": all(v < threshold_bits for _, v in tail),
+                         "collapsed": kl_collapsed([v for _, v in kl], threshold_bits),
                          "KL below threshold after step": (None if above and above[-1] == kl[-1][0]
                                                           else (above[-1] if above else kl[0][0]))})
     return pd.DataFrame(rows).sort_values([x, "seed"]).reset_index(drop=True) if rows else pd.DataFrame()
@@ -392,7 +398,6 @@ def plot_dynamics(study_dir: Path, x: str = "kappa_bits", smooth: int = 5) -> pl
         raise ValueError(f"{study_dir} holds no finished Free run with a {x!r} to plot")
     fig, axes = plt.subplots(2, len(keys), figsize=(2.6 * len(keys) + 1, 5.5), squeeze=False, sharex=True)
     base = [read_metrics(d) for _, d in by.get(None, [])]
-    events = collapse_events(study_dir, x)
     colors = sns.color_palette("deep", 10)
     for j, key in enumerate(keys):
         ax_kl, ax_ce = axes[0, j], axes[1, j]
@@ -405,8 +410,7 @@ def plot_dynamics(study_dir: Path, x: str = "kappa_bits", smooth: int = 5) -> pl
                 w = max(1, min(smooth, len(vals)))
                 vals = np.convolve(vals, np.ones(w) / w, mode="valid")
                 ax_kl.plot(steps[w - 1:], vals, color=c, lw=1, label=f"seed {seed}")
-                hit = events[(events[x] == key) & (events["seed"] == seed)] if len(events) else events
-                if len(hit) and bool(hit["collapsed"].iloc[0]):
+                if kl_collapsed([v for _, v in kl]):  # the rule of collapse_events and summary.csv
                     ax_kl.plot(steps[-1], vals[-1], "x", color=c, ms=9, mew=2)
             val = [(r["step"], r["ce_prior"]) for r in rows if r["split"] == "val" and "ce_prior" in r]
             if val:
@@ -440,8 +444,6 @@ def benchmark_table(report: Path | dict[str, Any], subtasks: bool = False) -> pd
     """The paper's Tables 1–2 layout: rows grouped (generative code, generative math, …),
     one column per model; every compared cell carries the relative change, the paired
     bootstrap 95% interval of the difference and the permutation p-value."""
-    from ftstudy.report import benchmark_cell
-
     r = _report(report)
     labels = [c["label"] for c in r["checkpoints"]]
     rows = []
@@ -449,8 +451,7 @@ def benchmark_table(report: Path | dict[str, Any], subtasks: bool = False) -> pd
         task = row["task"]
         if not subtasks and task.startswith("ftstudy_arithmetic_"):
             continue
-        metric = row["metric"] if row["filter"] == "none" else f"{row['metric']} ({row['filter']})"
-        rows.append({"group": row["group"], "task": task, "metric": metric,
+        rows.append({"group": row["group"], "task": task, "metric": metric_label(row),
                      **{lab: benchmark_cell(c) for lab, c in zip(labels, row["cells"])}})
     return pd.DataFrame(rows).set_index(["group", "task", "metric"])
 
@@ -458,14 +459,11 @@ def benchmark_table(report: Path | dict[str, Any], subtasks: bool = False) -> pd
 def perplexity_table(report: Path | dict[str, Any]) -> pd.DataFrame:
     """Honest perplexity on the validation shard: NLL under prior Z, the ELBO and the
     importance-weighted bound, nats per token (bits per byte), one column per model."""
-    from ftstudy.report import perplexity_cell
-
     r = _report(report)
     labels = [c["label"] for c in r["checkpoints"]]
     rows = []
     for row in r["perplexity"]:
-        name = next((c["name"] for c in row["cells"] if c.get("name")), row["metric"])
-        rows.append({"bound": name, **{lab: perplexity_cell(c) for lab, c in zip(labels, row["cells"])}})
+        rows.append({"bound": bound_name(row), **{lab: perplexity_cell(c) for lab, c in zip(labels, row["cells"])}})
     return pd.DataFrame(rows).set_index("bound")
 
 
@@ -486,7 +484,7 @@ def plot_benchmark_deltas(report: Path | dict[str, Any], subtasks: bool = False)
         ax.axvline(0, color="black", lw=1)
         ax.set_yticks(list(ys), [c["label"] for c in cells])
         ax.invert_yaxis()
-        metric = row["metric"] if row["filter"] == "none" else f"{row['metric']}\n({row['filter']})"
+        metric = metric_label(row, sep="\n")
         ax.set_title(f"{row['task'].removeprefix('ftstudy_')}\nΔ {metric}", fontsize=9)
     fig.suptitle("Free − baseline, paired 95% interval (red: p < 0.05)", fontsize=10)
     fig.tight_layout()
@@ -497,8 +495,7 @@ def plot_perplexity(report: Path | dict[str, Any]) -> plt.Figure:
     """The three honest bounds per model, bits per byte (lower is better)."""
     sns.set_theme(style="whitegrid", context="notebook")
     r = _report(report)
-    data = [{"model": c["label"], "bound": next((cc["name"] for cc in row["cells"] if cc.get("name")), row["metric"]),
-             "bits per byte": c["bits_per_byte"]}
+    data = [{"model": c["label"], "bound": bound_name(row), "bits per byte": c["bits_per_byte"]}
             for row in r["perplexity"] for c in row["cells"] if c["value"] is not None]
     fig, ax = plt.subplots(figsize=(7, 3.6))
     if data:
@@ -600,10 +597,8 @@ def plot_mapper(tables: dict[str, pd.DataFrame]) -> plt.Figure:
         raise ValueError("no mapper benchmark among the perf results (python -m ftstudy.perf mapper)")
     df = pd.concat(frames, ignore_index=True)
     values = [c for c in ("matmul_s", "mapper_s", "reference_s") if c in df.columns]
-    df = df[["machine", "bits", *values]]
-    long = df.melt(id_vars=["machine", "bits"], value_vars=[c for c in ("matmul_s", "mapper_s", "reference_s")
-                                                             if c in df.columns],
-                   var_name="implementation", value_name="seconds")
+    long = df[["machine", "bits", *values]].melt(id_vars=["machine", "bits"], value_vars=values,
+                                                 var_name="implementation", value_name="seconds")
     long["case"] = long["machine"] + ", H=" + long["bits"].astype(str)
     fig, ax = plt.subplots(figsize=(7, 3.6))
     sns.barplot(long, x="case", y="seconds", hue="implementation", ax=ax)

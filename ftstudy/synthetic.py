@@ -39,6 +39,7 @@ __all__ = [
     "check_many",
     "derive_batch_seed",
     "derive_stream_seed",
+    "distributed_rank_world",
     "make_batch",
     "qualifying_windows",
     "sample",
@@ -415,16 +416,11 @@ def derive_batch_seed(stream_seed: int, index: int) -> int:
     return _hash_to_train_seed(_BATCH_TAG, int(stream_seed), int(index))
 
 
-def _distributed_rank() -> int:
+def distributed_rank_world() -> tuple[int, int]:
+    """(rank, world size) of the ``torch.distributed`` process group; (0, 1) without one."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return int(torch.distributed.get_rank())
-    return 0
-
-
-def _distributed_world() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return int(torch.distributed.get_world_size())
-    return 1
+        return int(torch.distributed.get_rank()), int(torch.distributed.get_world_size())
+    return 0, 1
 
 
 class SyntheticTrainStream(IterableDataset[Batch]):
@@ -578,11 +574,12 @@ class SyntheticDataModule(L.LightningDataModule):
     def train_dataset(self, rank: int | None = None, world_size: int | None = None) -> SyntheticTrainStream:
         """A fresh training stream; ``rank`` and ``world_size`` default to ``torch.distributed``'s
         (0 and 1 without a process group)."""
+        dist_rank, dist_world = distributed_rank_world()
         return SyntheticTrainStream(
             self.batch_size,
             self.seed,
-            rank=_distributed_rank() if rank is None else rank,
-            world_size=_distributed_world() if world_size is None else world_size,
+            rank=dist_rank if rank is None else rank,
+            world_size=dist_world if world_size is None else world_size,
             steps_per_epoch=self.steps_per_epoch,
             tokenizer=self.tokenizer,
             start_index=self.start_index,

@@ -387,21 +387,25 @@ def train(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, argv: list[
     return summary
 
 
-def replica_checksums(model: torch.nn.Module, trainer: L.Trainer) -> list[float]:
-    """A float64 fingerprint of the weights on every rank (identical replicas give
-    identical numbers): each parameter dotted with a fixed pseudo-random vector."""
-    total = torch.zeros((), dtype=torch.float64)
-    for i, p in enumerate(model.parameters()):
-        flat = p.detach().reshape(-1).double().cpu()
-        w = torch.randn(flat.numel(), generator=torch.Generator().manual_seed(i), dtype=torch.float64)
-        total += flat @ w
-    device = next(model.parameters()).device
-    gathered = trainer.strategy.all_gather(total.to(device))
+def replica_checksums(model: torch.nn.Module, trainer: L.Trainer) -> list[float] | None:
+    """A float64 fingerprint of the weights on every rank (identical replicas give identical
+    numbers): the sum and the norm of each parameter, weighted by its position.  Read in
+    place on each parameter's device, so it costs no copy of the model, whatever its size.
+    None under FSDP, where the ranks hold different shards by design."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if isinstance(trainer.strategy, FSDPStrategy):
+        return None
+    params = [p.detach() for p in model.parameters()]
+    total = torch.zeros((), dtype=torch.float64, device=params[0].device)
+    for i, p in enumerate(params):
+        total += (i + 1) * (p.sum(dtype=torch.float64) + torch.linalg.vector_norm(p, dtype=torch.float64))
+    gathered = trainer.strategy.all_gather(total)
     return [float(x) for x in torch.as_tensor(gathered).reshape(-1).cpu()]
 
 
 def _finish(cfg: RunConfig, lit: LitFreeTransformer, run_dir: Path, trainer: L.Trainer,
-            metrics: MetricsCSV, train_time: float, precision: str, replicas: list[float]) -> dict[str, Any]:
+            metrics: MetricsCSV, train_time: float, precision: str, replicas: list[float] | None) -> dict[str, Any]:
     model = lit.model
     val = {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     tps = [float(r["tokens_per_s"]) for r in metrics.rows if r.get("split") == "train" and r.get("tokens_per_s")]
@@ -454,9 +458,9 @@ def _finish(cfg: RunConfig, lit: LitFreeTransformer, run_dir: Path, trainer: L.T
         "posterior": posterior,
         "params": model.num_parameters(),
         "params_latent": model.num_parameters("latent"),
-        # DDP keeps replicas equal by construction; this records that it did.
+        # DDP keeps replicas equal by construction; this records that it did (None: sharded).
         "replicas": {"world_size": trainer.world_size, "weight_checksums": replicas,
-                     "identical": len(set(replicas)) == 1},
+                     "identical": None if replicas is None else len(set(replicas)) == 1},
     }
     summary = _finite_or_none(summary)
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True, allow_nan=False))

@@ -491,10 +491,9 @@ def test_ranks_take_slices_of_one_global_batch(monkeypatch: pytest.MonkeyPatch) 
     single = S.SyntheticDataModule(batch_size=16, val_size=0, seed=0, steps_per_epoch=1)
     whole = next(iter(single.train_dataloader()))
     dm = S.SyntheticDataModule(batch_size=8, val_size=0, seed=0, steps_per_epoch=1)
-    monkeypatch.setattr(S, "_distributed_world", lambda: 2)
     halves = []
     for rank in (0, 1):
-        monkeypatch.setattr(S, "_distributed_rank", lambda r=rank: r)
+        monkeypatch.setattr(S, "distributed_rank_world", lambda r=rank: (r, 2))
         dl = dm.train_dataloader()
         assert isinstance(dl.dataset, S.SyntheticTrainStream) and dl.dataset.rank == rank
         halves.append(next(iter(dl)))
