@@ -77,7 +77,7 @@ benchmark: venv
 	$(RUN_ENV) $(VPY) -m ftstudy.ablate --study kl_budget --preset code-math --seeds $(BENCH_SEEDS) --jobs 2 \
 	  --only latent_bits=0 kappa_bits=1/4 kappa_bits=1/2 kappa_bits=1 kappa_bits=2
 	for s in $(BENCH_SEEDS); do \
-	  $(RUN_ENV) $(VPY) -m ftstudy.evaluate --tasks $(BENCH_TASKS) --out results/benchmarks/code-math-small/s$$s \
+	  $(RUN_ENV) $(VPY) -m ftstudy.evaluate --confirm-run-unsafe-code --tasks $(BENCH_TASKS) --out results/benchmarks/code-math-small/s$$s \
 	    --checkpoints $(BENCH_RUNS)-base-s$$s $(BENCH_RUNS)-free-k0.25-s$$s $(BENCH_RUNS)-free-k0.5-s$$s \
 	      $(BENCH_RUNS)-free-k1-s$$s $(BENCH_RUNS)-free-k2-s$$s; \
 	done

@@ -16,6 +16,11 @@ Each preset has its own results folder (``--out`` overrides it): quick → resul
 paper → results/ablate/paper/, demo → results/demo/.  ``--jobs N`` trains N runs at once,
 each in its own process with cpu_count/N threads: on a 2-core CPU two one-thread runs of
 the quick model train 1.8x faster in total than one two-thread run.
+
+One sweep at a time per results folder: the sweep holds the folder's lock
+(``.ftstudy.lock``) while it trains, and every run's own lock while training it (with
+``--jobs N`` each ``ftstudy.train`` process takes its run's).  A second sweep on the folder
+is refused with the holder's pid, or waits for it with ``--wait``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +45,7 @@ from tqdm import tqdm
 
 from ftstudy.checkpoint import atomic_write_text, read_metrics
 from ftstudy.config import LATENT_ONLY_FIELDS, ConfigError, RunConfig, config_value, get_preset, parse_set_args
+from ftstudy.files import LOCK_NAME, folder_lock
 from ftstudy.report import STUDY_X, kl_collapsed, write_aggregate
 from ftstudy.train import REPO_ROOT, RunError, check_resumable, run_name, saved_config, train
 
@@ -239,14 +246,21 @@ def find_twin(run: PlannedRun, out: Path) -> Path | None:
     return None
 
 
-def copy_run(src: Path, dst: Path) -> None:
-    """Copy a finished run directory atomically (to a temporary name, then rename)."""
-    tmp = dst.with_name(f".{dst.name}.copy")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(src, tmp)
-    (tmp / "COPIED_FROM").write_text(f"{src.parent.name}/{src.name}\n")
-    tmp.rename(dst)
+def copy_run(src: Path, dst: Path, *, wait: bool = False) -> None:
+    """Copy a finished run directory into ``dst`` (missing, or empty but for a lock file),
+    holding ``dst``'s lock.  The copy is made in a fresh temporary folder of this process,
+    then moved in with summary.json, the mark of a finished run, last."""
+    with folder_lock(dst, wait=wait, what="run folder", error=RunError):
+        if any(p.name != LOCK_NAME for p in dst.iterdir()):
+            raise RunError(f"cannot copy {src} to {dst}: {dst} is not empty")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.copy{os.getpid()}-", dir=dst.parent))
+        try:
+            shutil.copytree(src, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(LOCK_NAME))
+            (tmp / "COPIED_FROM").write_text(f"{src.parent.name}/{src.name}\n")
+            for p in sorted(tmp.iterdir(), key=lambda p: p.name == "summary.json"):
+                os.replace(p, dst / p.name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # made above by this process, never anyone else's
 
 
 # ---------------------------------------------------------------- summary.csv
@@ -325,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="results folder (default: results/ablate/ for quick, results/ablate/paper/ for paper, "
                         "results/demo/ for demo)")
     p.add_argument("--dry-run", action="store_true", help="print the grid and the estimated time, train nothing")
+    p.add_argument("--wait", action="store_true",
+                   help="if another sweep holds the results folder (or another process a run), wait for it "
+                        "rather than fail")
     p.add_argument("--report", action="store_true",
                    help="train nothing: rebuild summary/aggregate tables and figures from the finished runs")
     p.add_argument("--plot", action="store_true",
@@ -335,31 +352,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _prepare(r: PlannedRun, out: Path) -> bool:
+def _prepare(r: PlannedRun, out: Path, wait: bool) -> bool:
     """Copy a finished twin into place if there is one; True if the run must start over.
 
     A folder with neither checkpoint nor summary holds no training state (a run killed
     before its first checkpoint, or copied without its git-ignored ckpt/): the sweep starts
     it again rather than stopping.
     """
-    if r.status == "todo" and not r.run_dir.exists():
+    if check_resumable(r.config, r.run_dir) == "new":
         twin = find_twin(r, out)
         if twin is not None:
-            copy_run(twin, r.run_dir)
+            copy_run(twin, r.run_dir, wait=wait)
             print(f"[ftstudy.ablate] {r.study}/{r.run_dir.name}: identical finished run in "
                   f"{twin.parent.name}/, copied instead of retrained", flush=True)
     return r.run_dir.exists() and r.status == "todo"
 
 
-def _run_inline(left: list[tuple[PlannedRun, int]], out: Path, bar: tqdm, launcher: str, t0: float) -> int:
+def _run_inline(left: list[tuple[PlannedRun, int]], out: Path, bar: tqdm, launcher: str, t0: float,
+                wait: bool) -> int:
     for i, (r, n) in enumerate(left):
         bar.set_description(f"run {i + 1}/{len(left)} {r.study}/{r.run_dir.name}")
-        restart = _prepare(r, out)
-        if r.status == "finished":
-            bar.update(n)
         try:
+            restart = _prepare(r, out, wait)
+            if r.status == "finished":
+                bar.update(n)
             train(r.config, r.run_dir, argv=r.argv, progress=False, extra_callbacks=[_Progress(bar)],
-                  overwrite=restart, launcher=launcher)
+                  overwrite=restart, wait=wait, launcher=launcher)
         except RunError as e:
             print(f"error: {e}", file=sys.stderr)
             rebuild_summary(r.run_dir.parent)
@@ -380,7 +398,7 @@ def _die_with_parent() -> None:
 
 
 def _run_parallel(left: list[tuple[PlannedRun, int]], out: Path, bar: tqdm, launcher: str, t0: float,
-                  jobs: int) -> int:
+                  jobs: int, wait: bool) -> int:
     threads = max(1, (os.cpu_count() or 1) // jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "FTSTUDY_LAUNCHED_BY": launcher}
@@ -391,7 +409,7 @@ def _run_parallel(left: list[tuple[PlannedRun, int]], out: Path, bar: tqdm, laun
         while queue or running:
             while queue and len(running) < jobs and not failed:
                 r, n = queue.pop(0)
-                restart = _prepare(r, out)
+                restart = _prepare(r, out, wait)
                 if r.status == "finished":
                     finished_steps += n
                     done += 1
@@ -400,7 +418,8 @@ def _run_parallel(left: list[tuple[PlannedRun, int]], out: Path, bar: tqdm, laun
                 log = r.run_dir.parent / "logs" / f"{r.run_dir.name}.log"
                 log.parent.mkdir(parents=True, exist_ok=True)
                 cmd = [sys.executable, "-m", "ftstudy.train", *r.argv, "--out", str(r.run_dir.parent),
-                       "--name", r.run_dir.name, "--no-progress", *(["--overwrite"] if restart else [])]
+                       "--name", r.run_dir.name, "--no-progress", *(["--overwrite"] if restart else []),
+                       *(["--wait"] if wait else [])]
                 with open(log, "ab") as f:
                     proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
                                             preexec_fn=_die_with_parent)
@@ -436,9 +455,6 @@ def _run_parallel(left: list[tuple[PlannedRun, int]], out: Path, bar: tqdm, laun
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if any(s < 0 for s in args.seeds):
-        print(f"error: seeds must be integers >= 0, got {args.seeds}", file=sys.stderr)
-        return 2
     if args.jobs < 1:
         print(f"error: --jobs must be an integer >= 1, got {args.jobs}", file=sys.stderr)
         return 2
@@ -476,6 +492,19 @@ def main(argv: list[str] | None = None) -> int:
                   f"python -m ftstudy.ablate --study {args.study} --preset {args.preset}", file=sys.stderr)
             return 3
         return 0
+    if args.dry_run:
+        _print_plan(args, runs, out)
+        return 0
+    try:
+        with folder_lock(out, wait=args.wait, what="sweep folder", error=RunError):
+            return _sweep(args, runs, out, argv)
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+
+
+def _print_plan(args: argparse.Namespace, runs: list[PlannedRun], out: Path) -> list[tuple[PlannedRun, int]]:
+    """Print the grid, each run's status and the estimated time; the runs with their steps left."""
     left = [(r, r.steps_left()) for r in runs]
     measured = measured_step_times(out)
     est = sum(n * seconds_per_step(r.config, measured) for r, n in left)
@@ -485,18 +514,21 @@ def main(argv: list[str] | None = None) -> int:
           f"training left with --jobs {args.jobs} (rough, 2-core CPU); results in {out}")
     for r, n in left:
         print(f"  {r.status:11s} {r.study}/{r.run_dir.name}  ({n} steps left)")
-    if args.dry_run:
-        return 0
+    return left
 
+
+def _sweep(args: argparse.Namespace, runs: list[PlannedRun], out: Path, argv: list[str] | None) -> int:
+    """Train every run not finished (the caller holds the sweep folder's lock)."""
+    left = _print_plan(args, runs, out)
     t0 = time.perf_counter()
     launcher = "python -m ftstudy.ablate " + " ".join(sys.argv[1:] if argv is None else argv)
     bar = tqdm(total=sum(n for _, n in left), unit="step", desc="sweep", dynamic_ncols=True,
                disable=None, mininterval=5)
     try:
         if args.jobs == 1:
-            rc = _run_inline(left, out, bar, launcher, t0)
+            rc = _run_inline(left, out, bar, launcher, t0, args.wait)
         else:
-            rc = _run_parallel(left, out, bar, launcher, t0, args.jobs)
+            rc = _run_parallel(left, out, bar, launcher, t0, args.jobs, args.wait)
     finally:
         bar.close()
     if rc:

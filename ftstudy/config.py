@@ -20,13 +20,16 @@ from ftstudy.latent import MAX_LATENT_BITS
 
 __all__ = [
     "ConfigError", "ModelConfig", "TaskConfig", "TrainConfig", "RunConfig",
-    "PRESETS", "get_preset", "apply_overrides", "parse_set_args", "config_value", "LATENT_ONLY_FIELDS",
+    "PRESETS", "get_preset", "apply_overrides", "parse_set_args", "config_value", "LATENT_ONLY_FIELDS", "MAX_SEED",
 ]
 
 # Model fields that only a Free model reads: they change nothing in a baseline
 # (latent_bits = 0), so they neither name a baseline run nor select it.
 LATENT_ONLY_FIELDS = ("kappa_bits", "inject_layer", "post_sampler", "encoder_positions", "kl_weight_below",
                       "free_bits_scope")
+
+
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding and Lightning's seed_everything take 0 … 2^32 − 1
 
 
 class ConfigError(ValueError):
@@ -185,6 +188,8 @@ class TrainConfig:
         for name in ("warmup_steps", "num_workers"):
             if getattr(self, name) < 0:
                 _fail(c, name, getattr(self, name), ">= 0")
+        if not 0 <= self.seed <= MAX_SEED:
+            _fail(c, "seed", self.seed, f"an integer 0 … {MAX_SEED} (2^32 − 1, what every seeded generator takes)")
         if not self.lr > 0:
             _fail(c, "lr", self.lr, "> 0")
         if not 0 <= self.min_lr_ratio <= 1:

@@ -12,6 +12,10 @@
 ``--corpus text --input PATH ...`` builds shards from a user's own files (``.txt``, ``.py``,
 ``.md``…, or ``.jsonl`` with a ``"text"`` field per line).
 
+Files that are not valid UTF-8 are skipped, with a warning, and counted in the manifest
+(``skipped_undecodable``: count and the first examples; absent when none was skipped);
+``--strict`` refuses them instead, naming the file.
+
 Tokenizers: ``byte`` (default: UTF-8 bytes 0–255, ``<|endoftext|>`` = 256 ends every
 document, ``<|pad|>`` = 257; vocabulary 258), ``bpe`` (byte-level BPE trained here with
 ``tokenizers`` on the training split) or a path to any ``tokenizers`` JSON file that has
@@ -30,6 +34,8 @@ A document goes to validation when the SHA-256 of its name falls in the ``--val-
 class, so the split never depends on file order and never cuts a document in two.  The
 folder is written under a temporary name and renamed when complete: an interrupted
 ``prepare`` leaves nothing that looks finished, and a finished one is not redone.
+``--overwrite`` replaces only a folder that holds an ftstudy ``manifest.json``; any other
+non-empty folder is refused and left untouched.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -60,8 +67,8 @@ from tqdm import tqdm
 from ftstudy.synthetic import distributed_rank_world
 
 __all__ = ["FORMAT", "EOT", "ByteTokenizer", "FileTokenizer", "tokenizer_from_spec", "DataError", "Document",
-           "stdlib_documents", "sympy_documents", "math_documents", "text_documents", "prepare", "read_manifest",
-           "TokenDataModule", "tokenizer_spec", "load_tokenizer", "main"]
+           "Undecodable", "stdlib_documents", "sympy_documents", "math_documents", "text_documents", "prepare",
+           "read_manifest", "is_shard_folder", "TokenDataModule", "tokenizer_spec", "load_tokenizer", "main"]
 
 FORMAT = "ftstudy-shards"
 FORMAT_VERSION = 1
@@ -72,6 +79,7 @@ DEFAULT_CACHE = Path(os.environ.get("FTSTUDY_CACHE", Path.home() / ".cache" / "f
 SHARD_TOKENS = 1 << 27  # tokens per shard file (256 MiB at uint16)
 CORPORA = ("code-math", "text")
 CODE_MATH_SOURCES = ("stdlib", "sympy", "math")
+MAX_SKIPPED_EXAMPLES = 10  # undecodable files named in the manifest (all are counted)
 
 
 class DataError(ValueError):
@@ -168,13 +176,37 @@ class Document:
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
 
 
+@dataclass(frozen=True)
+class Undecodable:
+    """A corpus file that is not valid UTF-8: skipped and counted, or refused with ``strict``."""
+
+    source: str
+    path: str
+    reason: str
+
+
+def _utf8(data: bytes, what: str) -> str:
+    """``data`` as UTF-8 text, or a DataError naming ``what`` and the first bad byte."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{what} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+
+
+def _document(source: str, path: str, data: bytes) -> Document | Undecodable:
+    try:
+        return Document(source, path, _utf8(data, f"{source} file {path}"))
+    except DataError as e:
+        return Undecodable(source, path, str(e))
+
+
 def _is_test_path(parts: Sequence[str]) -> bool:
     name = parts[-1]
     return (any(p in ("test", "tests", "idle_test", "testing") for p in parts[:-1])
             or name.startswith("test_") or name.endswith("_test.py") or name == "conftest.py")
 
 
-def stdlib_documents(root: Path | None = None) -> Iterator[Document]:
+def stdlib_documents(root: Path | None = None) -> Iterator[Document | Undecodable]:
     """Non-test .py files of the running interpreter's standard library, in sorted order."""
     root = Path(root or sysconfig.get_paths()["stdlib"])
     skip_dirs = {"site-packages", "dist-packages", "__pycache__"}
@@ -187,8 +219,7 @@ def stdlib_documents(root: Path | None = None) -> Iterator[Document]:
                 if not _is_test_path(rel.parts):
                     files.append(rel)
     for rel in sorted(files):
-        data = (root / rel).read_bytes()
-        yield Document("stdlib", rel.as_posix(), data.decode("utf-8", errors="replace"))
+        yield _document("stdlib", rel.as_posix(), (root / rel).read_bytes())
 
 
 def fetch_wheel(package: str, version: str, cache: Path) -> Path:
@@ -208,7 +239,7 @@ def fetch_wheel(package: str, version: str, cache: Path) -> Path:
     return found[0]
 
 
-def wheel_documents(wheel: Path, source: str) -> Iterator[Document]:
+def wheel_documents(wheel: Path, source: str) -> Iterator[Document | Undecodable]:
     """Non-test .py files inside a wheel, in sorted order."""
     try:
         zf = zipfile.ZipFile(wheel)
@@ -217,10 +248,10 @@ def wheel_documents(wheel: Path, source: str) -> Iterator[Document]:
     with zf:
         names = sorted(n for n in zf.namelist() if n.endswith(".py") and not _is_test_path(n.split("/")))
         for n in names:
-            yield Document(source, n, zf.read(n).decode("utf-8", errors="replace"))
+            yield _document(source, n, zf.read(n))
 
 
-def sympy_documents(cache: Path = DEFAULT_CACHE, version: str = SYMPY_VERSION) -> Iterator[Document]:
+def sympy_documents(cache: Path = DEFAULT_CACHE, version: str = SYMPY_VERSION) -> Iterator[Document | Undecodable]:
     yield from wheel_documents(fetch_wheel("sympy", version, Path(cache) / "wheels"), "sympy")
 
 
@@ -232,7 +263,7 @@ def math_documents(n_arithmetic: int, n_word: int, seed: int = 0) -> Iterator[Do
             yield Document("math", f"{kind}/{i:06d}", text)
 
 
-def text_documents(inputs: Sequence[str]) -> Iterator[Document]:
+def text_documents(inputs: Sequence[str]) -> Iterator[Document | Undecodable]:
     """A user's corpus: files, folders (every file inside) or globs; .jsonl lines need "text"."""
     files: list[Path] = []
     for item in inputs:
@@ -249,8 +280,11 @@ def text_documents(inputs: Sequence[str]) -> Iterator[Document]:
     if not files:
         raise DataError(f"--input {list(inputs)} holds no files")
     for f in files:
-        if f.suffix == ".jsonl":
-            for i, line in enumerate(f.read_text(encoding="utf-8", errors="replace").splitlines()):
+        doc = _document("text", f.as_posix(), f.read_bytes())
+        if f.suffix != ".jsonl" or isinstance(doc, Undecodable):
+            yield doc
+        else:
+            for i, line in enumerate(doc.text.splitlines()):
                 if not line.strip():
                     continue
                 try:
@@ -260,8 +294,6 @@ def text_documents(inputs: Sequence[str]) -> Iterator[Document]:
                     raise DataError(f"{f}:{i + 1}: each .jsonl line must be a JSON object with a "
                                     f"string 'text' field ({type(e).__name__})") from e
                 yield Document("text", f"{f.as_posix()}#{i}", str(text))
-        else:
-            yield Document("text", f.as_posix(), f.read_bytes().decode("utf-8", errors="replace"))
 
 
 def _split_of(doc: Document, val_percent: float) -> str:
@@ -312,7 +344,7 @@ class _ShardWriter:
         return {"shards": self.shards, "tokens": self.tokens, "documents": self.documents}
 
 
-def _gather(corpus: str, args: argparse.Namespace) -> Iterator[Document]:
+def _gather(corpus: str, args: argparse.Namespace) -> Iterator[Document | Undecodable]:
     if corpus == "text":
         yield from text_documents(args.input)
         return
@@ -325,42 +357,114 @@ def _gather(corpus: str, args: argparse.Namespace) -> Iterator[Document]:
         yield from math_documents(args.math_arithmetic_docs, args.math_word_docs, args.seed)
 
 
-def prepare(documents: Iterable[Document], out: Path, tokenizer: str = "byte", *, bpe_vocab: int = 4096,
-            val_percent: float = 1.0, shard_tokens: int = SHARD_TOKENS, overwrite: bool = False,
-            command: str = "", description: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
-    """Tokenize documents into ``out`` (see the module docstring); returns the manifest."""
-    out = Path(out)
-    if not 0 <= val_percent < 100:
-        raise DataError(f"val_percent = {val_percent} is not allowed: 0 <= val_percent < 100")
-    if (out / "manifest.json").exists() and not overwrite:
-        print(f"[ftstudy.data] {out} is already prepared; pass --overwrite to rebuild it")
-        return read_manifest(out)
-    if out.exists() and not overwrite and any(out.iterdir()):
-        raise DataError(f"{out} exists, is not empty and has no manifest.json; pass --overwrite or pick another --out")
-    docs = list(tqdm(documents, desc="reading documents", unit="doc", disable=not progress))
-    if not docs:
-        raise DataError("the corpus has no documents")
-    split = [_split_of(d, val_percent) for d in docs]
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    tok: ByteTokenizer | FileTokenizer
+def is_shard_folder(folder: Path | str) -> bool:
+    """Whether ``folder`` holds an ftstudy shard folder's manifest.json (format "ftstudy-shards")."""
+    return _manifest_json(Path(folder)) is not None
+
+
+def _manifest_json(folder: Path) -> dict[str, Any] | None:
+    try:
+        m = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return m if isinstance(m, dict) and m.get("format") == FORMAT else None
+
+
+def _check_replaceable(out: Path) -> None:
+    """DataError unless ``out`` is missing, an empty folder or an ftstudy shard folder."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} exists and is not a folder; pick another --out")
+    if out.is_dir() and any(out.iterdir()) and not is_shard_folder(out):
+        raise DataError(f"{out} is not empty and is not an ftstudy shard folder (no manifest.json of format "
+                        f"{FORMAT!r}); ftstudy neither writes into nor deletes it (--overwrite included): "
+                        f"pick another --out")
+
+
+def _load_tokenizer(tokenizer: str, docs: list[Document], split: list[str],
+                    bpe_vocab: int) -> tuple[ByteTokenizer | FileTokenizer, dict[str, Any]]:
+    """The tokenizer ``--tokenizer`` names (BPE: trained on the training split) and its spec."""
     if tokenizer == "byte":
-        tok = ByteTokenizer()
-        spec = {"kind": "byte"}
-    elif tokenizer == "bpe":
+        return ByteTokenizer(), {"kind": "byte"}
+    if tokenizer == "bpe":
         tok = train_bpe((d.text for d, s in zip(docs, split) if s == "train"), bpe_vocab)
-        (tmp / "tokenizer.json").write_text(tok.json_text)
-        spec = {"kind": "file", "file": "tokenizer.json", "trained": f"byte-level BPE, vocab {bpe_vocab}",
-                "sha256": hashlib.sha256(tok.json_text.encode()).hexdigest()}
+        spec = {"kind": "file", "file": "tokenizer.json", "trained": f"byte-level BPE, vocab {bpe_vocab}"}
     else:
         path = Path(tokenizer)
         if not path.is_file():
             raise DataError(f"--tokenizer {tokenizer!r} is not allowed: 'byte', 'bpe' or a tokenizers JSON file")
-        tok = FileTokenizer(path.read_text(), name=str(path))
-        (tmp / "tokenizer.json").write_text(tok.json_text)
-        spec = {"kind": "file", "file": "tokenizer.json", "from": str(path),
-                "sha256": hashlib.sha256(tok.json_text.encode()).hexdigest()}
+        try:
+            text = _utf8(path.read_bytes(), f"--tokenizer {path} (a tokenizers JSON file)")
+        except OSError as e:
+            raise DataError(f"--tokenizer {path} cannot be read: {e}") from e
+        tok = FileTokenizer(text, name=str(path))
+        spec = {"kind": "file", "file": "tokenizer.json", "from": str(path)}
+    return tok, {**spec, "sha256": hashlib.sha256(tok.json_text.encode()).hexdigest()}
+
+
+def _read_documents(documents: Iterable[Document | Undecodable], strict: bool,
+                    progress: bool) -> tuple[list[Document], list[Undecodable]]:
+    """The decodable documents and the skipped files (DataError for the first with ``strict``)."""
+    docs: list[Document] = []
+    skipped: list[Undecodable] = []
+    for d in tqdm(documents, desc="reading documents", unit="doc", disable=not progress):
+        if isinstance(d, Document):
+            docs.append(d)
+        elif strict:
+            raise DataError(f"{d.reason}; --strict refuses files that are not UTF-8 (without it they are "
+                            f"skipped and counted in manifest.json)")
+        else:
+            skipped.append(d)
+    if skipped:
+        print(f"[ftstudy.data] warning: skipped {len(skipped)} file(s) that are not UTF-8 text, e.g. "
+              f"{skipped[0].path}; counted in manifest.json under skipped_undecodable (--strict refuses them)",
+              file=sys.stderr, flush=True)
+    return docs, skipped
+
+
+def prepare(documents: Iterable[Document | Undecodable], out: Path, tokenizer: str = "byte", *,
+            bpe_vocab: int = 4096, val_percent: float = 1.0, shard_tokens: int = SHARD_TOKENS,
+            overwrite: bool = False, strict: bool = False, command: str = "",
+            description: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Tokenize documents into ``out`` (see the module docstring); returns the manifest."""
+    out = Path(out)
+    if not 0 <= val_percent < 100:
+        raise DataError(f"val_percent = {val_percent} is not allowed: 0 <= val_percent < 100")
+    _check_replaceable(out)
+    if is_shard_folder(out) and not overwrite:
+        print(f"[ftstudy.data] {out} is already prepared; pass --overwrite to rebuild it")
+        return read_manifest(out)
+    docs, skipped = _read_documents(documents, strict, progress)
+    if not docs:
+        raise DataError("the corpus has no documents")
+    split = [_split_of(d, val_percent) for d in docs]
+    tok, spec = _load_tokenizer(tokenizer, docs, split, bpe_vocab)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp{os.getpid()}-", dir=out.parent))
+    try:
+        manifest = _write_shards(docs, split, tok, spec, tmp, shard_tokens, progress)
+        manifest.update(val_percent=val_percent, python=sys.version.split()[0], description=description or {},
+                        command=command)
+        if skipped:
+            manifest["skipped_undecodable"] = {
+                "count": len(skipped),
+                "examples": [{"source": d.source, "path": d.path, "reason": d.reason}
+                             for d in skipped[:MAX_SKIPPED_EXAMPLES]]}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        _check_replaceable(out)  # again: the folder may have changed while we tokenized
+        if out.exists():
+            shutil.rmtree(out)  # empty, or an ftstudy shard folder (checked just above)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # made above by this process, never anyone else's
+        raise
+    return manifest
+
+
+def _write_shards(docs: list[Document], split: list[str], tok: ByteTokenizer | FileTokenizer,
+                  spec: dict[str, Any], tmp: Path, shard_tokens: int, progress: bool) -> dict[str, Any]:
+    """Tokenize into shards in ``tmp``; the manifest's fields that describe them."""
+    if spec["kind"] == "file":
+        (tmp / "tokenizer.json").write_text(tok.json_text)  # type: ignore[union-attr]
     dtype = np.dtype(np.uint16) if tok.vocab_size <= 1 << 16 else np.dtype(np.uint32)
     writers = {s: _ShardWriter(tmp, s, dtype, shard_tokens) for s in ("train", "val")}
     eot = np.array([tok.eot_id], dtype=np.int64)
@@ -379,19 +483,12 @@ def prepare(documents: Iterable[Document], out: Path, tokenizer: str = "byte", *
         e["documents"] += 1
         e["bytes"] += len(d.text.encode("utf-8"))
         e["val_documents"] += s == "val"
-    manifest = {
+    return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "dtype": dtype.name, "vocab_size": tok.vocab_size,
-        "eot_id": tok.eot_id, "pad_id": tok.pad_id, "tokenizer": spec, "val_percent": val_percent,
+        "eot_id": tok.eot_id, "pad_id": tok.pad_id, "tokenizer": spec,
         "splits": {s: w.summary() for s, w in writers.items()}, "sources": by_source,
         "sources_sha256": hashlib.sha256((tmp / "sources.jsonl").read_bytes()).hexdigest(),
-        "python": sys.version.split()[0], "description": description or {}, "command": command,
     }
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, out)
-    return manifest
 
 
 def read_manifest(folder: Path | str) -> dict[str, Any]:
@@ -400,9 +497,9 @@ def read_manifest(folder: Path | str) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"{folder} has no manifest.json: not a prepared shard folder "
                         f"(make one with `python -m ftstudy.data prepare ... --out {folder}`)")
-    m = json.loads(path.read_text())
-    if m.get("format") != FORMAT:
-        raise DataError(f"{path} has format {m.get('format')!r}, expected {FORMAT!r}")
+    m = _manifest_json(folder)
+    if m is None:
+        raise DataError(f"{path} is not an ftstudy shard manifest (JSON with format {FORMAT!r})")
     for s in ("train", "val"):
         for sh in m["splits"][s]["shards"]:
             f = folder / sh["file"]
@@ -554,7 +651,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--val-percent", type=float, default=1.0, help="percent of documents in validation")
     q.add_argument("--seed", type=int, default=0, help="seed of the generated math")
     q.add_argument("--shard-tokens", type=int, default=SHARD_TOKENS)
-    q.add_argument("--overwrite", action="store_true")
+    q.add_argument("--overwrite", action="store_true",
+                   help="rebuild an existing shard folder (only one with an ftstudy manifest.json)")
+    q.add_argument("--strict", action="store_true",
+                   help="refuse input files that are not UTF-8 text (default: skip them, counted in the manifest)")
     q.add_argument("--no-progress", action="store_true")
     return p
 
@@ -580,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "sha256": hashlib.sha256(wheel.read_bytes()).hexdigest()}
         m = prepare(_gather(args.corpus, args), args.out, args.tokenizer, bpe_vocab=args.bpe_vocab,
                     val_percent=args.val_percent, shard_tokens=args.shard_tokens, overwrite=args.overwrite,
-                    command="python -m ftstudy.data " + shlex.join(argv), description=desc,
+                    strict=args.strict, command="python -m ftstudy.data " + shlex.join(argv), description=desc,
                     progress=not args.no_progress)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -10,7 +10,7 @@ and the paper's Figure 4 at this scale.  It is ``python -m ftstudy.ablate`` unde
         --only latent_bits=0 kappa_bits=1/64 kappa_bits=1/8 kappa_bits=1 kappa_bits=8
 
 so rerunning the demo skips finished runs and resumes interrupted ones; ``--overwrite``
-retrains them.  Results go to ``results/demo/``.
+retrains them (deleting only run folders that ftstudy made).  Results go to ``results/demo/``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from fractions import Fraction
@@ -28,6 +27,7 @@ from pathlib import Path
 from ftstudy import ablate
 from ftstudy.config import ConfigError, parse_set_args
 from ftstudy.measure import NO_LATENT_FLOOR
+from ftstudy.train import RunError, delete_run
 
 DEMO_POINTS = ("latent_bits=0", "kappa_bits=1/64", "kappa_bits=1/8", "kappa_bits=1", "kappa_bits=8")
 
@@ -81,20 +81,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides for every run (the tests shrink the model with them)")
     args = p.parse_args(argv)
-    if args.seed < 0:
-        print(f"error: --seed must be an integer >= 0, got {args.seed}", file=sys.stderr)
-        return 2
 
     t0 = time.perf_counter()
     if args.overwrite:
         try:
-            runs = _runs(args.out, args.seed, args.overrides)
+            runs = _runs(args.out, args.seed, args.overrides)  # the seed is checked with the config
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        for r in runs:
-            if r.run_dir.exists():
-                shutil.rmtree(r.run_dir)
+        try:
+            for r in runs:
+                delete_run(r.run_dir)
+        except RunError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 3
     rc = ablate.main(ablate_args(args.seed, args.jobs, args.out, args.overrides))
     if rc:
         return rc

@@ -26,6 +26,11 @@ both models, ``scipy.stats.bootstrap``) and a two-sided paired permutation p-val
 
 Everything per checkpoint is written atomically and reused on a rerun with the same
 settings, so an interrupted comparison resumes where it stopped.
+
+Tasks that execute model-generated code (``ftstudy_humaneval``, lm-eval's humaneval, mbpp…) run
+only with ``--confirm-run-unsafe-code``; ours run it in the bubblewrap sandbox of
+:mod:`ftstudy.tasks.execution`. Where no sandbox can be made the command refuses before any
+model is loaded, unless ``--allow-unsandboxed`` is also given (resource limits only).
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ import argparse
 import hashlib
 import json
 import math
+import os
+import re
 import shlex
 import sys
 import time
@@ -327,7 +334,8 @@ def _task_manager(tasks: list[str], include: list[Path] | None = None) -> Any:
 
 
 def evaluate_one(ckpt: Path, label: str, tasks: list[str], out: Path, settings: dict[str, Any],
-                 task_manager: Any, ppl: dict[str, Any] | None) -> dict[str, Any]:
+                 task_manager: Any, ppl: dict[str, Any] | None, *,
+                 confirm_run_unsafe_code: bool = False) -> dict[str, Any]:
     """lm-eval + perplexity for one checkpoint, reused when already done with the same settings."""
     import lm_eval
 
@@ -346,10 +354,19 @@ def evaluate_one(ckpt: Path, label: str, tasks: list[str], out: Path, settings: 
     t0 = time.perf_counter()
     lm = FTStudyLM(ckpt, z_policy=settings["z_policy"], z_samples=settings["z_samples"], seed=settings["seed"],
                    batch_size=settings["batch_size"], device=settings["device"])
-    res = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=task_manager, limit=settings["limit"],
-                                  log_samples=True, bootstrap_iters=0, random_seed=settings["seed"],
-                                  numpy_random_seed=settings["seed"], torch_random_seed=settings["seed"],
-                                  fewshot_random_seed=settings["seed"], confirm_run_unsafe_code=True)
+    try:
+        res = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=task_manager, limit=settings["limit"],
+                                      log_samples=True, bootstrap_iters=0, random_seed=settings["seed"],
+                                      numpy_random_seed=settings["seed"], torch_random_seed=settings["seed"],
+                                      fewshot_random_seed=settings["seed"],
+                                      confirm_run_unsafe_code=confirm_run_unsafe_code)
+    except ValueError as e:
+        if "unsafe" not in str(e) or confirm_run_unsafe_code:
+            raise
+        name = re.search(r"task: (\S+)", str(e))
+        raise EvalError(f"task {name.group(1) if name else '?'} executes model-generated code; pass "
+                        f"--confirm-run-unsafe-code to allow it (it runs in a bubblewrap sandbox, see the "
+                        f"README's benchmark section)") from e
     eval_s = time.perf_counter() - t0
     samples = {t: [{k: v for k, v in s.items() if k in ("doc_id", "filter") or k in s.get("metrics", [])}
                    | {"response": _first_response(s)} for s in ss] for t, ss in res.get("samples", {}).items()}
@@ -364,6 +381,21 @@ def evaluate_one(ckpt: Path, label: str, tasks: list[str], out: Path, settings: 
     atomic_write_text(samples_path, json.dumps(samples, default=_json_default))
     atomic_write_text(path, json.dumps({"key": key, "entry": entry}, indent=2, default=str))
     return {**entry, "samples": samples}
+
+
+def _check_sandbox(allow_unsandboxed: bool) -> None:
+    """Refuse before any model is loaded when generated code could not be isolated, unless
+    running it without isolation was asked for (which later calls of run_program then see)."""
+    from ftstudy.tasks import execution
+
+    problem = execution.sandbox_problem()
+    if problem is None:
+        return
+    if not allow_unsandboxed:
+        raise EvalError(f"no sandbox for generated code on this host: {problem}; pass --allow-unsandboxed "
+                        f"to run it with resource limits only, without isolation")
+    print(f"[ftstudy.evaluate] WARNING: running generated code WITHOUT a sandbox ({problem})", file=sys.stderr)
+    os.environ[execution.ALLOW_UNSANDBOXED_ENV] = "1"
 
 
 def _first_response(s: dict[str, Any]) -> Any:
@@ -397,6 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-data", default=None, help="shard folder for perplexity (default: each model's own)")
     p.add_argument("--no-perplexity", action="store_true")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap and permutation resamples")
+    p.add_argument("--confirm-run-unsafe-code", action="store_true",
+                   help="allow tasks that execute model-generated code (run in a bubblewrap sandbox)")
+    p.add_argument("--allow-unsandboxed", action="store_true",
+                   help="where no sandbox can be made, run generated code anyway with resource limits only")
     return p
 
 
@@ -406,6 +442,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.z_samples < 1 or args.batch_size < 1 or args.ppl_k < 1 or args.ppl_windows < 1:
             raise EvalError("--z-samples, --batch-size, --ppl-k and --ppl-windows must be >= 1")
+        if args.allow_unsandboxed and not args.confirm_run_unsafe_code:
+            raise EvalError("--allow-unsandboxed needs --confirm-run-unsafe-code")
+        if args.confirm_run_unsafe_code:
+            _check_sandbox(args.allow_unsandboxed)
         ckpts = [resolve_checkpoint(c) for c in args.checkpoints]
         if args.labels is not None and len(args.labels) != len(ckpts):
             raise EvalError(f"--labels has {len(args.labels)} names for {len(ckpts)} checkpoints")
@@ -424,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
         entries = []
         for c, label in zip(ckpts, labels):
             print(f"[ftstudy.evaluate] {label}: {c}")
-            entries.append(evaluate_one(c, label, args.tasks, args.out, settings, tm, ppl))
+            entries.append(evaluate_one(c, label, args.tasks, args.out, settings, tm, ppl,
+                                        confirm_run_unsafe_code=args.confirm_run_unsafe_code))
         build_report(entries, args.out, n_resamples=args.bootstrap)
     except (EvalError, HarnessError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)

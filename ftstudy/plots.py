@@ -119,7 +119,7 @@ def save_figure(fig: plt.Figure, path: Path) -> Path:
     """Save atomically (tmp file + rename) and close the figure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")  # the suffix names the format
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
     os.replace(tmp, path)

@@ -10,8 +10,11 @@ timestamp) under ``results/runs/``::
     <run>/ckpt/           git-ignored: last.ckpt (resumable) and model.pt (export)
 
 Rerunning the same command never overwrites: a finished run is reported and skipped, an
-interrupted one resumes from ``ckpt/last.ckpt``; ``--overwrite`` starts over.  Every
-file is written atomically, only by rank 0.
+interrupted one resumes from ``ckpt/last.ckpt``; ``--overwrite`` starts over, and deletes
+only a folder that holds an ftstudy ``config.json`` (anything else is refused, untouched).
+Every file is written atomically, only by rank 0, which holds the run folder's lock
+(``.ftstudy.lock``) for the whole run: a second process on the same folder is refused with
+the holder's pid, or waits with ``--wait``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ import math
 import os
 import platform
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -37,13 +39,14 @@ import torch
 import ftstudy
 from ftstudy import synthetic
 from ftstudy.data import DataError, TokenDataModule, tokenizer_spec
-from ftstudy.checkpoint import atomic_write_text, load_checkpoint_dict, save_model
+from ftstudy.checkpoint import CheckpointError, atomic_write_text, load_checkpoint_dict, save_model
 from ftstudy.config import LATENT_ONLY_FIELDS, PRESETS, ConfigError, RunConfig, TrainConfig, get_preset, parse_set_args
+from ftstudy.files import LOCK_NAME, clear_folder, folder_lock
 from ftstudy.lit import LitFreeTransformer, NonFiniteLossError, resolve_precision
 from ftstudy.measure import (NO_LATENT_FLOOR, generate_synthetic, group_metrics, posterior_metrics,
                              synthetic_prompts, valid_rate, write_groups)
 
-__all__ = ["RunError", "run_name", "train", "main", "REPO_ROOT", "DEFAULT_RESULTS"]
+__all__ = ["RunError", "run_name", "train", "main", "REPO_ROOT", "DEFAULT_RESULTS", "is_run_folder", "delete_run"]
 
 REPO_ROOT = Path(ftstudy.__file__).resolve().parent.parent
 DEFAULT_RESULTS = REPO_ROOT / "results" / "runs"
@@ -169,6 +172,7 @@ class AtomicCheckpoint(L.Callback):
 
     def __init__(self, path: Path, every: int) -> None:
         self.path, self.every = path, every
+        self.tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")  # set again, for every rank, at train start
         self.elapsed = 0.0
         self._t0 = time.perf_counter()
 
@@ -185,9 +189,11 @@ class AtomicCheckpoint(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t0 = time.perf_counter()
+        # One temporary name on every rank (a sharded checkpoint is written by all), with rank 0's pid.
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp{trainer.strategy.broadcast(os.getpid(), src=0)}")
 
     def save(self, trainer: L.Trainer) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp = self.tmp
         # weights_only=False here means "save the optimizer and loop state too" (a resumable
         # checkpoint); it holds only tensors and plain containers, so it still loads with
         # torch.load(weights_only=True).
@@ -229,9 +235,41 @@ def _status(run_dir: Path) -> str:
         return "finished"
     if (run_dir / "ckpt" / "last.ckpt").exists():
         return "interrupted"
-    if run_dir.exists() and any(run_dir.iterdir()):
-        return "started"
+    if run_dir.exists() and (not run_dir.is_dir() or any(p.name != LOCK_NAME for p in run_dir.iterdir())):
+        return "started"  # a lock file alone is no start: its holder may not have written anything yet
     return "new"
+
+
+def is_run_folder(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds an ftstudy run: a config.json of the shape train writes
+    ({"config": {"model": …, "task": …, "train": …}}, from this ftstudy or an older one)."""
+    try:
+        saved = json.loads((Path(run_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    cfg = saved.get("config") if isinstance(saved, dict) else None
+    return isinstance(cfg, dict) and all(isinstance(cfg.get(s), dict) for s in ("model", "task", "train"))
+
+
+def _check_ours(run_dir: Path) -> None:
+    """RunError unless ``run_dir`` is absent, empty (but for a lock file) or an ftstudy run."""
+    if _status(run_dir) != "new" and not is_run_folder(run_dir):
+        raise RunError(f"{run_dir} exists and is not an ftstudy run folder (no ftstudy config.json); ftstudy "
+                       f"neither writes into nor deletes it (--overwrite included): pick another --out or --name")
+
+
+def delete_run(run_dir: Path, *, locked: bool = False, wait: bool = False) -> None:
+    """Empty a run folder that ftstudy made (RunError for any other folder: nothing is
+    touched).  ``locked``: the caller holds the run's lock already; else it is taken here."""
+    run_dir = Path(run_dir)
+    _check_ours(run_dir)
+    if _status(run_dir) == "new":
+        return
+    if locked:
+        clear_folder(run_dir)
+        return
+    with folder_lock(run_dir, wait=wait, what="run folder", error=RunError):
+        delete_run(run_dir, locked=True)
 
 
 def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -252,8 +290,10 @@ def check_resumable(cfg: RunConfig, run_dir: Path) -> str:
     """Status of ``run_dir`` for ``cfg``: new, finished, extend, interrupted or started.
 
     Raises RunError when the directory holds a run of another config (only ``steps`` may
-    differ: more steps extend a run, fewer are refused).  Reads only; touches nothing.
+    differ: more steps extend a run, fewer are refused) or is not an ftstudy run folder at
+    all.  Reads only; touches nothing.
     """
+    _check_ours(run_dir)
     status = _status(run_dir)
     cfg_file = run_dir / "config.json"
     if status == "new" or not cfg_file.exists():
@@ -300,23 +340,26 @@ def make_datamodule(cfg: RunConfig, start_index: int = 0) -> L.LightningDataModu
                                          start_index=start_index)
 
 
-def train(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, argv: list[str] | None = None,
-          progress: bool = True, launcher: str | None = None,
+def train(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, wait: bool = False,
+          argv: list[str] | None = None, progress: bool = True, launcher: str | None = None,
           extra_callbacks: list[L.Callback] | None = None) -> dict[str, Any]:
     """Train one run into ``run_dir`` and return its summary (skips a finished run).
 
     ``argv`` are the ``ftstudy.train`` arguments that reproduce the run (recorded in
     config.json); ``launcher`` names the command that actually ran it, if another.
+    Rank 0 holds the run folder's lock throughout; ``wait``: wait for another holder
+    rather than fail.
     """
     run_dir = Path(run_dir)
-    ckpt_dir = run_dir / "ckpt"
-    last = ckpt_dir / "last.ckpt"
     if _launch_rank(cfg) != 0:
-        # Rank 0 has already checked, cleared or created the directory (it launches us).
-        status = "interrupted" if last.exists() else "new"
-    else:
-        if overwrite and _status(run_dir) != "new":
-            shutil.rmtree(run_dir)
+        # Rank 0 holds the lock and has already checked, cleared or created the directory
+        # (it launches us, or starts with us and waits for us at the first collective).
+        status = "interrupted" if (run_dir / "ckpt" / "last.ckpt").exists() else "new"
+        return _fit(cfg, run_dir, status, argv, progress, launcher, extra_callbacks)
+    _check_ours(run_dir)  # before the lock: not even a lock file goes into a folder that is not ours
+    with folder_lock(run_dir, wait=wait, what="run folder", error=RunError):
+        if overwrite:
+            delete_run(run_dir, locked=True)
         status = check_resumable(cfg, run_dir)
         if status == "finished":
             summary = json.loads((run_dir / "summary.json").read_text())
@@ -332,10 +375,25 @@ def train(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, argv: list[
             print(f"[ftstudy.train] extending {run_dir} to {cfg.train.steps} steps")
             (run_dir / "summary.json").unlink()
             status = "interrupted"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir.mkdir(exist_ok=True)
-    (ckpt_dir / ".gitignore").write_text("*\n")  # belt and braces beside the repo's .gitignore
+        return _fit(cfg, run_dir, status, argv, progress, launcher, extra_callbacks)
 
+
+def _resume_step(run_dir: Path, last: Path) -> int:
+    """The step of the resumable checkpoint (loaded with weights_only=True), or a RunError
+    that says how to recover from a file that cannot be read."""
+    try:
+        return int(load_checkpoint_dict(last).get("global_step", 0))
+    except CheckpointError as e:
+        raise RunError(f"{run_dir.name} cannot resume: {e}; pass --overwrite to start the run over "
+                       f"(or put back a good {last.name})") from e
+
+
+def _fit(cfg: RunConfig, run_dir: Path, status: str, argv: list[str] | None, progress: bool,
+         launcher: str | None, extra_callbacks: list[L.Callback] | None) -> dict[str, Any]:
+    """Train a run whose folder is checked (``status``: new or interrupted) and return its summary."""
+    ckpt_dir = run_dir / "ckpt"
+    last = ckpt_dir / "last.ckpt"
+    run_dir.mkdir(parents=True, exist_ok=True)
     t = cfg.train
     precision = resolve_precision(t.precision, t.accelerator)
     L.seed_everything(t.seed, workers=True, verbose=False)
@@ -343,7 +401,7 @@ def train(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, argv: list[
     world = t.devices * t.num_nodes
     resume_step = 0
     if status == "interrupted":
-        resume_step = int(load_checkpoint_dict(last).get("global_step", 0))  # weights_only=True
+        resume_step = _resume_step(run_dir, last)
     dm = make_datamodule(cfg, resume_step)
     metrics = MetricsCSV(run_dir / "metrics.csv", t.log_every)
     ckpt_cb = AtomicCheckpoint(last, t.ckpt_every)
@@ -363,6 +421,10 @@ def train(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, argv: list[
     if trainer.is_global_zero and (status == "new" or _saved_steps(run_dir) != t.steps):
         atomic_write_text(run_dir / "config.json", json.dumps(
             {"config": cfg.to_dict(), "run": run_dir.name, "precision_resolved": precision, **_provenance(argv, launcher)}, indent=2, sort_keys=True))
+    # After config.json: a run stopped before this point (bad data, say) leaves a folder that
+    # is still empty, not one that looks started but is no ftstudy run.
+    ckpt_dir.mkdir(exist_ok=True)
+    (ckpt_dir / ".gitignore").write_text("*\n")  # belt and braces beside the repo's .gitignore
 
     try:
         trainer.fit(lit, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
@@ -492,7 +554,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", action="store_true", help="shorthand for --set latent_bits=0")
     p.add_argument("--out", type=Path, default=DEFAULT_RESULTS, help="parent folder of run directories")
     p.add_argument("--name", default=None, help="run directory name (default: deterministic from the config)")
-    p.add_argument("--overwrite", action="store_true", help="delete an existing run directory and start over")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete an existing run directory (only one with an ftstudy config.json) and start over")
+    p.add_argument("--wait", action="store_true",
+                   help="if another process is writing the run directory, wait for it rather than fail")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return p
@@ -524,7 +589,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     run_dir = args.out / (args.name or run_name(cfg))
     try:
-        summary = train(cfg, run_dir, overwrite=args.overwrite, argv=argv, progress=not args.no_progress,
+        summary = train(cfg, run_dir, overwrite=args.overwrite, wait=args.wait, argv=argv,
+                        progress=not args.no_progress,
                         launcher=os.environ.get("FTSTUDY_LAUNCHED_BY"))  # set by ablate --jobs
     except (RunError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -43,6 +43,8 @@ def test_bad_input(tmp_path: Path, capsys) -> None:
     assert main(["--study", "kl_budget", "--set", "kapa=1", "--out", str(tmp_path)]) == 2
     assert "unknown config key 'kapa'" in capsys.readouterr().err
     assert main(["--study", "kl_budget", "--seeds", "-1", "--out", str(tmp_path)]) == 2
+    assert main(["--study", "kl_budget", "--seeds", "0", "4294967296", "--out", str(tmp_path)]) == 2
+    assert "seed = 4294967296 is not allowed: an integer 0 … 4294967295" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--study", "everything"])
     with pytest.raises(SystemExit):
@@ -136,14 +138,29 @@ def test_identical_runs_are_copied_between_studies(tmp_path: Path) -> None:
     assert width_run.status == "finished" or (width_run.run_dir / "summary.json").exists()
 
 
-def test_sweep_restarts_a_run_that_left_no_checkpoint(tmp_path: Path) -> None:
+def test_sweep_restarts_a_run_that_left_no_checkpoint(tmp_path: Path, capsys, lock_holder) -> None:
+    """... once the sweep that holds the results folder has let go (--wait)."""
+    from ftstudy.files import LOCK_NAME
+
     args = ["--study", "injection_depth", "--out", str(tmp_path), "--set", *TINY, "steps=2"]
     (run,) = plan("injection_depth", "quick", [0], parse_set_args([*TINY, "steps=2"]), tmp_path)
     run.run_dir.mkdir(parents=True)
     (run.run_dir / "config.json").write_text(json.dumps({"config": run.config.to_dict()}))
     (run.run_dir / "metrics.csv").write_text("step,split\n1,train\n")
-    assert main(args) == 0
+    holder = lock_holder(tmp_path, seconds=1.5)  # another sweep on this folder
+    assert main(args) == 3
+    assert f"sweep folder {tmp_path} is in use by process {holder.pid}" in capsys.readouterr().err
+    assert not (run.run_dir / "summary.json").exists()
+    assert main([*args, "--wait"]) == 0
+    assert f"in use by process {holder.pid}; waiting" in capsys.readouterr().err
     assert json.loads((run.run_dir / "summary.json").read_text())["step"] == 2
+    assert not list(tmp_path.rglob(LOCK_NAME))
+    # A folder that is not a run, where a run would go, stops the sweep before it starts.
+    (run.run_dir / "summary.json").unlink()
+    (run.run_dir / "config.json").unlink()
+    assert main(args) == 3
+    assert f"{run.run_dir} exists and is not an ftstudy run folder" in capsys.readouterr().err
+    assert (run.run_dir / "metrics.csv").exists()
 
 
 def test_demo_is_a_parallel_reduced_kl_sweep(tmp_path: Path, capsys) -> None:
@@ -202,7 +219,7 @@ def test_only_and_jobs_input(tmp_path: Path, capsys) -> None:
     assert not any(tmp_path.iterdir())
 
 
-def test_parallel_sweep_sigkill_takes_its_children_and_resumes(tmp_path: Path) -> None:
+def test_parallel_sweep_sigkill_takes_its_children_and_resumes(tmp_path: Path, capsys) -> None:
     """--jobs 2: SIGKILL of the sweep process alone ends its training processes too (no orphan
     keeps writing a run that the rerun resumes), and the rerun finishes every run."""
     out = tmp_path / "ablate"
@@ -215,7 +232,18 @@ def test_parallel_sweep_sigkill_takes_its_children_and_resumes(tmp_path: Path) -
             break
         time.sleep(0.2)
     assert proc.poll() is None, "the sweep ended before both runs had a checkpoint"
+    # One writer per folder: a second sweep is refused, and so is a run of a training child.
+    from ftstudy.files import LOCK_NAME
+    from ftstudy.train import main as train_main
+
+    assert main(cmd[3:]) == 3  # in this process, while the sweep process trains
+    r = plan("free_bits_scope", "quick", [0], parse_set_args([*TINY, "steps=40"]), out)[0]
+    child = (r.run_dir / LOCK_NAME).read_text().strip()
+    assert train_main([*r.argv, "--out", str(r.run_dir.parent), "--name", r.run_dir.name, "--no-progress"]) == 3
     os.kill(proc.pid, signal.SIGKILL)  # the parent only, not its process group
+    err = capsys.readouterr().err
+    assert f"sweep folder {out} is in use by process {proc.pid}" in err
+    assert child.isdigit() and int(child) != proc.pid and f"{r.run_dir} is in use by process {child}" in err
     proc.wait()
 
     def children() -> list[str]:

@@ -53,6 +53,8 @@ def test_field_names_unique_across_sections() -> None:
     ("dim", "wide", r"dim = 'wide' cannot be parsed as int"),
     ("dim", 12.5, r"dim = 12.5 .*type int"),
     ("tie_embeddings", 1, r"tie_embeddings = 1 .*type bool"),
+    ("seed", -1, r"TrainConfig\.seed = -1 .*0 … 4294967295"),
+    ("seed", "4294967296", r"TrainConfig\.seed = 4294967296 .*0 … 4294967295 \(2\^32 − 1"),
 ])
 def test_impossible_values_name_field_value_and_allowed(key: str, value: object, pattern: str) -> None:
     with pytest.raises(ConfigError, match=pattern):
@@ -76,6 +78,7 @@ def test_command_line_overrides_are_parsed() -> None:
     assert cfg.model.kappa_bits == 0.125
     assert cfg.model.n_layers == 6 and cfg.model.inject_layer is None and cfg.model.injection == 3
     assert cfg.model.tie_embeddings is True and cfg.train.seed == 3
+    assert get_preset("synthetic-quick", {"seed": "4294967295"}).train.seed == 2**32 - 1  # the largest allowed
     assert isinstance(get_preset("synthetic-quick", {"kappa_bits": 1}).model.kappa_bits, float)
 
 

@@ -54,7 +54,8 @@ def test_prepare_is_not_redone_and_never_leaves_half_a_folder(tmp_path: Path, mo
     monkeypatch.setattr(data._ShardWriter, "close_shard", boom)
     with pytest.raises(KeyboardInterrupt):
         prepare(_docs(5), tmp_path / "t", progress=False)
-    assert not (tmp_path / "t").exists()  # only a hidden temporary folder
+    assert not (tmp_path / "t").exists()
+    assert not list(tmp_path.glob(".t.tmp*"))  # and the temporary folder is gone too
     with pytest.raises(DataError, match="no manifest.json"):
         read_manifest(tmp_path / "t")
 
@@ -75,6 +76,60 @@ def test_bpe_and_user_tokenizers(tmp_path: Path) -> None:
         prepare(docs, tmp_path / "bad", tokenizer=str(bare), progress=False)
     with pytest.raises(DataError, match="'byte', 'bpe' or a tokenizers JSON"):
         prepare(docs, tmp_path / "bad2", tokenizer="gpt2", progress=False)
+
+
+def test_bad_tokenizer_file_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a.txt").write_text("hello world\n" * 20)
+    (tmp_path / "weights.bin").write_bytes(bytes(range(256)) * 4)
+    rc = data.main(["prepare", "--corpus", "text", "--input", str(tmp_path / "a.txt"), "--out", str(tmp_path / "o"),
+                    "--tokenizer", str(tmp_path / "weights.bin"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert f"--tokenizer {tmp_path / 'weights.bin'} (a tokenizers JSON file) is not UTF-8 text (byte 0x80" in err
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.tmp*"))
+
+
+def test_overwrite_replaces_only_shard_folders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a.txt").write_text("hello world\n" * 20)
+    args = ["prepare", "--corpus", "text", "--input", str(tmp_path / "a.txt"), "--no-progress", "--overwrite"]
+    thesis = tmp_path / "mine" / "thesis.tex"
+    thesis.parent.mkdir()
+    thesis.write_text("\\documentclass{article}")
+    (thesis.parent / "manifest.json").write_text('{"format": "my-own"}')  # a manifest, but not ftstudy's
+    for extra in (["--overwrite"], []):
+        assert data.main([*args, "--out", str(thesis.parent), *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"{thesis.parent} is not empty and is not an ftstudy shard folder" in err and err.count("\n") == 1
+    assert sorted(p.name for p in thesis.parent.iterdir()) == ["manifest.json", "thesis.tex"]
+    assert thesis.read_text() == "\\documentclass{article}"
+    # A real shard folder is rebuilt.
+    shards = tmp_path / "shards"
+    prepare(_docs(5), shards, progress=False)
+    assert data.main([*args, "--out", str(shards)]) == 0
+    m = read_manifest(shards)
+    assert m["splits"]["train"]["documents"] + m["splits"]["val"]["documents"] == 1 and "a.txt" in m["command"]
+
+
+def test_files_that_are_not_utf8_are_skipped_and_counted_or_refused(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("plain text\n" * 30)
+    (corpus / "b.txt").write_bytes("café au lait\n".encode("latin-1") * 30)
+    (corpus / "c.jsonl").write_text(json.dumps({"text": "déjà vu " * 10}) + "\n")
+    args = ["prepare", "--corpus", "text", "--input", str(corpus), "--no-progress", "--val-percent", "0"]
+    assert data.main([*args, "--out", str(tmp_path / "strict"), "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert f"{(corpus / 'b.txt').as_posix()} is not UTF-8 text (byte 0xe9 at offset 3); --strict refuses" in err
+    assert err.count("\n") == 1 and not (tmp_path / "strict").exists()
+    assert data.main([*args, "--out", str(tmp_path / "lenient")]) == 0
+    assert "warning: skipped 1 file(s) that are not UTF-8" in capsys.readouterr().err
+    m = read_manifest(tmp_path / "lenient")
+    assert m["splits"]["train"]["documents"] == 2
+    assert m["sources"]["text"]["bytes"] == len("plain text\n") * 30 + len("déjà vu ".encode()) * 10
+    assert m["skipped_undecodable"]["count"] == 1
+    assert [e["path"] for e in m["skipped_undecodable"]["examples"]] == [(corpus / "b.txt").as_posix()]
+    assert "skipped_undecodable" not in prepare(_docs(5), tmp_path / "clean", progress=False)
 
 
 def test_sources_skip_tests_and_read_wheels(tmp_path: Path) -> None:

@@ -111,3 +111,12 @@ def test_bad_input(runs: dict[str, Path], tmp_path: Path, capsys: pytest.Capture
     assert evaluate.main(["--checkpoints", str(runs["base"]), "--tasks", "mine", "--include-path", str(bad),
                           "--out", str(tmp_path / "o")]) == 2
     assert "absent.jsonl" in capsys.readouterr().err
+
+
+def test_generated_code_needs_the_opt_in(runs: dict[str, Path], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    # Refused before any generation: lm-eval checks the task's unsafe_code flag first.
+    assert evaluate.main(["--checkpoints", str(runs["base"]), "--tasks", "ftstudy_humaneval", "--limit", "1",
+                          "--no-perplexity", "--out", str(tmp_path / "o")]) == 2
+    assert "task ftstudy_humaneval executes model-generated code; pass --confirm-run-unsafe-code" \
+        in capsys.readouterr().err

@@ -311,15 +311,6 @@ def test_humaneval_is_marked_unsafe(tm):
         evaluate(tm, ["ftstudy_humaneval"], FakeLM(), limit=1, confirm_run_unsafe_code=False)
 
 
-def test_every_canonical_solution_passes_the_executor(folder):
-    docs = read_jsonl(folder / "humaneval.test.jsonl")
-    with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda d: execution.run_program(
-            metrics.humaneval_program(d, d["canonical_solution"]), 20.0), docs))
-    failed = [(d["task_id"], r.status, r.stderr[-300:]) for d, r in zip(docs, results) if not r.passed]
-    assert failed == []
-
-
 def test_humaneval_bits_per_byte(tm, folder):
     docs = read_jsonl(folder / "humaneval.test.jsonl")[:3]
     ll = {(d["prompt"], d["canonical_solution"]): -7.5 * (i + 1) for i, d in enumerate(docs)}
@@ -358,42 +349,6 @@ def test_synthetic_validity(tm, folder):
     for _, (ctx, kw) in lm.requests:
         assert re.fullmatch(r"[A-Z]>", ctx) and kw == {"until": [], "max_gen_toks": 64, "do_sample": True, "temperature": 1.0}
     assert metrics.synthetic_valid({"prompt": "A>"}, ["garbage"]) == {"valid": 0.0}
-
-
-# ------------------------------------------------------------------------------- the executor
-
-
-def test_run_program_pass_fail_and_limits(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("FTSTUDY_SECRET", "1")
-    run = execution.run_program
-    assert run("assert sum(range(4)) == 6").passed
-    fail = run("assert 1 + 1 == 3")
-    assert fail.status == "failed" and fail.returncode == 1 and "AssertionError" in fail.stderr
-    assert run("def f(:\n  pass").status == "failed"  # syntax error
-    slow = run("while True:\n    pass", timeout=1.0)
-    assert slow.status == "timeout" and slow.returncode is None and slow.seconds < 10
-    bomb = run("x = bytearray(10 * 1024 ** 3)")
-    assert bomb.status == "failed" and "MemoryError" in bomb.stderr
-    assert run("open('big', 'wb').write(b'x' * (64 << 20))").status == "failed"  # RLIMIT_FSIZE
-    assert run("import sys\nsys.exit(0)").status == "failed"  # exiting early is no pass
-    assert run("import os\nos._exit(0)").status == "failed"
-    assert run("import os\nos.fork()").status == "failed"
-    assert run("import subprocess\nsubprocess.run(['true'])").status == "failed"
-    # Fresh temporary working directory, minimal environment, isolated mode.
-    probe = run(
-        "import os, sys\n"
-        f"assert os.getcwd() != {str(tmp_path)!r}\n"
-        "assert 'FTSTUDY_SECRET' not in os.environ, sorted(os.environ)\n"
-        "assert sys.flags.isolated\n"
-        "open('written_here', 'w').write('x')\n"
-    )
-    assert probe.passed, probe.stderr
-    assert list(tmp_path.iterdir()) == []
-    with pytest.raises(ValueError, match="timeout"):
-        run("pass", timeout=0)
-    with pytest.raises(TypeError):
-        run(b"pass")  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------- metrics and bad input

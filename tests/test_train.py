@@ -140,11 +140,86 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path: Pa
 def test_overwrite_and_started_dirs(tmp_path: Path) -> None:
     run_dir = tmp_path / "x"
     run_dir.mkdir()
+    # A run killed before its first checkpoint: config.json and nothing to resume from.
+    (run_dir / "config.json").write_text(json.dumps({"config": tiny_cfg(steps=5, n_generate=0).to_dict()}))
     (run_dir / "stray.txt").write_text("?")
     with pytest.raises(RunError, match="--overwrite"):
         train(tiny_cfg(steps=5, n_generate=0), run_dir, progress=False)
     summary = train(tiny_cfg(steps=5, n_generate=0), run_dir, overwrite=True, progress=False)
     assert summary["step"] == 5 and not (run_dir / "stray.txt").exists()
+    assert not (run_dir / ".ftstudy.lock").exists()  # the run's lock, let go at its end
+
+
+def test_overwrite_never_deletes_a_folder_ftstudy_did_not_make(tmp_path: Path, capsys) -> None:
+    thesis = tmp_path / "mine" / "thesis.tex"
+    thesis.parent.mkdir()
+    thesis.write_text("\\documentclass{article}")
+    (thesis.parent / "config.json").write_text('{"editor": "vim"}')  # a config.json, but not ftstudy's
+    args = ["--preset", "synthetic-tiny", "--out", str(tmp_path), "--name", "mine", "--no-progress"]
+    for extra in (["--overwrite"], []):
+        assert main([*args, *extra]) == 3
+        err = capsys.readouterr().err
+        assert f"{thesis.parent} exists and is not an ftstudy run folder" in err and err.count("\n") == 1
+    assert sorted(p.name for p in thesis.parent.iterdir()) == ["config.json", "thesis.tex"]  # not even a lock
+    assert thesis.read_text() == "\\documentclass{article}"
+
+
+def test_one_writer_per_run_folder(tmp_path: Path, capsys, lock_holder) -> None:
+    """A second process is refused with the holder's pid; --wait waits, here until the holder
+    is SIGKILLed, whose lock file left behind neither blocks nor marks the run as started."""
+    import os
+    import signal
+    import threading
+
+    from ftstudy.files import LOCK_NAME
+
+    args = ["--preset", "synthetic-tiny", "--out", str(tmp_path), "--name", "r", "--no-progress", "--set", "steps=2",
+            "val_every=2", "ckpt_every=2", "n_generate=0", "probe_independent=0", "probe_groups=0",
+            "precision=32-true"]
+    holder = lock_holder(tmp_path / "r")
+    assert main(args) == 3
+    assert f"run folder {tmp_path / 'r'} is in use by process {holder.pid}" in capsys.readouterr().err
+    killer = threading.Timer(1.0, os.kill, (holder.pid, signal.SIGKILL))
+    killer.start()
+    try:
+        assert main([*args, "--wait"]) == 0
+    finally:
+        killer.cancel()
+    assert f"in use by process {holder.pid}; waiting" in capsys.readouterr().err
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["step"] == 2
+    assert not (tmp_path / "r" / LOCK_NAME).exists()  # let go when the run ended
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / LOCK_NAME).write_text("12345\n")  # stale, as a SIGKILLed holder leaves it
+    assert main([*args[:5], "s", *args[6:]]) == 0
+    assert (tmp_path / "s" / "summary.json").exists()
+
+
+@pytest.mark.parametrize("seed_args", [["--seed", "-1"], ["--seed", "4294967296"], ["--set", "seed=4294967296"]])
+def test_seed_outside_32_bits_is_refused_before_anything_is_made(seed_args: list[str], tmp_path: Path,
+                                                                  capsys) -> None:
+    assert main(["--preset", "synthetic-tiny", "--out", str(tmp_path / "runs"), *seed_args]) == 2
+    err = capsys.readouterr().err
+    bad = seed_args[-1].removeprefix("seed=")
+    assert f"TrainConfig.seed = {bad} is not allowed: an integer 0 … 4294967295" in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_corrupt_checkpoint_on_resume_says_how_to_recover(finished: tuple[Path, dict], tmp_path: Path,
+                                                          capsys) -> None:
+    import shutil
+
+    run_dir = tmp_path / "cut"
+    shutil.copytree(finished[0], run_dir)
+    (run_dir / "summary.json").unlink()  # interrupted: resumes from ckpt/last.ckpt...
+    last = run_dir / "ckpt" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # ...which was cut short
+    args = ["--preset", "synthetic-tiny", "--out", str(tmp_path), "--name", "cut", "--no-progress", "--set",
+            "steps=20", "ckpt_every=5", "val_every=10", "log_every=5", "precision=32-true", "n_generate=16"]
+    assert main(args) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("error: cut cannot resume: checkpoint") and "truncated" in err
+    assert "pass --overwrite to start the run over" in err and err.count("\n") == 1
+    assert main([*args, "--overwrite"]) == 0  # which works
 
 
 def test_bf16_loss_agrees_with_float32() -> None:

@@ -51,21 +51,24 @@ def _single(results: Sequence[Any], task: str) -> Any:
     return results[0]
 
 
-def humaneval_program(doc: dict[str, Any], completion: str) -> str:
-    """The program that decides pass@1: prompt, completion, the problem's tests, the check call."""
-    return f"{doc['prompt']}{completion}\n\n{doc['test']}\n\ncheck({doc['entry_point']})\n"
+def humaneval_program(doc: dict[str, Any], completion: str) -> tuple[str, str]:
+    """``(program, tests)`` that decide pass@1: the prompt and the completion; then the problem's
+    tests and the check call, compiled and run after the program (see :mod:`ftstudy.tasks.execution`)."""
+    return f"{doc['prompt']}{completion}\n", f"{doc['test']}\n\ncheck({doc['entry_point']})\n"
 
 
 def humaneval_pass_at_1(doc: dict[str, Any], results: Sequence[str]) -> dict[str, float]:
     """``pass@1`` = 1.0 when the greedy completion passes the problem's tests, else 0.0.
 
-    The program runs in a separate, resource-limited process with a wall-time limit of
-    ``execution.DEFAULT_TIMEOUT`` seconds (read at call time); see :mod:`ftstudy.tasks.execution`.
+    The program runs in the bubblewrap sandbox of :mod:`ftstudy.tasks.execution` with a wall-time
+    limit of ``execution.DEFAULT_TIMEOUT`` seconds (read at call time); a pass needs the harness's
+    token, written only after the tests returned.
     """
     completion = _single(results, "ftstudy_humaneval")
     if not isinstance(completion, str):
         raise TypeError(f"ftstudy_humaneval: expected a generated str, got {type(completion).__name__}")
-    result = execution.run_program(humaneval_program(doc, completion), execution.DEFAULT_TIMEOUT)
+    program, tests = humaneval_program(doc, completion)
+    result = execution.run_program(program, execution.DEFAULT_TIMEOUT, tests=tests)
     return {"pass@1": float(result.passed)}
 
 
