@@ -15,7 +15,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 _HOLD = """import sys, time
 from pathlib import Path
-from ftstudy.files import folder_lock
+from ftstudy.io import folder_lock
 with folder_lock(Path(sys.argv[1])):
     print("locked", flush=True)
     time.sleep(float(sys.argv[2]))

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from ftstudy.ablate import KAPPAS, main, plan
-from ftstudy.config import parse_set_args
-from ftstudy.train import REPO_ROOT
+from ftstudy.study.ablate import KAPPAS, main, plan
+from ftstudy.core.config import parse_set_args
+from ftstudy.run.train import REPO_ROOT
 
 # The quick preset shrunk to seconds per run.
 TINY = ["n_layers=2", "dim=16", "n_heads=2", "batch_size=4", "val_size=8", "n_generate=4", "probe_independent=2",
@@ -56,7 +56,7 @@ def test_bad_input(tmp_path: Path, capsys) -> None:
 
 
 def _sweep(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "ftstudy.ablate", "--study", "free_bits_scope", "--preset", "quick",
+    return [sys.executable, "-m", "ftstudy.study.ablate", "--study", "free_bits_scope", "--preset", "quick",
             "--out", str(out), "--set", *TINY, *extra]
 
 
@@ -120,7 +120,7 @@ def test_finished_run_extends_in_place(tmp_path: Path, capsys) -> None:
 
 
 def test_identical_runs_are_copied_between_studies(tmp_path: Path) -> None:
-    from ftstudy.ablate import copy_run, find_twin
+    from ftstudy.study.ablate import copy_run, find_twin
 
     out = tmp_path / "ablate"
     (scope_run,) = [r for r in plan("free_bits_scope", "quick", [0], {}, out) if r.config.model.free_bits_scope == "token"]
@@ -140,7 +140,7 @@ def test_identical_runs_are_copied_between_studies(tmp_path: Path) -> None:
 
 def test_sweep_restarts_a_run_that_left_no_checkpoint(tmp_path: Path, capsys, lock_holder) -> None:
     """... once the sweep that holds the results folder has let go (--wait)."""
-    from ftstudy.files import LOCK_NAME
+    from ftstudy.io import LOCK_NAME
 
     args = ["--study", "injection_depth", "--out", str(tmp_path), "--set", *TINY, "steps=2"]
     (run,) = plan("injection_depth", "quick", [0], parse_set_args([*TINY, "steps=2"]), tmp_path)
@@ -167,8 +167,8 @@ def test_demo_is_a_parallel_reduced_kl_sweep(tmp_path: Path, capsys) -> None:
     """make demo: baseline + κ ∈ {1/64, 1/8, 1, 8}, two runs at a time, figures, a table."""
     import shlex
 
-    from ftstudy import demo
-    from ftstudy.train import build_parser, config_from_args
+    from ftstudy.study import demo
+    from ftstudy.run.train import build_parser, config_from_args
 
     out = tmp_path / "demo"
     assert demo.main(["--out", str(out), "--jobs", "2", "--set", *TINY, "steps=4"]) == 0
@@ -180,7 +180,7 @@ def test_demo_is_a_parallel_reduced_kl_sweep(tmp_path: Path, capsys) -> None:
         assert json.loads((run / "summary.json").read_text())["step"] == 4
         saved = json.loads((run / "config.json").read_text())
         assert saved["launched_by"].startswith("python -m ftstudy.ablate --study kl_budget --preset demo")
-        # The recorded ftstudy.train command reproduces the run's config exactly.
+        # The recorded ftstudy.run.train command reproduces the run's config exactly.
         again = config_from_args(build_parser().parse_args(shlex.split(saved["command"])[3:]))
         assert again.to_dict() == saved["config"]
     assert (out / "kl_budget" / "logs" / f"{runs[-1].name}.log").exists()
@@ -233,8 +233,8 @@ def test_parallel_sweep_sigkill_takes_its_children_and_resumes(tmp_path: Path, c
         time.sleep(0.2)
     assert proc.poll() is None, "the sweep ended before both runs had a checkpoint"
     # One writer per folder: a second sweep is refused, and so is a run of a training child.
-    from ftstudy.files import LOCK_NAME
-    from ftstudy.train import main as train_main
+    from ftstudy.io import LOCK_NAME
+    from ftstudy.run.train import main as train_main
 
     assert main(cmd[3:]) == 3  # in this process, while the sweep process trains
     r = plan("free_bits_scope", "quick", [0], parse_set_args([*TINY, "steps=40"]), out)[0]
@@ -248,7 +248,7 @@ def test_parallel_sweep_sigkill_takes_its_children_and_resumes(tmp_path: Path, c
 
     def children() -> list[str]:
         ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-        return [line for line in ps.splitlines() if "ftstudy.train" in line and str(study) in line]
+        return [line for line in ps.splitlines() if "ftstudy.run.train" in line and str(study) in line]
 
     deadline = time.time() + 30
     while children() and time.time() < deadline:

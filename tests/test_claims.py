@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ftstudy.claims import CLAIMS, PERF_DIR, QUICK, REPO_ROOT, ClaimError, claims_table, main, perf_tables
+from ftstudy.results.claims import CLAIMS, PERF_DIR, QUICK, REPO_ROOT, ClaimError, claims_table, main, perf_tables
 
 
 def test_readme_quotes_the_results() -> None:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from ftstudy.config import (
+from ftstudy.core.config import (
     PRESETS,
     ConfigError,
     ModelConfig,

@@ -1,4 +1,4 @@
-"""Token corpora (ftstudy.data) and generated math (ftstudy.mathgen)."""
+"""Token corpora (ftstudy.tasks.corpus) and generated math (ftstudy.tasks.mathgen)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from ftstudy import data, mathgen
-from ftstudy.data import DataError, Document, TokenDataModule, prepare, read_manifest
+from ftstudy.tasks import corpus as data
+from ftstudy.tasks import mathgen
+from ftstudy.tasks.corpus import DataError, Document, TokenDataModule, prepare, read_manifest
 
 
 def _docs(n: int = 30) -> list[Document]:
@@ -191,7 +192,7 @@ def test_data_module_windows_are_shifted_reproducible_and_resumable(tmp_path: Pa
     s_idx, f_idx = next(iter(spread.val_dataloader()))["idx"], next(iter(first.val_dataloader()))["idx"]
     assert torch.equal(s_idx[0], f_idx[0]) and not torch.equal(s_idx[1:], f_idx[1:])
     # DDP: two ranks with half the batch read the two halves of the one-process batch.
-    from ftstudy.data import _TrainWindows
+    from ftstudy.tasks.corpus import _TrainWindows
     halves = [_TrainWindows(dm.train, 2, 16, 3, rank, 1, 0, world_size=2).batch_at(0) for rank in (0, 1)]
     assert torch.equal(torch.cat([h["idx"] for h in halves]), batches[0]["idx"])
     with pytest.raises(DataError, match="val_layout"):
@@ -203,9 +204,9 @@ def test_data_module_windows_are_shifted_reproducible_and_resumable(tmp_path: Pa
 
 
 def test_training_on_shards_writes_a_self_contained_checkpoint(tmp_path: Path) -> None:
-    from ftstudy.checkpoint import load_checkpoint_dict
-    from ftstudy.config import get_preset
-    from ftstudy.train import train
+    from ftstudy.core.checkpoint import load_checkpoint_dict
+    from ftstudy.core.config import get_preset
+    from ftstudy.run.train import train
     prepare(_docs(60), tmp_path / "s", val_percent=20, progress=False)
     cfg = get_preset("tokens-tiny", {"data_dir": str(tmp_path / "s"), "steps": "6"})
     summary = train(cfg, tmp_path / "run", progress=False)

@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ftstudy import evaluate
-from ftstudy.data import Document, prepare
-from ftstudy.evaluate import paired_stats, perplexity
+from ftstudy.eval import evaluate
+from ftstudy.tasks.corpus import Document, prepare
+from ftstudy.eval.evaluate import paired_stats, perplexity
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from ftstudy.config import get_preset
-    from ftstudy.train import train
+    from ftstudy.core.config import get_preset
+    from ftstudy.run.train import train
     root = tmp_path_factory.mktemp("eval")
     rng = random.Random(0)
     docs = [Document("text", f"d{i}", "\n".join(f"Question: What is {a} plus {b}?\nAnswer: {a + b}"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ftstudy.tasks import execution, materialize, metrics
+from ftstudy.eval.suite import execution, materialize, metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -288,7 +288,7 @@ def test_without_a_sandbox_it_refuses_unless_allowed(no_bwrap, monkeypatch):
 
 
 def test_evaluate_refuses_without_opt_in_or_sandbox(no_bwrap, tmp_path, capsys):
-    from ftstudy import evaluate
+    from ftstudy.eval import evaluate
 
     ckpt = tmp_path / "model.pt"
     ckpt.write_bytes(b"")  # never loaded: the checks come first
@@ -364,7 +364,7 @@ def test_sandbox_command(tmp_path):
         {"doc_id": 0, "pass@1": 0.0, "response": "    return True\n"},
         {"doc_id": 1, "pass@1": 0.0, "response": "    import os\n    os._exit(0)\n"}]}))
     out = tmp_path / "sandbox.json"
-    r = subprocess.run([sys.executable, "-m", "ftstudy.tasks", "sandbox", "--samples", str(samples), "--json", str(out)],
+    r = subprocess.run([sys.executable, "-m", "ftstudy.eval.suite", "sandbox", "--samples", str(samples), "--json", str(out)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     report = json.loads(out.read_text())

@@ -1,4 +1,4 @@
-"""One writer per folder: ftstudy.files.folder_lock across processes."""
+"""One writer per folder: ftstudy.io.folder_lock across processes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ftstudy.files import LOCK_NAME, FolderBusyError, folder_lock
+from ftstudy.io import LOCK_NAME, FolderBusyError, folder_lock
 
 
 def test_busy_folder_names_the_holder_and_wait_waits(tmp_path: Path, lock_holder) -> None:

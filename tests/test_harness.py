@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ftstudy.checkpoint import save_model
-from ftstudy.config import ModelConfig, RunConfig, TaskConfig
-from ftstudy.harness import FTStudyLM, HarnessError
-from ftstudy.model import FreeTransformer
+from ftstudy.core.checkpoint import save_model
+from ftstudy.core.config import ModelConfig, RunConfig, TaskConfig
+from ftstudy.eval.harness import FTStudyLM, HarnessError
+from ftstudy.core.model import FreeTransformer
 
 EOT = 256
 
@@ -220,7 +220,7 @@ def test_bad_input_is_a_clear_error(tmp_path: Path, leaky_ckpt: Path) -> None:
 
 
 def test_synthetic_checkpoint_uses_the_character_tokenizer(tmp_path: Path) -> None:
-    from ftstudy.config import get_preset
+    from ftstudy.core.config import get_preset
     cfg = get_preset("synthetic-tiny")
     path = tmp_path / "syn.pt"
     save_model(path, FreeTransformer(cfg.model), cfg, step=0)
@@ -234,9 +234,9 @@ def test_synthetic_checkpoint_uses_the_character_tokenizer(tmp_path: Path) -> No
 
 def test_lm_eval_cli_finds_the_model(base_ckpt: Path, tmp_path: Path) -> None:
     """`python -m ftstudy.harness` is lm-eval's CLI with --model ftstudy registered."""
-    from ftstudy import tasks
+    from ftstudy.eval import suite as tasks
     include = tasks.materialize()
-    r = subprocess.run([sys.executable, "-m", "ftstudy.harness", "run", "--model", "ftstudy", "--model_args",
+    r = subprocess.run([sys.executable, "-m", "ftstudy.eval.harness", "run", "--model", "ftstudy", "--model_args",
                         f"checkpoint={base_ckpt}", "--include_path", str(include), "--tasks",
                         "ftstudy_arithmetic_2da", "--limit", "2", "--output_path", str(tmp_path / "out")],
                        capture_output=True, text=True, timeout=300)

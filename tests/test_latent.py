@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import DEVICES
-from ftstudy import latent
-from ftstudy.latent import (
+from ftstudy.core import latent
+from ftstudy.core.latent import (
     binary_mapper,
     binary_mapper_reference,
     code_bits,

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from ftstudy import synthetic
-from ftstudy.config import ModelConfig
-from ftstudy.measure import GroupDesign, GroupSamples, generate_groups, group_metrics, posterior_metrics, write_groups
-from ftstudy.model import FreeTransformer
+from ftstudy.tasks import synthetic
+from ftstudy.core.config import ModelConfig
+from ftstudy.tasks.probe import GroupDesign, GroupSamples, generate_groups, group_metrics, posterior_metrics, write_groups
+from ftstudy.core.model import FreeTransformer
 
 
 def _groups(shared_identical: bool, n_groups: int = 24, size: int = 24, n_indep: int = 8, seed: int = 0) -> GroupSamples:
@@ -94,7 +94,7 @@ def test_generate_groups_shares_z_within_groups(tmp_path) -> None:
     write_groups(s, tmp_path / "groups.txt")
     lines = (tmp_path / "groups.txt").read_text().splitlines()
     assert len(lines) == 1 + design.total and lines[1].split()[1] == "independent"
-    from ftstudy.plots import figure4_text, plot_figure4, save_figure
+    from ftstudy.results.plots import figure4_text, plot_figure4, save_figure
 
     text = figure4_text(tmp_path / "groups.txt", letter="B", per_group=2)
     assert text.splitlines()[0] == "[independent Z]" and text.count("[one shared Z]") == 2

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import DEVICES
-from ftstudy.config import ModelConfig, get_preset
-from ftstudy.model import FreeTransformer, generate
+from ftstudy.core.config import ModelConfig, get_preset
+from ftstudy.core.model import FreeTransformer, generate
 
 VOCAB = 29
 
@@ -215,7 +215,7 @@ def test_forward_z_errors() -> None:
 
 @pytest.mark.parametrize("name", ["paper-1.5b", "paper-8b"])
 def test_paper_presets_on_meta_device(name: str) -> None:
-    from ftstudy.config import NOMINAL_PARAMS
+    from ftstudy.core.config import NOMINAL_PARAMS
 
     cfg = get_preset(name)
     with torch.device("meta"):
@@ -250,8 +250,8 @@ def test_activation_checkpointing_changes_memory_not_results(bits: int) -> None:
 def test_fsdp_strategy_shards_per_block() -> None:
     from lightning.pytorch.strategies import FSDPStrategy
 
-    from ftstudy.model import Block
-    from ftstudy.train import build_strategy
+    from ftstudy.core.model import Block
+    from ftstudy.run.train import build_strategy
 
     cfg = get_preset("paper-1.5b")
     s = build_strategy(cfg.train)

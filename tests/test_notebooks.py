@@ -11,7 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from ftstudy.notebooks import INJECTED_TAG, NOTEBOOK_DIR, NotebookError, inject, parse_params
+from ftstudy.results.notebooks import INJECTED_TAG, NOTEBOOK_DIR, NotebookError, inject, parse_params
 
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9]*.ipynb"))
 EXPECTED = ["01_synthetic_task", "02_kl_budget", "03_injection_depth", "04_benchmarks", "05_training_dynamics",
@@ -22,7 +22,7 @@ def _run_all(params: list[str], tmp: Path) -> list[tuple[Path, subprocess.Comple
     """Each notebook in its own `python -m ftstudy.notebooks run` process, two at a time
     (one per core); the executed copies go to ``tmp/executed``."""
     def one(nb: Path) -> tuple[Path, subprocess.CompletedProcess]:
-        cmd = [sys.executable, "-m", "ftstudy.notebooks", "run", str(nb), "--output-dir", str(tmp / "executed"),
+        cmd = [sys.executable, "-m", "ftstudy.results.notebooks", "run", str(nb), "--output-dir", str(tmp / "executed"),
                *[f"--param={p}" for p in params]]
         return nb, subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp)
     with ThreadPoolExecutor(2) as pool:
@@ -83,5 +83,5 @@ def test_parameter_injection_and_bad_parameters() -> None:
         inject(nb, {"RESULT": "/x"})
     with pytest.raises(NotebookError, match="NAME=VALUE"):
         parse_params(["RESULTS"])
-    from ftstudy.notebooks import main
+    from ftstudy.results.notebooks import main
     assert main(["run", "notebooks/nope.ipynb"]) == 2

@@ -1,4 +1,4 @@
-"""ftstudy.perf: the analytical FLOP counts against torch's counter, the target logic on
+"""ftstudy.perf.suite: the analytical FLOP counts against torch's counter, the target logic on
 hand-made rows, and the suite end to end at a tiny shape (figures, not timing asserts)."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ftstudy import perf
-from ftstudy.config import ModelConfig
-from ftstudy.model import FreeTransformer
+from ftstudy.perf import suite as perf
+from ftstudy.core.config import ModelConfig
+from ftstudy.core.model import FreeTransformer
 
 
 def test_train_flops_match_torch_counter_for_the_linear_layers() -> None:

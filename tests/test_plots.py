@@ -1,4 +1,4 @@
-"""ftstudy.plots: tables and figures from result files, checked on small hand-made runs and
+"""ftstudy.results.plots: tables and figures from result files, checked on small hand-made runs and
 on the committed results."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ftstudy import plots
-from ftstudy.ablate import main as ablate_main
-from ftstudy.claims import REPO_ROOT
+from ftstudy.results import plots
+from ftstudy.study.ablate import main as ablate_main
+from ftstudy.results.claims import REPO_ROOT
 
 RESULTS = REPO_ROOT / "results"
 S0 = RESULTS / "benchmarks" / "code-math-small" / "s0" / "report.json"

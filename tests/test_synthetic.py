@@ -1,4 +1,4 @@
-"""Tests for ftstudy.synthetic: generator, checker, tokenizer, batches and data module."""
+"""Tests for ftstudy.tasks.synthetic: generator, checker, tokenizer, batches and data module."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import stats
 
-from ftstudy import synthetic as S
+from ftstudy.tasks import synthetic as S
 
 N_STAT = 10_000
 STAT_SEED = 1234

@@ -1,4 +1,4 @@
-"""Tests for ftstudy.tasks: the offline lm-eval task suite (generated data, YAML files, scoring
+"""Tests for ftstudy.eval.suite: the offline lm-eval task suite (generated data, YAML files, scoring
 through lm-eval with a fake model, the sandboxed HumanEval executor, error messages)."""
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from lm_eval.api.registry import get_metric, metric_registry
 from lm_eval.tasks import TaskManager
 from lm_eval.tasks._index import TaskIndex
 
-from ftstudy import mathgen
-from ftstudy import tasks as T
-from ftstudy.tasks import execution, metrics
+from ftstudy.tasks import mathgen
+from ftstudy.eval import suite as T
+from ftstudy.eval.suite import execution, metrics
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -151,7 +151,7 @@ def test_materialize_repairs_its_folder_and_refuses_foreign_ones(tmp_path):
 
 def test_command_line_path_and_list(tmp_path):
     env = {**os.environ, "FTSTUDY_CACHE": str(tmp_path)}
-    run = lambda *a: subprocess.run([sys.executable, "-m", "ftstudy.tasks", *a], env=env, cwd=REPO,  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "ftstudy.eval.suite", *a], env=env, cwd=REPO,  # noqa: E731
                                     capture_output=True, text=True, check=True, timeout=120).stdout
     path = Path(run("path").strip())
     assert path == (tmp_path / "tasks" / T.content_hash()).resolve() and (path / "ftstudy_gsm.yaml").is_file()
@@ -179,7 +179,7 @@ def test_builtin_task_names_pass_through(folder, caplog):
 
 
 def test_generated_data(folder):
-    from ftstudy import synthetic as S
+    from ftstudy.tasks import synthetic as S
 
     for kind in mathgen.ARITH_KINDS:
         for split, n in (("test", T.N_ARITHMETIC), ("train", 32)):
@@ -325,7 +325,7 @@ def test_humaneval_bits_per_byte(tm, folder):
 
 
 def test_synthetic_validity(tm, folder):
-    from ftstudy import synthetic as S
+    from ftstudy.tasks import synthetic as S
 
     by_letter: dict[str, str] = {}
     for s in S.sample(3000, seed=11):

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from ftstudy import synthetic
-from ftstudy.checkpoint import CheckpointError, load_model, read_metrics
-from ftstudy.config import get_preset
-from ftstudy.lit import LitFreeTransformer
-from ftstudy.model import FreeTransformer
-from ftstudy.train import REPO_ROOT, RunError, main, run_name, train
+from ftstudy.tasks import synthetic
+from ftstudy.core.checkpoint import CheckpointError, load_model, read_metrics
+from ftstudy.core.config import get_preset
+from ftstudy.run.lit import LitFreeTransformer
+from ftstudy.core.model import FreeTransformer
+from ftstudy.run.train import REPO_ROOT, RunError, main, run_name, train
 
 
 def tiny_cfg(**overrides):
@@ -171,7 +171,7 @@ def test_one_writer_per_run_folder(tmp_path: Path, capsys, lock_holder) -> None:
     import signal
     import threading
 
-    from ftstudy.files import LOCK_NAME
+    from ftstudy.io import LOCK_NAME
 
     args = ["--preset", "synthetic-tiny", "--out", str(tmp_path), "--name", "r", "--no-progress", "--set", "steps=2",
             "val_every=2", "ckpt_every=2", "n_generate=0", "probe_independent=0", "probe_groups=0",
@@ -255,7 +255,7 @@ def test_checkpoints_are_git_ignored() -> None:
 
 
 def test_training_curves_figure(finished: tuple[Path, dict], tmp_path: Path) -> None:
-    from ftstudy.plots import plot_training_curves, read_metrics, save_figure
+    from ftstudy.results.plots import plot_training_curves, read_metrics, save_figure
 
     run_dir, _ = finished
     assert [r["step"] for r in read_metrics(run_dir) if r["split"] == "val"] == [10.0, 20.0]
@@ -268,7 +268,7 @@ def test_two_process_ddp_run_completes(tmp_path: Path) -> None:
     import sys
 
     proc = subprocess.run(
-        [sys.executable, "-m", "ftstudy.train", "--preset", "synthetic-tiny", "--out", str(tmp_path), "--name", "ddp",
+        [sys.executable, "-m", "ftstudy.run.train", "--preset", "synthetic-tiny", "--out", str(tmp_path), "--name", "ddp",
          "--no-progress", "--set", "devices=2", "strategy=ddp", "precision=32-true", "steps=10", "n_generate=8"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -290,7 +290,7 @@ def test_ddp_matches_one_process_with_the_same_global_batch(tmp_path: Path) -> N
               "probe_independent=0", "probe_groups=0"]
     runs = {}
     for name, extra in (("one", ["devices=1"]), ("two", ["devices=2", "strategy=ddp"])):
-        proc = subprocess.run([sys.executable, "-m", "ftstudy.train", *common, *extra, "--name", name],
+        proc = subprocess.run([sys.executable, "-m", "ftstudy.run.train", *common, *extra, "--name", name],
                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
         runs[name] = tmp_path / name

@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-from ftstudy.latent import MAX_LATENT_BITS
+from ftstudy.core.latent import MAX_LATENT_BITS
 
 __all__ = [
     "ConfigError", "ModelConfig", "TaskConfig", "TrainConfig", "RunConfig",
@@ -130,7 +130,7 @@ class ModelConfig:
 class TaskConfig:
     """What the model is trained on."""
 
-    name: Literal["synthetic", "tokens"] = "synthetic"  # the paper's §4.1 task, or token shards (ftstudy.data)
+    name: Literal["synthetic", "tokens"] = "synthetic"  # the paper's §4.1 task, or token shards (ftstudy.tasks.corpus)
     data_dir: str | None = None  # tokens: a folder made by `python -m ftstudy.data prepare` (or the same format)
     val_size: int = 1024  # fixed validation sequences
     n_generate: int = 1000  # sequences generated under prior Z at the end of a run

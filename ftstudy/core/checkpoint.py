@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from ftstudy.config import ConfigError, RunConfig
-from ftstudy.files import atomic_write_text, read_metrics  # noqa: F401  (re-exported)
-from ftstudy.model import FreeTransformer
+from ftstudy.core.config import ConfigError, RunConfig
+from ftstudy.io import atomic_write_text, read_metrics  # noqa: F401  (re-exported)
+from ftstudy.core.model import FreeTransformer
 
 __all__ = ["CheckpointError", "FORMAT", "save_model", "load_model", "load_checkpoint_dict", "atomic_write_text",
            "read_metrics"]
@@ -94,7 +94,7 @@ def load_model(path: Path | str, map_location: str | torch.device = "cpu") -> tu
         state = {k.removeprefix("model."): v for k, v in obj.get("state_dict", {}).items() if k.startswith("model.")}
     else:
         raise CheckpointError(f"checkpoint {path} is not an ftstudy checkpoint (keys: {sorted(obj)[:8]}); "
-                              f"expected 'format': {FORMAT!r} or a Lightning checkpoint of ftstudy.lit")
+                              f"expected 'format': {FORMAT!r} or a Lightning checkpoint of ftstudy.run.lit")
     try:
         cfg = RunConfig.from_dict(cfg_dict)
     except (ConfigError, TypeError) as e:

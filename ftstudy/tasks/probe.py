@@ -17,10 +17,10 @@ import torch
 from scipy import stats
 from scipy.stats import binomtest
 
-from ftstudy import synthetic
-from ftstudy.report import NO_LATENT_FLOOR  # the floor lives with the result tables
-from ftstudy.latent import codes_from_bits, kl_per_bit, sample_bits, uniform_bits
-from ftstudy.model import FreeTransformer, generate
+from ftstudy.tasks import synthetic
+from ftstudy.results.report import NO_LATENT_FLOOR  # the floor lives with the result tables
+from ftstudy.core.latent import codes_from_bits, kl_per_bit, sample_bits, uniform_bits
+from ftstudy.core.model import FreeTransformer, generate
 
 __all__ = ["synthetic_prompts", "generate_synthetic", "valid_rate", "GroupDesign", "GroupSamples",
            "generate_groups", "group_metrics", "posterior_metrics", "PROBE_LETTERS", "NO_LATENT_FLOOR",
@@ -249,7 +249,7 @@ def posterior_metrics(model: FreeTransformer, batches: list[dict[str, torch.Tens
 
 def write_groups(samples: GroupSamples, path) -> None:
     """The probe's generations as text: one line per sequence, ``group kind valid position``."""
-    from ftstudy.checkpoint import atomic_write_text
+    from ftstudy.core.checkpoint import atomic_write_text
 
     valid, pos = synthetic.check_many(samples.strings)
     lines = ["# group  Z            valid  position  sequence"]

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from ftstudy.files import atomic_write_text
+from ftstudy.io import atomic_write_text
 
 __all__ = ["NO_LATENT_FLOOR", "METRICS", "STUDY_X", "FIG4_KAPPAS", "aggregate", "label_changes", "write_aggregate", "interval_cell",
            "kl_collapsed", "benchmark_cell", "perplexity_cell", "metric_label", "bound_name"]
@@ -152,7 +152,7 @@ def _g(v: Any, pct: bool = False) -> str:
 
 
 def benchmark_cell(c: dict[str, Any]) -> str:
-    """One cell of an ftstudy.evaluate report: the value, and for a compared model its
+    """One cell of an ftstudy.eval.evaluate report: the value, and for a compared model its
     relative change, paired-bootstrap 95% interval of the difference and p-value."""
     if c.get("diff") is None:
         return _g(c["value"])

@@ -25,10 +25,10 @@ import lightning as L
 import torch
 from torchmetrics import SumMetric
 
-from ftstudy.config import RunConfig
-from ftstudy.latent import kl_per_bit
-from ftstudy.measure import GroupDesign, GroupSamples, generate_groups, group_metrics
-from ftstudy.model import FreeTransformer
+from ftstudy.core.config import RunConfig
+from ftstudy.core.latent import kl_per_bit
+from ftstudy.tasks.probe import GroupDesign, GroupSamples, generate_groups, group_metrics
+from ftstudy.core.model import FreeTransformer
 
 __all__ = ["LitFreeTransformer", "NonFiniteLossError", "lr_at", "resolve_precision", "cpu_has_native_bf16"]
 
@@ -172,7 +172,7 @@ class LitFreeTransformer(L.LightningModule):
         return GroupDesign(t.probe_independent, t.probe_groups, t.probe_group_size)
 
     def probe(self) -> dict[str, float]:
-        """How much Z decides, from generations under the prior (see ftstudy.measure)."""
+        """How much Z decides, from generations under the prior (see ftstudy.tasks.probe)."""
         design = self.probe_design()
         if design.total == 0:
             return {}

@@ -2,8 +2,8 @@
 
 The notebooks, ``python -m ftstudy.ablate --plot`` and the demo all call these, so a figure
 in a notebook and the PNG in ``results/figures/`` come from the same code.  Nothing here
-trains or evaluates: inputs are the files ``ftstudy.train``, ``ftstudy.ablate``,
-``ftstudy.evaluate`` and ``ftstudy.perf`` write (``metrics.csv``, ``summary.json``,
+trains or evaluates: inputs are the files ``ftstudy.run.train``, ``ftstudy.study.ablate``,
+``ftstudy.eval.evaluate`` and ``ftstudy.perf.suite`` write (``metrics.csv``, ``summary.json``,
 ``summary.csv``, ``report.json``, ``results/perf/*.json``).
 """
 
@@ -26,8 +26,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from ftstudy.files import atomic_write_text, read_metrics  # noqa: E402
-from ftstudy.report import (  # noqa: E402
+from ftstudy.io import atomic_write_text, read_metrics  # noqa: E402
+from ftstudy.results.report import (  # noqa: E402
     FIG4_KAPPAS, NO_LATENT_FLOOR, STUDY_X, aggregate, benchmark_cell, bound_name, kl_collapsed, label_changes,
     metric_label, perplexity_cell,
 )
@@ -199,7 +199,7 @@ _BOUNDED = {"valid rate (prior Z)": (0, 1.02), "P(same block position)": (0, 1.0
 
 def plot_study(aggs: list[dict], x: str, title: str = "", log_x: bool = False,
                seeds: pd.DataFrame | None = None) -> plt.Figure:
-    """Key metrics of a study (rows of ftstudy.report.aggregate) against the grid field ``x``,
+    """Key metrics of a study (rows of ftstudy.results.report.aggregate) against the grid field ``x``,
     with 95% intervals over seeds where there are several; the baseline as a dashed line.
     ``seeds`` (a study's summary.csv as a DataFrame) adds each run as a dot."""
     sns.set_theme(style="whitegrid", context="notebook")
@@ -263,7 +263,7 @@ def plot_study(aggs: list[dict], x: str, title: str = "", log_x: bool = False,
     return fig
 
 
-# ---------------------------------------------------------------- studies (ftstudy.ablate results)
+# ---------------------------------------------------------------- studies (ftstudy.study.ablate results)
 
 def study_aggregates(study_dir: Path) -> list[dict[str, Any]]:
     """Rows of a study's aggregate (mean and 95% t-interval over seeds per grid point),
@@ -281,7 +281,7 @@ def study_runs(study_dir: Path) -> pd.DataFrame:
 def study_table(aggs: list[dict[str, Any]], x: str,
                 metrics: tuple[tuple[str, str], ...] | None = None) -> pd.DataFrame:
     """The study as a table: one row per grid point, "mean [low, high]" over seeds."""
-    from ftstudy.report import METRICS, interval_cell
+    from ftstudy.results.report import METRICS, interval_cell
 
     metrics = metrics or METRICS
     rows = []
@@ -434,7 +434,7 @@ def plot_dynamics(study_dir: Path, x: str = "kappa_bits", smooth: int = 5) -> pl
     return fig
 
 
-# ---------------------------------------------------------------- benchmarks (ftstudy.evaluate reports)
+# ---------------------------------------------------------------- benchmarks (ftstudy.eval.evaluate reports)
 
 def _report(report: Path | dict[str, Any]) -> dict[str, Any]:
     return report if isinstance(report, dict) else json.loads(Path(report).read_text())
@@ -510,7 +510,7 @@ def plot_perplexity(report: Path | dict[str, Any]) -> plt.Figure:
 def synthetic_examples(n: int = 8, seed: int = 0) -> pd.DataFrame:
     """Samples from the task's generator with their ground truth, and what the checker says
     about each sample and about a corrupted copy of it (one body character changed)."""
-    from ftstudy.synthetic import check, sample_with_info
+    from ftstudy.tasks.synthetic import check, sample_with_info
 
     info = sample_with_info(n, seed)
     rows = []
@@ -526,7 +526,7 @@ def synthetic_examples(n: int = 8, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# ---------------------------------------------------------------- performance (ftstudy.perf results)
+# ---------------------------------------------------------------- performance (ftstudy.perf.suite results)
 
 def perf_tables(perf_dir: Path) -> dict[str, pd.DataFrame]:
     """Every ``results/perf/*.json`` as a table, by file stem."""

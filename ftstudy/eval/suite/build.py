@@ -1,5 +1,5 @@
 """Generate the data of the ftstudy lm-eval tasks and write the task folder (see the package
-docstring of :mod:`ftstudy.tasks`)."""
+docstring of :mod:`ftstudy.eval.suite`)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from ftstudy import mathgen
+from ftstudy.tasks import mathgen
 
 __all__ = [
     "ARITHMETIC_TASKS",
@@ -49,7 +49,7 @@ SYNTHETIC_PER_LETTER = 20
 #: Few-shot pools (train split; used only with num_fewshot > 0).
 N_ARITHMETIC_FEWSHOT = 32
 N_GSM_FEWSHOT = 16
-#: Letters and separator of ftstudy.synthetic (checked against it by the tests; not imported
+#: Letters and separator of ftstudy.tasks.synthetic (checked against it by the tests; not imported
 #: here because that module pulls in torch and lightning).
 SYNTHETIC_LETTERS = string.ascii_uppercase
 SYNTHETIC_SEPARATOR = ">"

@@ -1,13 +1,13 @@
 """Command line of the ftstudy lm-eval task suite.
 
-``python -m ftstudy.tasks path``          write the task folder if needed and print it, for
-                                          ``--include_path "$(python -m ftstudy.tasks path)"``
-``python -m ftstudy.tasks list``          our task and group names with the keys of their scores
-``python -m ftstudy.tasks check FOLDER``  check that the data files of FOLDER's tasks exist
-``python -m ftstudy.tasks sandbox [--samples F ...] [--json OUT]``
+``python -m ftstudy.eval.suite path``          write the task folder if needed and print it, for
+                                          ``--include_path "$(python -m ftstudy.eval.suite path)"``
+``python -m ftstudy.eval.suite list``          our task and group names with the keys of their scores
+``python -m ftstudy.eval.suite check FOLDER``  check that the data files of FOLDER's tasks exist
+``python -m ftstudy.eval.suite sandbox [--samples F ...] [--json OUT]``
                                           check the code sandbox: its status, HumanEval's 164
                                           canonical solutions as completions (all must pass), and
-                                          the stored completions of ``ftstudy.evaluate`` sample
+                                          the stored completions of ``ftstudy.eval.evaluate`` sample
                                           files re-scored (compared with their stored pass@1)
 """
 
@@ -17,7 +17,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ftstudy.tasks.build import METRIC_KEYS, check_data_files, materialize, task_names
+from ftstudy.eval.suite.build import METRIC_KEYS, check_data_files, materialize, task_names
 
 
 def sandbox_check(samples: Sequence[str], workers: int = 4) -> dict:
@@ -28,7 +28,7 @@ def sandbox_check(samples: Sequence[str], workers: int = 4) -> dict:
     from concurrent.futures import ThreadPoolExecutor
     from pathlib import Path
 
-    from ftstudy.tasks import execution, metrics
+    from ftstudy.eval.suite import execution, metrics
 
     problem = execution.sandbox_problem()
     if problem is not None:
@@ -68,7 +68,7 @@ def sandbox_check(samples: Sequence[str], workers: int = 4) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ftstudy.tasks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m ftstudy.eval.suite", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p_path = sub.add_parser("path", help="write the task folder if needed and print its path")
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_check = sub.add_parser("check", help="check that the data files of a task folder exist")
     p_check.add_argument("folder")
     p_box = sub.add_parser("sandbox", help="check the code sandbox on canonical and stored completions")
-    p_box.add_argument("--samples", nargs="*", default=[], help="ftstudy.evaluate *.samples.json files")
+    p_box.add_argument("--samples", nargs="*", default=[], help="ftstudy.eval.evaluate *.samples.json files")
     p_box.add_argument("--json", default=None, help="write the report here")
     args = parser.parse_args(None if argv is None else list(argv))
     if args.command == "path":
@@ -89,8 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "sandbox":
         import json
 
-        from ftstudy.files import atomic_write_text
-        from ftstudy.tasks.execution import SandboxUnavailable
+        from ftstudy.io import atomic_write_text
+        from ftstudy.eval.suite.execution import SandboxUnavailable
 
         try:
             report = sandbox_check(args.samples)
@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{s['file']}: {s['n']} completions, pass@1 stored {s['stored_pass@1']:.3f}, "
                   f"in the sandbox {s['sandbox_pass@1']:.3f}")
         if args.json:
-            atomic_write_text(args.json, json.dumps({"command": "python -m ftstudy.tasks " + " ".join(
+            atomic_write_text(args.json, json.dumps({"command": "python -m ftstudy.eval.suite " + " ".join(
                 sys.argv[1:] if argv is None else argv), **report}, indent=2) + "\n")
         return 0 if c["passed"] == c["n"] else 1
     else:

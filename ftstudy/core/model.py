@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ftstudy.config import ModelConfig
-from ftstudy.latent import (
+from ftstudy.core.config import ModelConfig
+from ftstudy.core.latent import (
     binary_mapper,
     codes_from_bits,
     factored_mapper,

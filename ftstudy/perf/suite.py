@@ -11,7 +11,7 @@ never timed unit tests.
   KV-cache generation against full recompute; lm-eval loglikelihood throughput.  Prints a
   table with every target met or missed (by how much) and writes
   ``results/perf/<machine>.json``.
-- ``mapper``: the binary mapper of ``ftstudy.latent`` alone: forward + backward at H = 16
+- ``mapper``: the binary mapper of ``ftstudy.core.latent`` alone: forward + backward at H = 16
   against one (tokens x D) @ (D x 2^H) matmul in the same precision, and the peak extra
   memory, against the literal dense construction.
 """
@@ -36,11 +36,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ftstudy.config import ModelConfig
-from ftstudy.files import atomic_write_text
-from ftstudy.latent import binary_mapper, binary_mapper_reference
-from ftstudy.lit import cpu_has_native_bf16
-from ftstudy.model import FreeTransformer, generate
+from ftstudy.core.config import ModelConfig
+from ftstudy.io import REPO_ROOT, atomic_write_text
+from ftstudy.core.latent import binary_mapper, binary_mapper_reference
+from ftstudy.run.lit import cpu_has_native_bf16
+from ftstudy.core.model import FreeTransformer, generate
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -228,7 +228,7 @@ class Shape:
 
 
 def _quick_shape() -> Shape:
-    from ftstudy.config import get_preset
+    from ftstudy.core.config import get_preset
 
     c = get_preset("synthetic-quick")
     return Shape("quick", c.model.dim, c.model.n_layers, c.model.n_heads, 66, c.train.batch_size,
@@ -427,11 +427,11 @@ def bench_loglikelihood(shape: Shape, latent_bits: int, device: torch.device, n_
 
     from lm_eval.api.instance import Instance
 
-    from ftstudy.checkpoint import save_model
-    from ftstudy.config import RunConfig, TaskConfig, TrainConfig
-    from ftstudy.data import ByteTokenizer
-    from ftstudy.harness import FTStudyLM
-    from ftstudy.mathgen import ARITH_KINDS, arithmetic
+    from ftstudy.core.checkpoint import save_model
+    from ftstudy.core.config import RunConfig, TaskConfig, TrainConfig
+    from ftstudy.tasks.corpus import ByteTokenizer
+    from ftstudy.eval.harness import FTStudyLM
+    from ftstudy.tasks.mathgen import ARITH_KINDS, arithmetic
 
     tok = ByteTokenizer()
     cfg = ftstudy_config(replace(shape, vocab=tok.vocab_size, seq_len=256), latent_bits)
@@ -616,7 +616,7 @@ def scale_report(preset: str) -> dict[str, Any]:
     device (no memory), and the Free overhead as a fraction of the baseline: the encoder
     block alone (what the paper's 3.6% / 3.1% count), and with the readout and the
     post-sampler's unavoidable (tokens x D) @ (D x 2^H) gradient product."""
-    from ftstudy.config import get_preset
+    from ftstudy.core.config import get_preset
 
     cfg = get_preset(preset)
     m = cfg.model
@@ -687,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.bench == "suite":
         return _main_suite(args)
     if args.bench == "scale":
-        from ftstudy.config import PRESETS
+        from ftstudy.core.config import PRESETS
         bad = [n for n in args.presets if n not in PRESETS]
         if bad:
             print(f"error: unknown preset(s) {bad}; allowed: {sorted(PRESETS)}", file=sys.stderr)
@@ -744,11 +744,11 @@ def _main_suite(args: argparse.Namespace) -> int:
     report = format_suite(result)
     print()
     print(report)
-    out = args.out or Path(__file__).resolve().parents[1] / "results" / "perf" / f"{result['machine']}.json"
+    out = args.out or REPO_ROOT / "results" / "perf" / f"{result['machine']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=2))
     atomic_write_text(out.with_suffix(".md"), report)
-    print(f"[ftstudy.perf] wrote {out} and {out.with_suffix('.md')}")
+    print(f"[ftstudy.perf.suite] wrote {out} and {out.with_suffix('.md')}")
     return 0
 
 

@@ -1,7 +1,7 @@
 """Result files without torch: atomic text writes, the reader of ``metrics.csv``, and the
 one-writer-per-folder lock.
 
-Kept free of heavy imports so that plotting (notebooks, ``ftstudy.plots``) starts fast.
+Kept free of heavy imports so that plotting (notebooks, ``ftstudy.results.plots``) starts fast.
 
 Every temporary name carries the writer's pid, so two processes never share one.
 """
@@ -18,7 +18,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write_text", "read_metrics", "LOCK_NAME", "FolderBusyError", "folder_lock", "clear_folder"]
+#: The repository (or source tree) this package lives in: results/, notebooks/, README.md.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+__all__ = ["REPO_ROOT", "atomic_write_text", "read_metrics", "LOCK_NAME", "FolderBusyError", "folder_lock", "clear_folder"]
 
 # The lock file of a run or sweep folder: git-ignored, ignored by the run status logic,
 # removed when its holder lets go (a killed holder leaves it, stale and harmless).

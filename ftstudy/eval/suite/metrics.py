@@ -1,8 +1,8 @@
 """Scoring functions of the ftstudy lm-eval tasks, referenced from their YAML files as
-``process_results: !function ftstudy.tasks.metrics.<name>``.
+``process_results: !function ftstudy.eval.suite.metrics.<name>``.
 
 lm-eval resolves such a reference by looking for ``ftstudy/tasks/metrics.py`` next to the YAML
-file and, not finding it, by importing ``ftstudy.tasks.metrics``; so the YAML files need no helper
+file and, not finding it, by importing ``ftstudy.eval.suite.metrics``; so the YAML files need no helper
 module beside them, only an environment where ``ftstudy`` is importable.
 
 Metric names. lm-eval has no ``pass@1`` or ``valid`` metric, so this module registers both
@@ -25,7 +25,7 @@ from typing import Any
 import lm_eval.api.metrics  # noqa: F401
 from lm_eval.api.registry import metric_registry, register_metric
 
-from ftstudy.tasks import execution
+from ftstudy.eval.suite import execution
 
 __all__ = [
     "humaneval_program",
@@ -53,14 +53,14 @@ def _single(results: Sequence[Any], task: str) -> Any:
 
 def humaneval_program(doc: dict[str, Any], completion: str) -> tuple[str, str]:
     """``(program, tests)`` that decide pass@1: the prompt and the completion; then the problem's
-    tests and the check call, compiled and run after the program (see :mod:`ftstudy.tasks.execution`)."""
+    tests and the check call, compiled and run after the program (see :mod:`ftstudy.eval.suite.execution`)."""
     return f"{doc['prompt']}{completion}\n", f"{doc['test']}\n\ncheck({doc['entry_point']})\n"
 
 
 def humaneval_pass_at_1(doc: dict[str, Any], results: Sequence[str]) -> dict[str, float]:
     """``pass@1`` = 1.0 when the greedy completion passes the problem's tests, else 0.0.
 
-    The program runs in the bubblewrap sandbox of :mod:`ftstudy.tasks.execution` with a wall-time
+    The program runs in the bubblewrap sandbox of :mod:`ftstudy.eval.suite.execution` with a wall-time
     limit of ``execution.DEFAULT_TIMEOUT`` seconds (read at call time); a pass needs the harness's
     token, written only after the tests returned.
     """
@@ -84,7 +84,7 @@ def humaneval_bits_per_byte(doc: dict[str, Any], results: Sequence[Any]) -> dict
 
 def synthetic_valid(doc: dict[str, Any], results: Sequence[str]) -> dict[str, float]:
     """``valid`` = 1.0 when prompt + generation is a valid sequence of the synthetic task."""
-    from ftstudy.synthetic import check  # heavy (torch, lightning): import on first use
+    from ftstudy.tasks.synthetic import check  # heavy (torch, lightning): import on first use
 
     generation = _single(results, "ftstudy_synthetic")
     if not isinstance(generation, str):

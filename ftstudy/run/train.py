@@ -1,0 +1,606 @@
+"""One training run: ``python -m ftstudy.train --preset synthetic-quick --set kappa_bits=0.125 --seed 0``.
+
+A run is a config in and a run directory out, with a deterministic name (never a
+timestamp) under ``results/runs/``::
+
+    <run>/config.json     every config field, versions, argv, git commit
+    <run>/metrics.csv     one row per logged training step and per validation
+    <run>/summary.json    final figures; its presence marks the run finished
+    <run>/samples.txt     generations under prior Z, one per line
+    <run>/ckpt/           git-ignored: last.ckpt (resumable) and model.pt (export)
+
+Rerunning the same command never overwrites: a finished run is reported and skipped, an
+interrupted one resumes from ``ckpt/last.ckpt``; ``--overwrite`` starts over, and deletes
+only a folder that holds an ftstudy ``config.json`` (anything else is refused, untouched).
+Every file is written atomically, only by rank 0, which holds the run folder's lock
+(``.ftstudy.lock``) for the whole run: a second process on the same folder is refused with
+the holder's pid, or waits with ``--wait``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+import ftstudy
+from ftstudy.tasks import synthetic
+from ftstudy.tasks.corpus import DataError, TokenDataModule, tokenizer_spec
+from ftstudy.core.checkpoint import CheckpointError, atomic_write_text, load_checkpoint_dict, save_model
+from ftstudy.core.config import LATENT_ONLY_FIELDS, PRESETS, ConfigError, RunConfig, TrainConfig, get_preset, parse_set_args
+from ftstudy.io import LOCK_NAME, REPO_ROOT, clear_folder, folder_lock
+from ftstudy.run.lit import LitFreeTransformer, NonFiniteLossError, resolve_precision
+from ftstudy.tasks.probe import (NO_LATENT_FLOOR, generate_synthetic, group_metrics, posterior_metrics,
+                             synthetic_prompts, valid_rate, write_groups)
+
+__all__ = ["RunError", "run_name", "train", "main", "REPO_ROOT", "DEFAULT_RESULTS", "is_run_folder", "delete_run"]
+
+DEFAULT_RESULTS = REPO_ROOT / "results" / "runs"
+
+
+class RunError(RuntimeError):
+    """A run that cannot start (existing directory, mismatched config) or that failed."""
+
+
+# ---------------------------------------------------------------- naming & provenance
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def run_name(cfg: RunConfig) -> str:
+    """Deterministic name: preset, variant, κ, every field that differs from the preset, seed."""
+    base = get_preset(cfg.preset) if cfg.preset in PRESETS else RunConfig()
+    m = cfg.model
+    parts = [cfg.preset, f"free-k{_fmt(m.kappa_bits)}" if m.is_free else "base"]
+    # steps is not part of the name: a finished run can be extended to more steps in place.
+    skip = {"kappa_bits", "seed", "latent_bits", "steps"}
+    ref, cur = base.to_dict(), cfg.to_dict()
+    for section in ("model", "task", "train"):
+        for key in sorted(cur[section]):
+            if key in skip or cur[section][key] == ref[section][key]:
+                continue
+            if not m.is_free and key in LATENT_ONLY_FIELDS:
+                continue  # latent-only settings do not change a baseline
+            parts.append(f"{key}{_fmt(cur[section][key])}")
+    if m.is_free and m.latent_bits != base.model.latent_bits:
+        parts.append(f"H{m.latent_bits}")
+    parts.append(f"s{cfg.train.seed}")
+    return "-".join(p.replace("/", "_").replace(" ", "") for p in parts)
+
+
+def _git_commit() -> dict[str, Any]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip() != ""
+        return {"git_commit": commit or None, "git_dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None, "git_dirty": None}
+
+
+def _provenance(argv: list[str] | None, launcher: str | None) -> dict[str, Any]:
+    import lightning
+    return {
+        "argv": list(sys.argv if argv is None else argv),
+        # The single command that reproduces this run, and what actually launched it.
+        "command": shlex.join(["python", "-m", "ftstudy.run.train", *(sys.argv[1:] if argv is None else argv)]),
+        "launched_by": launcher or shlex.join(["python", "-m", "ftstudy.run.train", *sys.argv[1:]]),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "lightning": lightning.__version__, "ftstudy": ftstudy.__version__},
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        **_git_commit(),
+    }
+
+
+# ---------------------------------------------------------------- callbacks
+
+class MetricsCSV(L.Callback):
+    """Keeps metrics.csv: rows for logged training steps and validations; atomic rewrites.
+
+    On resume, rows past the checkpoint's step are dropped so the file never holds a step
+    twice.
+    """
+
+    def __init__(self, path: Path, log_every: int) -> None:
+        self.path, self.log_every = path, log_every
+        self.rows: list[dict[str, Any]] = []
+
+    def load(self, up_to_step: int) -> None:
+        if self.path.exists():
+            with open(self.path, newline="") as f:
+                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= up_to_step]
+
+    def _write(self) -> None:
+        cols: list[str] = []
+        for r in self.rows:
+            cols.extend(k for k in r if k not in cols)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols)
+        w.writeheader()
+        w.writerows(self.rows)
+        atomic_write_text(self.path, buf.getvalue())
+
+    def _add(self, trainer: L.Trainer, split: str) -> None:
+        prefix = f"{split}/"
+        row: dict[str, Any] = {"step": trainer.global_step, "split": split}
+        for k, v in trainer.callback_metrics.items():
+            if k.startswith(prefix):
+                row[k[len(prefix):]] = f"{float(v):.6g}"
+        if trainer.is_global_zero:
+            self.rows.append(row)
+            self._write()
+            if split == "val" and not sys.stdout.isatty():
+                # One line per validation where no live progress bar can be drawn (logs, CI).
+                print(f"[ftstudy.run.train] step {row['step']}: " + ", ".join(
+                    f"{k} {v}" for k, v in row.items() if k not in ("step", "split")), flush=True)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step % self.log_every == 0 or trainer.global_step == trainer.max_steps:
+            self._add(trainer, "train")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # on_validation_end, not _epoch_end: callbacks' epoch-end hooks run before the
+        # module's, which is where the validation figures are logged.
+        if not trainer.sanity_checking:
+            self._add(trainer, "val")
+
+
+class AtomicCheckpoint(L.Callback):
+    """Saves the resumable state to ckpt/last.ckpt every ``every`` steps, atomically.
+
+    Also carries the run's accumulated wall time so resumed runs report total training time.
+    """
+
+    def __init__(self, path: Path, every: int) -> None:
+        self.path, self.every = path, every
+        self.tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")  # set again, for every rank, at train start
+        self.elapsed = 0.0
+        self._t0 = time.perf_counter()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"elapsed": self.elapsed + time.perf_counter() - self._t0}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.elapsed = float(state["elapsed"])
+        self._t0 = time.perf_counter()
+
+    @property
+    def total_time(self) -> float:
+        return self.elapsed + time.perf_counter() - self._t0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t0 = time.perf_counter()
+        # One temporary name on every rank (a sharded checkpoint is written by all), with rank 0's pid.
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp{trainer.strategy.broadcast(os.getpid(), src=0)}")
+
+    def save(self, trainer: L.Trainer) -> None:
+        tmp = self.tmp
+        # weights_only=False here means "save the optimizer and loop state too" (a resumable
+        # checkpoint); it holds only tensors and plain containers, so it still loads with
+        # torch.load(weights_only=True).
+        trainer.save_checkpoint(tmp, weights_only=False)  # collective; rank 0 writes
+        if trainer.is_global_zero:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        trainer.strategy.barrier()
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step % self.every == 0 or trainer.global_step == trainer.max_steps:
+            self.save(trainer)
+
+
+# ---------------------------------------------------------------- the run
+
+def _saved_steps(run_dir: Path) -> int | None:
+    f = run_dir / "config.json"
+    return json.loads(f.read_text())["config"]["train"]["steps"] if f.exists() else None
+
+
+def _launch_rank(cfg: RunConfig) -> int:
+    """Global rank of this process before Lightning sets up the process group.
+
+    Lightning's DDP launcher re-runs the command for ranks > 0, and cluster launchers
+    (torchrun, SLURM) start every rank at once; only rank 0 may create, check or delete
+    the run directory.
+    """
+    for var in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    node, local = int(os.environ.get("NODE_RANK", 0) or 0), int(os.environ.get("LOCAL_RANK", 0) or 0)
+    return node * cfg.train.devices + local
+
+
+def _status(run_dir: Path) -> str:
+    if (run_dir / "summary.json").exists():
+        return "finished"
+    if (run_dir / "ckpt" / "last.ckpt").exists():
+        return "interrupted"
+    if run_dir.exists() and (not run_dir.is_dir() or any(p.name != LOCK_NAME for p in run_dir.iterdir())):
+        return "started"  # a lock file alone is no start: its holder may not have written anything yet
+    return "new"
+
+
+def is_run_folder(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds an ftstudy run: a config.json of the shape train writes
+    ({"config": {"model": …, "task": …, "train": …}}, from this ftstudy or an older one)."""
+    try:
+        saved = json.loads((Path(run_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    cfg = saved.get("config") if isinstance(saved, dict) else None
+    return isinstance(cfg, dict) and all(isinstance(cfg.get(s), dict) for s in ("model", "task", "train"))
+
+
+def _check_ours(run_dir: Path) -> None:
+    """RunError unless ``run_dir`` is absent, empty (but for a lock file) or an ftstudy run."""
+    if _status(run_dir) != "new" and not is_run_folder(run_dir):
+        raise RunError(f"{run_dir} exists and is not an ftstudy run folder (no ftstudy config.json); ftstudy "
+                       f"neither writes into nor deletes it (--overwrite included): pick another --out or --name")
+
+
+def delete_run(run_dir: Path, *, locked: bool = False, wait: bool = False) -> None:
+    """Empty a run folder that ftstudy made (RunError for any other folder: nothing is
+    touched).  ``locked``: the caller holds the run's lock already; else it is taken here."""
+    run_dir = Path(run_dir)
+    _check_ours(run_dir)
+    if _status(run_dir) == "new":
+        return
+    if locked:
+        clear_folder(run_dir)
+        return
+    with folder_lock(run_dir, wait=wait, what="run folder", error=RunError):
+        delete_run(run_dir, locked=True)
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return [f"{sec}.{k}: {a[sec].get(k)!r} → {b[sec].get(k)!r}" for sec in ("model", "task", "train")
+            for k in sorted(set(a[sec]) | set(b[sec])) if a[sec].get(k) != b[sec].get(k) and k != "steps"]
+
+
+def saved_config(run_dir: Path) -> dict[str, Any]:
+    """The config a run directory was made with, as a full dict: fields added to ftstudy
+    after the run was made take their defaults.  RunError if it cannot be read."""
+    try:
+        return RunConfig.from_dict(json.loads((run_dir / "config.json").read_text())["config"]).to_dict()
+    except (ConfigError, KeyError, ValueError, TypeError, OSError) as e:
+        raise RunError(f"{run_dir}/config.json cannot be read as an ftstudy config: {e}") from e
+
+
+def check_resumable(cfg: RunConfig, run_dir: Path) -> str:
+    """Status of ``run_dir`` for ``cfg``: new, finished, extend, interrupted or started.
+
+    Raises RunError when the directory holds a run of another config (only ``steps`` may
+    differ: more steps extend a run, fewer are refused) or is not an ftstudy run folder at
+    all.  Reads only; touches nothing.
+    """
+    _check_ours(run_dir)
+    status = _status(run_dir)
+    cfg_file = run_dir / "config.json"
+    if status == "new" or not cfg_file.exists():
+        return status
+    saved = saved_config(run_dir)
+    diff = _differences(saved, cfg.to_dict())
+    if diff:
+        raise RunError(f"{run_dir} holds a run with a different config ({'; '.join(diff)}); "
+                       f"pick another --out or pass --overwrite")
+    old_steps = saved["train"]["steps"]
+    if cfg.train.steps < old_steps and status in ("finished", "interrupted"):
+        raise RunError(f"{run_dir} was set up for {old_steps} steps; asking for {cfg.train.steps} would shorten it "
+                       f"(pass --overwrite to start over)")
+    if status == "finished" and cfg.train.steps > json.loads((run_dir / "summary.json").read_text()).get("step", 0):
+        return "extend"
+    return status
+
+
+def build_strategy(t: TrainConfig) -> str | L.pytorch.strategies.Strategy:
+    """Lightning's strategy for ``t.strategy``: "fsdp" shards per transformer block (and
+    checkpoints activations per block when ``activation_checkpointing``); any other name
+    is passed through as is."""
+    if t.strategy != "fsdp":
+        return t.strategy
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from ftstudy.core.model import Block
+
+    return FSDPStrategy(auto_wrap_policy={Block},
+                        activation_checkpointing_policy={Block} if t.activation_checkpointing else None)
+
+
+def make_datamodule(cfg: RunConfig, start_index: int = 0) -> L.LightningDataModule:
+    """The task's data module, resuming at batch ``start_index`` (raises DataError for bad shards)."""
+    t = cfg.train
+    world = t.devices * t.num_nodes
+    if cfg.task.name == "tokens":
+        assert cfg.task.data_dir is not None
+        return TokenDataModule(cfg.task.data_dir, batch_size=t.batch_size // world, seq_len=cfg.model.max_seq_len,
+                               val_size=cfg.task.val_size, seed=t.seed, steps_per_epoch=max(t.val_every, 1),
+                               start_index=start_index, vocab_size=cfg.model.vocab_size)
+    return synthetic.SyntheticDataModule(batch_size=t.batch_size // world, val_size=cfg.task.val_size,
+                                         seed=t.seed, steps_per_epoch=max(t.val_every, 1), num_workers=t.num_workers,
+                                         start_index=start_index)
+
+
+def train(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, wait: bool = False,
+          argv: list[str] | None = None, progress: bool = True, launcher: str | None = None,
+          extra_callbacks: list[L.Callback] | None = None) -> dict[str, Any]:
+    """Train one run into ``run_dir`` and return its summary (skips a finished run).
+
+    ``argv`` are the ``ftstudy.run.train`` arguments that reproduce the run (recorded in
+    config.json); ``launcher`` names the command that actually ran it, if another.
+    Rank 0 holds the run folder's lock throughout; ``wait``: wait for another holder
+    rather than fail.
+    """
+    run_dir = Path(run_dir)
+    if _launch_rank(cfg) != 0:
+        # Rank 0 holds the lock and has already checked, cleared or created the directory
+        # (it launches us, or starts with us and waits for us at the first collective).
+        status = "interrupted" if (run_dir / "ckpt" / "last.ckpt").exists() else "new"
+        return _fit(cfg, run_dir, status, argv, progress, launcher, extra_callbacks)
+    _check_ours(run_dir)  # before the lock: not even a lock file goes into a folder that is not ours
+    with folder_lock(run_dir, wait=wait, what="run folder", error=RunError):
+        if overwrite:
+            delete_run(run_dir, locked=True)
+        status = check_resumable(cfg, run_dir)
+        if status == "finished":
+            summary = json.loads((run_dir / "summary.json").read_text())
+            print(f"[ftstudy.run.train] {run_dir} is finished (step {summary.get('step')}); skipping. "
+                  f"Pass --overwrite to retrain.")
+            return summary
+        if status == "started":
+            raise RunError(f"{run_dir} exists without a checkpoint or summary (killed before its first "
+                           f"checkpoint?); pass --overwrite to start it again")
+        if status == "extend":
+            # Continue from the final checkpoint to the new step count; the run is
+            # unfinished again until its new summary is written.
+            print(f"[ftstudy.run.train] extending {run_dir} to {cfg.train.steps} steps")
+            (run_dir / "summary.json").unlink()
+            status = "interrupted"
+        return _fit(cfg, run_dir, status, argv, progress, launcher, extra_callbacks)
+
+
+def _resume_step(run_dir: Path, last: Path) -> int:
+    """The step of the resumable checkpoint (loaded with weights_only=True), or a RunError
+    that says how to recover from a file that cannot be read."""
+    try:
+        return int(load_checkpoint_dict(last).get("global_step", 0))
+    except CheckpointError as e:
+        raise RunError(f"{run_dir.name} cannot resume: {e}; pass --overwrite to start the run over "
+                       f"(or put back a good {last.name})") from e
+
+
+def _fit(cfg: RunConfig, run_dir: Path, status: str, argv: list[str] | None, progress: bool,
+         launcher: str | None, extra_callbacks: list[L.Callback] | None) -> dict[str, Any]:
+    """Train a run whose folder is checked (``status``: new or interrupted) and return its summary."""
+    ckpt_dir = run_dir / "ckpt"
+    last = ckpt_dir / "last.ckpt"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t = cfg.train
+    precision = resolve_precision(t.precision, t.accelerator)
+    L.seed_everything(t.seed, workers=True, verbose=False)
+    lit = LitFreeTransformer(cfg)
+    world = t.devices * t.num_nodes
+    resume_step = 0
+    if status == "interrupted":
+        resume_step = _resume_step(run_dir, last)
+    dm = make_datamodule(cfg, resume_step)
+    metrics = MetricsCSV(run_dir / "metrics.csv", t.log_every)
+    ckpt_cb = AtomicCheckpoint(last, t.ckpt_every)
+    trainer = L.Trainer(
+        max_steps=t.steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        strategy=build_strategy(t), precision=precision, logger=False, enable_checkpointing=False,
+        callbacks=[metrics, ckpt_cb, *(extra_callbacks or [])], val_check_interval=t.val_every, check_val_every_n_epoch=None,
+        gradient_clip_val=t.grad_clip if t.grad_clip > 0 else None, num_sanity_val_steps=0,
+        enable_model_summary=False, enable_progress_bar=progress and sys.stdout.isatty(), default_root_dir=str(run_dir),
+        use_distributed_sampler=False, log_every_n_steps=t.log_every,
+    )
+    ckpt_path = None
+    if status == "interrupted":
+        print(f"[ftstudy.run.train] resuming {run_dir} from step {resume_step}")
+        metrics.load(resume_step)
+        ckpt_path = str(last)
+    if trainer.is_global_zero and (status == "new" or _saved_steps(run_dir) != t.steps):
+        atomic_write_text(run_dir / "config.json", json.dumps(
+            {"config": cfg.to_dict(), "run": run_dir.name, "precision_resolved": precision, **_provenance(argv, launcher)}, indent=2, sort_keys=True))
+    # After config.json: a run stopped before this point (bad data, say) leaves a folder that
+    # is still empty, not one that looks started but is no ftstudy run.
+    ckpt_dir.mkdir(exist_ok=True)
+    (ckpt_dir / ".gitignore").write_text("*\n")  # belt and braces beside the repo's .gitignore
+
+    try:
+        trainer.fit(lit, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+    except NonFiniteLossError as e:
+        kept = f"last good checkpoint kept at {last}" if last.exists() else "no checkpoint was saved yet"
+        raise RunError(f"{run_dir.name}: {e}; {kept}") from e
+    if trainer.interrupted or trainer.global_step < t.steps:
+        # Lightning turns Ctrl-C into a graceful stop: never let that pass for a finished run.
+        raise RunError(f"{run_dir.name}: stopped at step {trainer.global_step} of {t.steps}; "
+                       f"rerun the same command to resume from {last}")
+    if t.steps % t.val_every != 0 or resume_step >= t.steps:
+        # Final figures at the last step when the periodic validation did not land there.
+        # Decided from the config alone, so every DDP rank takes the same branch.
+        trainer.validate(lit, datamodule=dm, verbose=False, weights_only=True)
+    train_time = ckpt_cb.total_time
+    replicas = replica_checksums(lit.model, trainer)  # a collective: every rank takes part
+
+    summary: dict[str, Any] = {}
+    if trainer.is_global_zero:
+        summary = _finish(cfg, lit, run_dir, trainer, metrics, train_time, precision, replicas)
+    trainer.strategy.barrier()
+    return summary
+
+
+def replica_checksums(model: torch.nn.Module, trainer: L.Trainer) -> list[float] | None:
+    """A float64 fingerprint of the weights on every rank (identical replicas give identical
+    numbers): the sum and the norm of each parameter, weighted by its position.  Read in
+    place on each parameter's device, so it costs no copy of the model, whatever its size.
+    None under FSDP, where the ranks hold different shards by design."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if isinstance(trainer.strategy, FSDPStrategy):
+        return None
+    params = [p.detach() for p in model.parameters()]
+    total = torch.zeros((), dtype=torch.float64, device=params[0].device)
+    for i, p in enumerate(params):
+        total += (i + 1) * (p.sum(dtype=torch.float64) + torch.linalg.vector_norm(p, dtype=torch.float64))
+    gathered = trainer.strategy.all_gather(total)
+    return [float(x) for x in torch.as_tensor(gathered).reshape(-1).cpu()]
+
+
+def _finish(cfg: RunConfig, lit: LitFreeTransformer, run_dir: Path, trainer: L.Trainer,
+            metrics: MetricsCSV, train_time: float, precision: str, replicas: list[float] | None) -> dict[str, Any]:
+    model = lit.model
+    val = {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    tps = [float(r["tokens_per_s"]) for r in metrics.rows if r.get("split") == "train" and r.get("tokens_per_s")]
+    t0 = time.perf_counter()
+    samples: list[str] = []
+    gen: dict[str, Any] = {}
+    if cfg.task.n_generate > 0:
+        prompts = synthetic_prompts(cfg.task.n_generate, seed=cfg.train.seed + 1)
+        with torch.autocast(model.tok_emb.weight.device.type, dtype=torch.bfloat16,
+                            enabled=precision == "bf16-mixed"):
+            samples = generate_synthetic(model, prompts, seed=cfg.train.seed + 2, z_prompt="prior")
+        gen = valid_rate(samples)
+        atomic_write_text(run_dir / "samples.txt", "\n".join(samples) + "\n")
+    gen_time = time.perf_counter() - t0
+    probe: dict[str, Any] = {}
+    posterior: dict[str, Any] = {}
+    if lit.probe_design().total > 0:
+        with torch.autocast(model.tok_emb.weight.device.type, dtype=torch.bfloat16,
+                            enabled=precision == "bf16-mixed"):
+            if lit.last_probe_samples is None:  # no validation ran in this process
+                lit.probe()
+            # The final validation (at the last step, same seed and weights) already made
+            # these generations: reuse them rather than generating 1,024 sequences again.
+            samples_p = lit.last_probe_samples
+            probe = group_metrics(samples_p)
+            write_groups(samples_p, run_dir / "groups.txt")
+            val_batches = [b for b in trainer.datamodule.val_dataloader()]
+            posterior = posterior_metrics(model.eval(), val_batches, seed=cfg.train.seed + 23)
+    extra = {}
+    if isinstance(trainer.datamodule, TokenDataModule):
+        # The checkpoint carries its tokenizer, so evaluation needs nothing but the file.
+        extra["tokenizer"] = tokenizer_spec(trainer.datamodule.folder)
+    save_model(run_dir / "ckpt" / "model.pt", model, cfg, step=trainer.global_step, extra=extra)
+    m = cfg.model
+    summary = {
+        "run": run_dir.name,
+        "variant": "free" if m.is_free else "baseline",
+        "kappa_bits": m.kappa_bits if m.is_free else None,
+        "latent_bits": m.latent_bits,
+        "step": trainer.global_step,
+        "precision": precision,
+        "train_time_s": round(train_time, 2),
+        "tokens_per_s_median": float(sorted(tps)[len(tps) // 2]) if tps else None,
+        "generation": {"z": "prior at every position (encoder never run)", "temperature": 1.0,
+                       "time_s": round(gen_time, 2), **gen},
+        "val": val,
+        "prior_ce_minus_floor": (val["ce_prior"] - NO_LATENT_FLOOR
+                                 if "ce_prior" in val and cfg.task.name == "synthetic" else None),
+        "probe": probe,
+        "posterior": posterior,
+        "params": model.num_parameters(),
+        "params_latent": model.num_parameters("latent"),
+        # DDP keeps replicas equal by construction; this records that it did (None: sharded).
+        "replicas": {"world_size": trainer.world_size, "weight_checksums": replicas,
+                     "identical": None if replicas is None else len(set(replicas)) == 1},
+    }
+    summary = _finite_or_none(summary)
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True, allow_nan=False))
+    return summary
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """JSON has no NaN: undefined figures (e.g. no valid pair in a group) become null."""
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+# ---------------------------------------------------------------- CLI
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ftstudy.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="synthetic-quick", help=f"one of {sorted(PRESETS)}")
+    p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. kappa_bits=1/8 n_layers=8 precision=32-true")
+    p.add_argument("--seed", type=int, default=None, help="shorthand for --set seed=N")
+    p.add_argument("--baseline", action="store_true", help="shorthand for --set latent_bits=0")
+    p.add_argument("--out", type=Path, default=DEFAULT_RESULTS, help="parent folder of run directories")
+    p.add_argument("--name", default=None, help="run directory name (default: deterministic from the config)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete an existing run directory (only one with an ftstudy config.json) and start over")
+    p.add_argument("--wait", action="store_true",
+                   help="if another process is writing the run directory, wait for it rather than fail")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The RunConfig a command line asks for (raises ConfigError)."""
+    overrides: dict[str, Any] = parse_set_args(args.overrides)
+    if args.seed is not None:
+        overrides["seed"] = str(args.seed)
+    if args.baseline:
+        overrides["latent_bits"] = "0"
+    return get_preset(args.preset, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if cfg.preset.startswith("paper-"):
+        print(f"error: preset {cfg.preset!r} is shape-only (parameter/FLOP counts, cluster launch docs); "
+              f"it has no training data in this release", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(cfg.to_json())
+        return 0
+    run_dir = args.out / (args.name or run_name(cfg))
+    try:
+        summary = train(cfg, run_dir, overwrite=args.overwrite, wait=args.wait, argv=argv,
+                        progress=not args.no_progress,
+                        launcher=os.environ.get("FTSTUDY_LAUNCHED_BY"))  # set by ablate --jobs
+    except (RunError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    if summary:
+        g = summary.get("generation", {})
+        print(f"[ftstudy.run.train] {run_dir}: step {summary['step']}, val {json.dumps(summary['val'])}, "
+              f"valid {g.get('valid_rate', float('nan')):.3f} of {g.get('n', 0)} (prior Z), "
+              f"{summary['train_time_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
