@@ -1,7 +1,12 @@
-"""Result files without torch: atomic text writes, the reader of ``metrics.csv``, and the
-one-writer-per-folder lock.
+"""Result files without torch: atomic text writes, the one CSV writer, the one-writer-per-folder
+lock, and the two folders ftstudy writes, each owned by one class:
 
-Kept free of heavy imports so that plotting (notebooks, ``ftstudy.results.plots``) starts fast.
+- :class:`RunDir`, a run folder: every file name in it, its config and summary, its metrics,
+  its status (new, started, interrupted, finished, extendable, foreign), copying and deleting it;
+- :class:`StudyDir`, a study folder (a grid of runs): its tables, logs and figure names.
+
+No other module spells a file name of these folders.  Kept free of heavy imports so that
+plotting (notebooks, ``ftstudy.results.plots``) starts fast.
 
 Every temporary name carries the writer's pid, so two processes never share one.
 """
@@ -11,17 +16,23 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
+import io
+import json
 import os
 import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 #: The repository (or source tree) this package lives in: results/, notebooks/, README.md.
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-__all__ = ["REPO_ROOT", "atomic_write_text", "read_metrics", "LOCK_NAME", "FolderBusyError", "folder_lock", "clear_folder"]
+__all__ = ["REPO_ROOT", "atomic_write_text", "read_metrics", "LOCK_NAME", "FolderBusyError", "folder_lock", "clear_folder",
+           "CsvTable", "RunError", "RunDir", "StudyDir", "write_config_file", "read_config_file"]
 
 # The lock file of a run or sweep folder: git-ignored, ignored by the run status logic,
 # removed when its holder lets go (a killed holder leaves it, stale and harmless).
@@ -42,11 +53,46 @@ def atomic_write_text(path: Path, text: str) -> None:
 def read_metrics(run_dir: Path) -> list[dict[str, float | str]]:
     """Rows of a run's metrics.csv with numbers parsed and empty cells dropped (the one
     reader for plots and sweeps; only the writer, train.MetricsCSV, keeps raw strings)."""
-    rows = []
-    with open(Path(run_dir) / "metrics.csv", newline="") as f:
-        for r in csv.DictReader(f):
-            rows.append({k: (v if k == "split" else float(v)) for k, v in r.items() if v != ""})
-    return rows
+    return [{k: (v if k == "split" else float(v)) for k, v in r.items() if v != ""}
+            for r in CsvTable(RunDir(run_dir).metrics_file).load().rows]
+
+
+class CsvTable:
+    """A CSV file of dict rows, and the one CSV writer (metrics.csv, summary.csv, aggregate.csv).
+
+    The header is every key of the rows in order of first appearance; a row without a
+    column leaves its cell empty.  Written whole and atomically; read back as strings.
+    """
+
+    def __init__(self, path: Path, rows: Iterable[dict[str, Any]] = ()) -> None:
+        self.path = Path(path)
+        self.rows: list[dict[str, Any]] = list(rows)
+
+    def load(self, keep: Callable[[dict[str, str]], bool] | None = None) -> CsvTable:
+        """Replace the rows by the file's (those ``keep`` accepts), as strings; none if no file."""
+        self.rows = []
+        if self.path.exists():
+            with open(self.path, newline="") as f:
+                self.rows = [r for r in csv.DictReader(f) if keep is None or keep(r)]
+        return self
+
+    def text(self) -> str:
+        cols: list[str] = []
+        for r in self.rows:
+            cols.extend(k for k in r if k not in cols)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols)
+        w.writeheader()
+        w.writerows(self.rows)
+        return buf.getvalue()
+
+    def write(self) -> Path:
+        atomic_write_text(self.path, self.text())
+        return self.path
+
+
+def _write_json(path: Path, obj: Any, **kw: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, **kw))
 
 
 class FolderBusyError(RuntimeError):
@@ -122,3 +168,336 @@ def clear_folder(folder: Path) -> None:
             shutil.rmtree(p)
         else:
             p.unlink()
+
+
+# ---------------------------------------------------------------- run folders
+
+class RunError(RuntimeError):
+    """A run that cannot start (its folder is not ftstudy's, holds another config, or is in
+    use) or that failed."""
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Config fields (but steps) on which two config dicts differ, as ``section.field: a → b``."""
+    return [f"{sec}.{k}: {a[sec].get(k)!r} → {b[sec].get(k)!r}" for sec in ("model", "task", "train")
+            for k in sorted(set(a[sec]) | set(b[sec])) if a[sec].get(k) != b[sec].get(k) and k != "steps"]
+
+
+class _File:
+    """A read-only attribute of a folder class: its ``path`` joined with some of its names."""
+
+    def __init__(self, *names: str) -> None:
+        self.names = names
+
+    def __get__(self, folder: Any, owner: type | None = None) -> Any:
+        return self if folder is None else folder.path.joinpath(*self.names)
+
+
+@dataclass(frozen=True)
+class _Folder:
+    """A folder ftstudy writes, by its path."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+class RunDir(_Folder):
+    """A run folder, the one owner of its file names and of the rules for its state::
+
+        config.json    every config field and the run's provenance (written first)
+        metrics.csv    one row per logged training step and per validation
+        summary.json   final figures; its presence marks the run finished
+        samples.txt    generations under prior Z;  groups.txt: the probe's generation groups
+        ckpt/          git-ignored: last.ckpt (resumable) and model.pt (export)
+        tb/            git-ignored: the TensorBoard log of the same figures
+        COPIED_FROM    a run copied from an identical one of another study
+        .ftstudy.lock  held by the one process writing the folder
+
+    Status: ``new`` (absent, or empty but for a lock file), ``foreign`` (holds something
+    that is not an ftstudy run: never written into nor deleted), ``started`` (an ftstudy
+    config, but neither checkpoint nor summary), ``interrupted`` (a resumable checkpoint),
+    ``finished`` (a summary), and, for a wanted config with more steps than a finished
+    run made, ``extendable``.  Every write is atomic.
+    """
+
+    CONFIG = "config.json"
+    METRICS = "metrics.csv"
+    SUMMARY = "summary.json"
+    SAMPLES = "samples.txt"
+    GROUPS = "groups.txt"
+    CKPT = "ckpt"
+    LAST_CKPT = "last.ckpt"
+    MODEL = "model.pt"
+    TB = "tb"
+    COPIED_FROM = "COPIED_FROM"
+
+    config_file = _File(CONFIG)
+    metrics_file = _File(METRICS)
+    summary_file = _File(SUMMARY)
+    samples_file = _File(SAMPLES)
+    groups_file = _File(GROUPS)
+    ckpt_dir = _File(CKPT)
+    #: Lightning's resumable training state.
+    last_ckpt = _File(CKPT, LAST_CKPT)
+    #: The exported model (``ftstudy.core.checkpoint``).
+    model_file = _File(CKPT, MODEL)
+    tb_dir = _File(TB)
+
+    # ------------------------------------------------------------ files
+
+    def record(self) -> dict[str, Any]:
+        """config.json as written: ``{"config": …, "run", "argv", "command", versions …}``."""
+        return json.loads(self.config_file.read_text())
+
+    def config(self, complete: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The config the run was made with (its ``model``, ``task``, ``train`` sections),
+        through ``complete`` when given (which fills the fields added to ftstudy since).
+        RunError if it cannot be read."""
+        try:
+            cfg = self.record()["config"]
+            return complete(cfg) if complete is not None else cfg
+        except (KeyError, ValueError, TypeError, OSError) as e:
+            raise RunError(f"{self.config_file} cannot be read as an ftstudy config: {e}") from e
+
+    def write_config(self, record: dict[str, Any]) -> None:
+        _write_json(self.config_file, record)
+
+    def saved_steps(self) -> int | None:
+        """The steps the saved config asks for (None before config.json is written)."""
+        return self.record()["config"]["train"]["steps"] if self.config_file.exists() else None
+
+    def summary(self) -> dict[str, Any] | None:
+        """summary.json (None while the run is unfinished)."""
+        return json.loads(self.summary_file.read_text()) if self.summary_file.exists() else None
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """Finish the run: JSON has no NaN, so undefined figures must already be null."""
+        _write_json(self.summary_file, summary, allow_nan=False)
+
+    def unfinish(self) -> None:
+        """Remove summary.json, so that a finished run can be extended to more steps."""
+        self.summary_file.unlink()
+
+    def metrics(self) -> list[dict[str, float | str]]:
+        """metrics.csv rows with numbers parsed (see :func:`read_metrics`)."""
+        return read_metrics(self.path)
+
+    def metrics_table(self) -> CsvTable:
+        """metrics.csv as a table of raw strings, for its writer (empty until loaded)."""
+        return CsvTable(self.metrics_file)
+
+    def last_step(self) -> int:
+        """The last step metrics.csv holds (0 without one)."""
+        if not self.metrics_file.exists():
+            return 0
+        return int(max((r["step"] for r in self.metrics()), default=0))
+
+    def write_samples(self, samples: list[str]) -> None:
+        atomic_write_text(self.samples_file, "\n".join(samples) + "\n")
+
+    def make_ckpt_dir(self) -> Path:
+        """ckpt/, with a .gitignore of its own (belt and braces beside the repo's)."""
+        self.ckpt_dir.mkdir(exist_ok=True)
+        atomic_write_text(self.ckpt_dir / ".gitignore", "*\n")
+        return self.ckpt_dir
+
+    # ------------------------------------------------------------ status
+
+    def is_ftstudy(self) -> bool:
+        """Whether the folder holds an ftstudy run: a config.json of the shape train writes
+        ({"config": {"model": …, "task": …, "train": …}}, from this ftstudy or an older one)."""
+        try:
+            saved = self.record()
+        except (OSError, ValueError):
+            return False
+        cfg = saved.get("config") if isinstance(saved, dict) else None
+        return isinstance(cfg, dict) and all(isinstance(cfg.get(s), dict) for s in ("model", "task", "train"))
+
+    def status(self) -> str:
+        """new, foreign, finished, interrupted or started (see the class)."""
+        p = self.path
+        if not p.exists() or (p.is_dir() and all(q.name == LOCK_NAME for q in p.iterdir())):
+            return "new"  # a lock file alone is no start: its holder may not have written anything yet
+        if not self.is_ftstudy():
+            return "foreign"
+        if self.summary_file.exists():
+            return "finished"
+        if self.last_ckpt.exists():
+            return "interrupted"
+        return "started"
+
+    def check_ours(self) -> str:
+        """The status; RunError for a foreign folder."""
+        status = self.status()
+        if status == "foreign":
+            raise RunError(f"{self.path} exists and is not an ftstudy run folder (no ftstudy {self.CONFIG}); "
+                           f"ftstudy neither writes into nor deletes it (--overwrite included): pick another --out "
+                           f"or --name")
+        return status
+
+    def check(self, want: dict[str, Any], complete: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> str:
+        """Status of the folder for a run of config ``want`` (a config dict): new, started,
+        interrupted, finished or extendable.  Reads only; touches nothing.
+
+        RunError when the folder is foreign or holds a run of another config (only
+        ``train.steps`` may differ: more steps extend a run, fewer are refused).
+        ``complete``: see :meth:`config`.
+        """
+        status = self.check_ours()
+        if status == "new":
+            return status
+        saved = self.config(complete)
+        diff = _differences(saved, want)
+        if diff:
+            raise RunError(f"{self.path} holds a run with a different config ({'; '.join(diff)}); "
+                           f"pick another --out or pass --overwrite")
+        old_steps, steps = saved["train"]["steps"], want["train"]["steps"]
+        if steps < old_steps and status in ("finished", "interrupted"):
+            raise RunError(f"{self.path} was set up for {old_steps} steps; asking for {steps} would shorten it "
+                           f"(pass --overwrite to start over)")
+        if status == "finished" and steps > (self.summary() or {}).get("step", 0):
+            return "extendable"
+        return status
+
+    # ------------------------------------------------------------ whole folders
+
+    def lock(self, *, wait: bool = False) -> contextlib.AbstractContextManager[Path]:
+        """Hold the run's lock (:func:`folder_lock`; RunError if another process holds it)."""
+        return folder_lock(self.path, wait=wait, what="run folder", error=RunError)
+
+    def delete(self, *, locked: bool = False, wait: bool = False) -> None:
+        """Empty a run folder that ftstudy made (RunError for any other folder: nothing is
+        touched).  ``locked``: the caller holds the run's lock already; else it is taken here."""
+        if self.check_ours() == "new":
+            return
+        if locked:
+            clear_folder(self.path)
+            return
+        with self.lock(wait=wait):
+            self.delete(locked=True)
+
+    def copy_to(self, dst: RunDir, *, wait: bool = False) -> None:
+        """Copy this finished run into ``dst`` (missing, or empty but for a lock file),
+        holding ``dst``'s lock, and mark it with COPIED_FROM.  The copy is made in a fresh
+        temporary folder of this process, then moved in with summary.json, the mark of a
+        finished run, last."""
+        with dst.lock(wait=wait):
+            if any(p.name != LOCK_NAME for p in dst.path.iterdir()):
+                raise RunError(f"cannot copy {self.path} to {dst.path}: {dst.path} is not empty")
+            tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.copy{os.getpid()}-", dir=dst.path.parent))
+            try:
+                shutil.copytree(self.path, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(LOCK_NAME))
+                (tmp / self.COPIED_FROM).write_text(f"{self.path.parent.name}/{self.name}\n")
+                for p in sorted(tmp.iterdir(), key=lambda p: p.name == self.SUMMARY):
+                    os.replace(p, dst.path / p.name)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)  # made above by this process, never anyone else's
+
+    def copied_from(self) -> str | None:
+        """``study/run`` this run was copied from, if it was."""
+        f = self.path / self.COPIED_FROM
+        return f.read_text().strip() if f.exists() else None
+
+
+# The file ``python -m ftstudy.train --config FILE`` reads: a resolved config, and the
+# ftstudy.run.train arguments that reproduce it (recorded as the run's command).
+_CONFIG_KEY, _ARGS_KEY = "config", "train_args"
+
+
+def write_config_file(path: Path, config: dict[str, Any], train_args: list[str] | None = None) -> Path:
+    """Write a config for ``ftstudy.run.train --config`` (with the arguments that reproduce it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_json(path, {_CONFIG_KEY: config, **({_ARGS_KEY: list(train_args)} if train_args is not None else {})})
+    return path
+
+
+def read_config_file(path: Path) -> tuple[dict[str, Any], list[str] | None]:
+    """(config dict, reproducing ftstudy.run.train arguments or None) of a ``--config`` file:
+    one :func:`write_config_file` wrote, a run's config.json, or a bare config (what
+    ``--print-config`` prints).  ValueError or OSError if it cannot be read."""
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a JSON object expected")
+    if isinstance(data.get(_CONFIG_KEY), dict):
+        args = data.get(_ARGS_KEY)
+        if args is not None and not (isinstance(args, list) and all(isinstance(a, str) for a in args)):
+            raise ValueError(f"{path}: {_ARGS_KEY} must be a list of strings")
+        return data[_CONFIG_KEY], args
+    return data, None
+
+
+# ---------------------------------------------------------------- study folders
+
+class StudyDir(_Folder):
+    """A study folder (``<results>/<study>/``), the one owner of its file names::
+
+        <run>/          one RunDir per grid point and seed
+        summary.csv     one row per finished run: config fields, then its figures
+        aggregate.csv   one row per grid point: mean and 95% interval over seeds
+        aggregate.md    the same as a markdown table
+        logs/           git-ignored: each parallel run's log and the config it was given
+
+    and of the names of its figures, which go to ``<results>/figures/`` by default (one
+    folder for the studies of a results folder).
+    """
+
+    SUMMARY, AGGREGATE_CSV, AGGREGATE_MD = "summary.csv", "aggregate.csv", "aggregate.md"
+    LOGS, FIGURES = "logs", "figures"
+
+    summary_file = _File(SUMMARY)
+    aggregate_csv = _File(AGGREGATE_CSV)
+    aggregate_md = _File(AGGREGATE_MD)
+    logs_dir = _File(LOGS)
+
+    def run(self, name: str) -> RunDir:
+        return RunDir(self.path / name)
+
+    def runs(self, *, finished: bool = False) -> list[RunDir]:
+        """Its run folders (with a config.json; ``finished``: with a summary.json), by name."""
+        if not self.path.is_dir():
+            return []
+        runs = [RunDir(p) for p in sorted(self.path.iterdir()) if p.is_dir()]
+        return [r for r in runs if (r.summary_file if finished else r.config_file).exists()]
+
+    def log_file(self, run: str) -> Path:
+        """Where a parallel sweep sends a run's output."""
+        return self.logs_dir / f"{run}.log"
+
+    def config_file(self, run: str) -> Path:
+        """The config a parallel sweep gives a run (``ftstudy.run.train --config``)."""
+        return self.logs_dir / f"{run}.{RunDir.CONFIG}"
+
+    def summary(self) -> list[dict[str, str]]:
+        """summary.csv's rows, as strings."""
+        return CsvTable(self.summary_file).load().rows
+
+    def write_summary(self, rows: list[dict[str, Any]]) -> Path:
+        return CsvTable(self.summary_file, rows).write()
+
+    def write_aggregate(self, rows: list[dict[str, Any]], markdown: str) -> Path:
+        """aggregate.csv and aggregate.md (returned)."""
+        CsvTable(self.aggregate_csv, rows).write()
+        atomic_write_text(self.aggregate_md, markdown)
+        return self.aggregate_md
+
+    # ------------------------------------------------------------ figures
+
+    @property
+    def figures_dir(self) -> Path:
+        """The default folder of its figures: ``figures/`` beside the study folders."""
+        return self.path.parent / self.FIGURES
+
+    def figure(self, fig_dir: Path | None = None, kind: str = "") -> Path:
+        """The study's metric figure (``kind`` "") or another of its figures (``dynamics``)."""
+        return Path(fig_dir or self.figures_dir) / f"{self.name}{'_' + kind if kind else ''}.png"
+
+    def figure4(self, seed: int, fig_dir: Path | None = None, suffix: str = ".png") -> Path:
+        """The paper's Figure 4 for one seed, as a picture (.png) or as text (.txt)."""
+        return Path(fig_dir or self.figures_dir) / f"figure4_s{seed}{suffix}"

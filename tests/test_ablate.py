@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ftstudy.study.ablate import KAPPAS, main, plan
+from ftstudy.study.ablate import main, plan
+from ftstudy.study.studies import KAPPAS
 from ftstudy.core.config import parse_set_args
 from ftstudy.run.train import REPO_ROOT
 

@@ -88,3 +88,14 @@ def test_derived_quantities() -> None:
     assert m.kappa_nats == pytest.approx(0.6931471805599453)
     assert m.hidden % m.mlp_multiple == 0 and m.hidden >= 8 * 128 / 3
     assert not ModelConfig(latent_bits=0).is_free
+
+
+def test_config_knows_no_task() -> None:
+    """task.name is any registered task's name; what a task requires is the task's check
+    (ftstudy.tasks.check_config, tested in test_task_protocol.py), not the config's."""
+    cfg = get_preset("synthetic-tiny", {"name": "my-task", "max_seq_len": 16})
+    assert cfg.task.name == "my-task" and RunConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    with pytest.raises(ConfigError, match=r"TaskConfig\.name = '' is not allowed"):
+        get_preset("synthetic-tiny", {"name": ""})
+    with pytest.raises(ConfigError, match=r"TaskConfig\.probe_group_size = -1 .*>= 0"):
+        get_preset("synthetic-tiny", {"probe_group_size": -1})

@@ -12,6 +12,7 @@ import torch
 
 from ftstudy.core.checkpoint import save_model
 from ftstudy.core.config import ModelConfig, RunConfig, TaskConfig
+from ftstudy.core.latent import sample_bits
 from ftstudy.eval.harness import FTStudyLM, HarnessError
 from ftstudy.core.model import FreeTransformer
 
@@ -36,7 +37,7 @@ def leaky_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for _ in range(250):
         b = torch.randint(97, 113, (64, 1))
         x = torch.cat([torch.full((64, 1), EOT), b.expand(64, 8)], 1)
-        out = m(x[:, :-1], x[:, 1:], z="posterior")
+        out = m(x[:, :-1], x[:, 1:], z="posterior-leaky")
         out.loss.backward()
         opt.step()
         opt.zero_grad()
@@ -70,13 +71,14 @@ def test_a_leaking_wrapper_would_fail_that_test(leaky_ckpt: Path) -> None:
     with torch.no_grad():
         for v in range(258):
             seq = torch.tensor([[EOT, v]])
-            logits = lm.model(seq, z="posterior", generator=torch.Generator().manual_seed(0)).logits
+            logits = lm.model(seq, z="posterior-leaky", generator=torch.Generator().manual_seed(0)).logits
             total += float(torch.log_softmax(logits[0, 0].float(), -1)[v].exp())
     assert total > 2.0
 
 
 def _naive(lm: FTStudyLM, ctx: list[int], cont: list[int], k: int) -> float:
-    """One request alone: encoder on the context alone (no padding, no mask), explicit bits."""
+    """One request alone: encoder on the context alone (no padding, no mask), Z drawn with the
+    wrapper's seed for the row (posterior at the context, fair coins after), explicit bits."""
     win = lm.max_length
     whole = (ctx + cont)[-(win + 1):]
     inp = whole[:-1]
@@ -86,8 +88,10 @@ def _naive(lm: FTStudyLM, ctx: list[int], cont: list[int], k: int) -> float:
         lls = []
         for j in range(k):
             if m.cfg.is_free:
-                enc = m.encode(m.trunk(torch.tensor([inp[:n_ctx]])))[0] if lm.z_policy == "posterior-context" else None
-                bits = lm._bits(inp[:n_ctx], enc, len(inp), j)[None]
+                z_logits = torch.zeros(1, len(inp), m.cfg.latent_bits)  # logit 0: a fair coin (prior Z)
+                if lm.z_policy == "posterior-context":
+                    z_logits[:, :n_ctx] = m(torch.tensor([inp[:n_ctx]]), z="posterior-leaky").enc_logits
+                bits = sample_bits(z_logits, [lm._z_generator(inp[:n_ctx], j)])
                 logits = m(torch.tensor([inp]), z=bits).logits[0]
             else:
                 logits = m(torch.tensor([inp])).logits[0]
@@ -164,6 +168,25 @@ def test_batched_generation_matches_one_at_a_time(leaky_ckpt: Path, policy: str)
         assert one == many
 
 
+def test_a_model_in_memory_scores_and_samples_like_its_checkpoint(leaky_ckpt: Path) -> None:
+    class Req:
+        def __init__(self, ctx: str, kw: dict) -> None:
+            self.args = (ctx, kw)
+
+    reqs = [(None, [EOT, 97, 97], [97, 98]), (None, [EOT], [100])]
+    gens = [Req("aa", {"until": [], "max_gen_toks": 6, "do_sample": True}),
+            Req("aa", {"until": [], "max_gen_toks": 6, "do_sample": True, "top_k": 1}),
+            Req("aa", {"until": [], "max_gen_toks": 6})]
+    lm = FTStudyLM(leaky_ckpt, z_samples=2)
+    mem = FTStudyLM(model=FreeTransformer(lm.model.cfg).eval(), tokenizer=lm.tok, z_samples=2)
+    mem.model.load_state_dict(lm.model.state_dict())
+    assert mem.checkpoint is None and mem.max_length == 32
+    assert mem._loglikelihood_tokens(reqs, disable_tqdm=True) == lm._loglikelihood_tokens(reqs, disable_tqdm=True)
+    outs = mem.generate_until(gens, disable_tqdm=True)
+    assert outs == lm.generate_until(gens, disable_tqdm=True)
+    assert outs[1] == outs[2]  # top_k = 1 is greedy
+
+
 def test_repeated_prompts_get_their_own_draws(leaky_ckpt: Path) -> None:
     class Req:
         def __init__(self, ctx: str) -> None:
@@ -208,7 +231,13 @@ def test_bad_input_is_a_clear_error(tmp_path: Path, leaky_ckpt: Path) -> None:
         FTStudyLM(leaky_ckpt, z_samples=0)
     with pytest.raises(HarnessError, match="unknown FTStudyLM argument"):
         FTStudyLM(leaky_ckpt, temperature=3)
+    with pytest.raises(HarnessError, match="either a checkpoint path or a model instance"):
+        FTStudyLM()
     lm = FTStudyLM(leaky_ckpt)
+    with pytest.raises(HarnessError, match="needs its tokenizer"):
+        FTStudyLM(model=lm.model)
+    with pytest.raises(HarnessError, match="top_p"):
+        lm.generate_until([type("R", (), {"args": ("abc", {"do_sample": True, "top_p": 1.5})})()], disable_tqdm=True)
     with pytest.raises(HarnessError, match="zero tokens"):
         lm._loglikelihood_tokens([(None, [], [97])], disable_tqdm=True)
 

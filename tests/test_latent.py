@@ -146,3 +146,43 @@ def test_factored_mapper_equals_dense_on_additive_table() -> None:
     (g1,) = torch.autograd.grad(r1, logits, grad_out)
     (g2,) = torch.autograd.grad(r2, logits, grad_out)
     assert _rel(r1, r2) <= 1e-12 and _rel(g1, g2) <= 1e-10
+
+
+def test_per_row_draws_do_not_depend_on_the_batch() -> None:
+    """One generator per row: row j's bits are u < sigmoid(L) with its own uniforms, drawn in
+    position order over its valid positions only; padding gets False."""
+    logits = torch.randn(3, 7, 4, generator=torch.Generator().manual_seed(0))
+    valid = torch.ones(3, 7, dtype=torch.bool)
+    valid[1, :2] = valid[2, :6] = False
+
+    def gens() -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(s) for s in (5, 6, 7)]
+
+    bits = latent.sample_bits(logits, gens(), valid)
+    for j in range(3):
+        alone = latent.sample_bits(logits[j:j + 1, valid[j]], gens()[j:j + 1])
+        assert torch.equal(bits[j, valid[j]], alone[0]) and not bits[j, ~valid[j]].any()
+    u = torch.rand(5, 4, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(bits[1, 2:], u < torch.sigmoid(logits[1, 2:]))
+    # Drawing n positions then m more from one generator is drawing n + m at once (the prompt's
+    # Z and then the new tokens' come from one stream per row).
+    g = torch.Generator().manual_seed(6)
+    assert torch.equal(torch.cat([torch.rand(2, 4, generator=g), torch.rand(3, 4, generator=g)]), u)
+    prior = latent.prior_bits((3, 7), 4, generator=gens(), valid=valid)
+    assert torch.equal(prior[1, 2:], u < 0.5) and not prior[~valid].any()
+    # One generator for the batch: the prior is uniform_bits, as it always was.
+    assert torch.equal(latent.prior_bits((3, 7), 4, generator=torch.Generator().manual_seed(0)),
+                       latent.uniform_bits((3, 7), 4, generator=torch.Generator().manual_seed(0)))
+    with pytest.raises(ValueError, match="one generator per row"):
+        latent.sample_bits(logits, gens()[:2])
+
+
+def test_bit_log_probs() -> None:
+    logits = 3 * torch.randn(2, 5, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    bits = torch.rand(2, 5, 6, generator=torch.Generator().manual_seed(2)) < 0.5
+    p = torch.sigmoid(logits)
+    assert torch.allclose(latent.bit_log_probs(logits, bits), torch.where(bits, p, 1 - p).log())
+    # Over every code, the probabilities sum to one (H = 3 at one position).
+    codes = code_bits(3, dtype=torch.float64).bool()
+    total = latent.bit_log_probs(logits[0, 0, :3].expand(8, 3), codes).sum(-1).exp().sum()
+    assert total.item() == pytest.approx(1.0)

@@ -60,7 +60,7 @@ def test_zero_post_sampler_is_baseline_bit_for_bit(extra: dict) -> None:
         free.post_sampler.weight.zero_()
     idx = _idx()
     ref = base(idx).logits
-    for z in ("posterior", "prior"):
+    for z in ("posterior-leaky", "posterior-context", "prior"):
         assert torch.equal(free(idx, z=z).logits, ref), z
     # ... and a non-zero post-sampler does change them (the test can fail).
     with torch.no_grad():
@@ -99,7 +99,7 @@ def test_encoder_gets_gradient_from_reconstruction_only() -> None:
     m = _model(tiny(kappa_bits=1e6), dtype=torch.float32)  # free bits so large the KL term is 0
     m.train()
     idx = _idx()
-    out = m(idx, idx, z="posterior")
+    out = m(idx, idx, z="posterior-leaky")
     assert out.kl_loss is not None and out.kl_loss.item() == 0.0
     out.ce.backward()
     for name in ("enc_head.weight", "zeta", "encoder.attn.wq.weight", "post_sampler.weight"):
@@ -113,7 +113,7 @@ def test_prior_never_runs_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*a, **k):
         raise AssertionError("encoder ran under prior Z")
 
-    monkeypatch.setattr(m, "encode", boom)
+    monkeypatch.setattr(m, "_encode", boom)
     m(_idx(), z="prior")
     generate(m, _idx(2, 3), 5, z_prompt="prior", generator=torch.Generator().manual_seed(0))
 
@@ -124,7 +124,7 @@ def test_loss_is_ce_plus_per_token_free_bits() -> None:
         m.enc_head.weight.mul_(200)  # push encoder logits so KL varies across tokens around κ
     idx = _idx()
     mask = torch.rand(idx.shape, generator=torch.Generator().manual_seed(2)) < 0.7
-    out = m(idx, idx, mask, z="posterior", generator=torch.Generator().manual_seed(3))
+    out = m(idx, idx, mask, z="posterior-leaky", generator=torch.Generator().manual_seed(3))
     ce = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), idx.flatten(), reduction="none")
     ce = (ce * mask.flatten()).sum() / mask.sum()
     kappa = 0.05 * torch.log(torch.tensor(2.0, dtype=torch.float64))
@@ -139,7 +139,7 @@ def test_causality(variant: str) -> None:
     cfg = tiny(**VARIANTS[variant])
     m = _model(cfg)
     idx = _idx(2, 16)
-    z = torch.rand(2, 16, cfg.latent_bits) < 0.5 if cfg.is_free else "posterior"
+    z = torch.rand(2, 16, cfg.latent_bits) < 0.5 if cfg.is_free else "posterior-leaky"
     ref = m(idx, z=z).logits
     for t in (0, 7, 14):
         changed = idx.clone()
@@ -157,7 +157,7 @@ def test_cached_generation_matches_full_recompute(variant: str, device: str) -> 
     prompt = _idx(3, 5).to(device)
     g = generate(m, prompt, 20, generator=torch.Generator(device=device).manual_seed(0), return_logits=True)
     assert g.tokens.shape == (3, 25) and torch.equal(g.tokens[:, :5], prompt)
-    z = g.bits if cfg.is_free else "posterior"
+    z = g.bits if cfg.is_free else "posterior-leaky"
     full = m(g.tokens[:, :-1], z=z).logits[:, 4:]  # logits that produced tokens 5 … 24
     rel = ((g.logits - full).abs().max() / full.abs().max()).item()
     assert rel <= 1e-5
@@ -182,15 +182,17 @@ def test_generation_z_policies() -> None:
     same = generate(m, prompt[:1].expand(4, 6), 10, bits=shared.expand(4, 15, 4), temperature=0.0)
     assert (same.tokens == same.tokens[:1]).all()
     # Prompt Z from the encoder on the prompt only: appending tokens does not change it.
-    torch.manual_seed(0)
-    enc_short = m.encode(m.trunk(prompt))
-    assert enc_short.shape == (4, 6, 4)
+    enc_short = m(prompt, z="posterior-context").enc_logits
+    assert enc_short is not None and enc_short.shape == (4, 6, 4)
+    longer = torch.cat([prompt, _idx(4, 3, seed=9)], 1)
+    context = torch.arange(9)[None].expand(4, 9) < 6
+    assert torch.allclose(m(longer, z="posterior-context", context=context).enc_logits[:, :6], enc_short, atol=1e-6)
     with pytest.raises(ValueError, match="bits must be bool of shape"):
         generate(m, prompt, 10, bits=torch.zeros(4, 3, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="z_prompt"):
         generate(m, prompt, 10, z_prompt="sideways")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="exceeds max_seq_len"):
-        generate(m, prompt, 100)
+    # Past the window: generation goes on from the last half window (tests/test_generate.py).
+    assert generate(m, prompt, 100, temperature=0.0).tokens.shape == (4, 106)
     with pytest.raises(ValueError, match="no latent"):
         generate(_model(tiny(latent_bits=0)), prompt, 3, bits=torch.zeros(4, 8, 4, dtype=torch.bool))
 
@@ -209,6 +211,8 @@ def test_forward_z_errors() -> None:
         m(_idx(), z=torch.zeros(3, 20, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="z = 'encoder'"):
         m(_idx(), z="encoder")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="renamed"):
+        m(_idx(), z="posterior")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="beyond max_seq_len"):
         m(_idx(1, 49))
 

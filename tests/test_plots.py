@@ -10,6 +10,7 @@ import pytest
 
 from ftstudy.results import plots
 from ftstudy.study.ablate import main as ablate_main
+from ftstudy.study.studies import STUDIES
 from ftstudy.results.claims import REPO_ROOT
 
 RESULTS = REPO_ROOT / "results"
@@ -71,7 +72,7 @@ def test_benchmark_tables_have_the_papers_layout() -> None:
 
 
 def test_study_table_and_missing_results(tmp_path: Path, capsys) -> None:
-    aggs = plots.study_aggregates(RESULTS / "ablate" / "kl_budget")
+    aggs = plots.study_aggregates(RESULTS / "ablate" / "kl_budget", STUDIES["kl_budget"])
     table = plots.study_table(aggs, "kappa_bits")
     row = table[table["kappa_bits"] == "8.0"].iloc[0]
     assert row["seeds"] == 3 and row["valid"].count("[") == 1

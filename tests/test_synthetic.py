@@ -1,4 +1,5 @@
-"""Tests for ftstudy.tasks.synthetic: generator, checker, tokenizer, batches and data module."""
+"""Tests for ftstudy.tasks.synthetic (generator, checker, tokenizer, batches) and the data module
+of ftstudy.tasks.synthetic_task."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from scipy import stats
 
 from ftstudy.tasks import synthetic as S
+from ftstudy.tasks import synthetic_task as ST
 
 N_STAT = 10_000
 STAT_SEED = 1234
@@ -403,14 +405,14 @@ def test_stream_seed_derivation() -> None:
     # Training seeds live in [2**63, 2**64), validation seeds below: they can never collide.
     assert all(2**63 <= x < 2**64 for x in seeds + batch_seeds)
     assert (
-        S.SyntheticDataModule(4, val_size=0, seed=123).val_seed == 123 + S.VAL_SEED_OFFSET < 2**63
+        ST.SyntheticDataModule(4, val_size=0, seed=123).val_seed == 123 + S.VAL_SEED_OFFSET < 2**63
     )
     with pytest.raises(ValueError, match="worker_id"):
         S.derive_stream_seed(0, 0, -1)
 
 
 def test_worker_streams_differ() -> None:
-    ds = S.SyntheticTrainStream(8, seed=0)
+    ds = ST.SyntheticTrainStream(8, seed=0)
     b0, b1 = ds.batch_at(0, 0), ds.batch_at(1, 0)
     assert not torch.equal(b0["idx"], b1["idx"])
     assert torch.equal(b0["idx"], ds.batch_at(0, 0)["idx"])
@@ -421,10 +423,10 @@ def _decode(batch: S.Batch, tok: S.CharTokenizer) -> list[str]:
 
 
 def test_val_set_fixed() -> None:
-    a = S.SyntheticDataModule(batch_size=32, val_size=100, seed=5)
-    b = S.SyntheticDataModule(batch_size=32, val_size=100, seed=5)
+    a = ST.SyntheticDataModule(batch_size=32, val_size=100, seed=5)
+    b = ST.SyntheticDataModule(batch_size=32, val_size=100, seed=5)
     assert a.val_strings == b.val_strings == S.sample(100, 5 + S.VAL_SEED_OFFSET)
-    assert S.SyntheticDataModule(batch_size=32, val_size=100, seed=6).val_strings != a.val_strings
+    assert ST.SyntheticDataModule(batch_size=32, val_size=100, seed=6).val_strings != a.val_strings
     assert isinstance(a.tokenizer, S.CharTokenizer)
 
     batches = list(a.val_dataloader())
@@ -435,7 +437,7 @@ def test_val_set_fixed() -> None:
 
 
 def test_train_batches() -> None:
-    dm = S.SyntheticDataModule(batch_size=16, val_size=8, seed=0, steps_per_epoch=3)
+    dm = ST.SyntheticDataModule(batch_size=16, val_size=8, seed=0, steps_per_epoch=3)
     dl = dm.train_dataloader()
     assert len(dl) == 3
     batches = list(dl)
@@ -456,20 +458,20 @@ def test_train_batches() -> None:
     assert len(epoch2) == 3
     assert not any(torch.equal(x["idx"], y["idx"]) for x in batches for y in epoch2)
     ds = dl.dataset
-    assert isinstance(ds, S.SyntheticTrainStream)
+    assert isinstance(ds, ST.SyntheticTrainStream)
     assert all(
         torch.equal(b["idx"], ds.batch_at(0, k)["idx"]) for k, b in enumerate(batches + epoch2)
     )
 
     # Restarting with the same seed replays the same batches; another seed gives others.
     replay = list(
-        S.SyntheticDataModule(
+        ST.SyntheticDataModule(
             batch_size=16, val_size=8, seed=0, steps_per_epoch=3
         ).train_dataloader()
     )
     assert all(torch.equal(x["idx"], y["idx"]) for x, y in zip(batches, replay, strict=True))
     other = list(
-        S.SyntheticDataModule(
+        ST.SyntheticDataModule(
             batch_size=16, val_size=8, seed=1, steps_per_epoch=3
         ).train_dataloader()
     )
@@ -477,7 +479,7 @@ def test_train_batches() -> None:
 
 
 def test_endless_stream() -> None:
-    ds = S.SyntheticTrainStream(2, seed=0, steps_per_epoch=None)
+    ds = ST.SyntheticTrainStream(2, seed=0, steps_per_epoch=None)
     it = iter(ds)
     firsts = [next(it) for _ in range(5)]
     assert len({tuple(b["idx"].flatten().tolist()) for b in firsts}) == 5
@@ -488,25 +490,25 @@ def test_endless_stream() -> None:
 def test_ranks_take_slices_of_one_global_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     """With world size 2 each rank reads its half of the global batch that one process with
     twice the per-rank batch would train on."""
-    single = S.SyntheticDataModule(batch_size=16, val_size=0, seed=0, steps_per_epoch=1)
+    single = ST.SyntheticDataModule(batch_size=16, val_size=0, seed=0, steps_per_epoch=1)
     whole = next(iter(single.train_dataloader()))
-    dm = S.SyntheticDataModule(batch_size=8, val_size=0, seed=0, steps_per_epoch=1)
+    dm = ST.SyntheticDataModule(batch_size=8, val_size=0, seed=0, steps_per_epoch=1)
     halves = []
     for rank in (0, 1):
-        monkeypatch.setattr(S, "distributed_rank_world", lambda r=rank: (r, 2))
+        monkeypatch.setattr(ST, "distributed_rank_world", lambda r=rank: (r, 2))
         dl = dm.train_dataloader()
-        assert isinstance(dl.dataset, S.SyntheticTrainStream) and dl.dataset.rank == rank
+        assert isinstance(dl.dataset, ST.SyntheticTrainStream) and dl.dataset.rank == rank
         halves.append(next(iter(dl)))
     assert not torch.equal(halves[0]["idx"], halves[1]["idx"])
     for key in whole:
         assert torch.equal(torch.cat([halves[0][key], halves[1][key]]), whole[key]), key
     assert torch.equal(halves[1]["idx"], dm.train_dataset(rank=1, world_size=2).batch_at(0, 0)["idx"])
     with pytest.raises(ValueError, match="rank must be in 0..world_size-1"):
-        S.SyntheticTrainStream(8, seed=0, rank=2, world_size=2)
+        ST.SyntheticTrainStream(8, seed=0, rank=2, world_size=2)
 
 
 def test_multiworker_streams() -> None:
-    dm = S.SyntheticDataModule(batch_size=4, val_size=0, seed=3, steps_per_epoch=5, num_workers=2)
+    dm = ST.SyntheticDataModule(batch_size=4, val_size=0, seed=3, steps_per_epoch=5, num_workers=2)
     dl = dm.train_dataloader()
     assert dl.persistent_workers
     ref = dm.train_dataset(rank=0)
@@ -537,7 +539,7 @@ def test_multiworker_streams() -> None:
 def test_datamodule_validation(kwargs: dict[str, int], match: str) -> None:
     args: dict[str, int] = {"batch_size": 4, **kwargs}
     with pytest.raises(ValueError, match=match):
-        S.SyntheticDataModule(**args)
+        ST.SyntheticDataModule(**args)
 
 
 def test_trainer_smoke() -> None:
@@ -567,7 +569,7 @@ def test_trainer_smoke() -> None:
         def configure_optimizers(self) -> torch.optim.Optimizer:
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    dm = S.SyntheticDataModule(batch_size=8, val_size=16, seed=0, steps_per_epoch=3)
+    dm = ST.SyntheticDataModule(batch_size=8, val_size=16, seed=0, steps_per_epoch=3)
     trainer = L.Trainer(
         max_epochs=2,
         accelerator="cpu",
@@ -580,3 +582,8 @@ def test_trainer_smoke() -> None:
     assert trainer.global_step == 6
     assert len({tuple(x.flatten().tolist()) for x in seen}) == 6
     assert "val_loss" in trainer.callback_metrics
+
+
+def test_no_latent_floor_is_position_plus_noise_entropy() -> None:
+    # ln(57)/64: one of 57 block positions per 64-character body; h(1/16) per character.
+    assert S.NO_LATENT_FLOOR == math.log(57) / 64 - (1 / 16) * math.log(1 / 16) - (15 / 16) * math.log(15 / 16)

@@ -101,13 +101,24 @@ def test_interrupted_run_resumes_exactly(tmp_path: Path, monkeypatch: pytest.Mon
 
     monkeypatch.setattr(LitFreeTransformer, "training_step", crash_at_12)
     with pytest.raises(RuntimeError, match="simulated kill"):
-        train(tiny_cfg(), run_dir, progress=False)
+        train(tiny_cfg(log_every=1), run_dir, progress=False)  # logs steps 11 and 12 past the step-10 checkpoint
     assert not (run_dir / "summary.json").exists()
     monkeypatch.setattr(LitFreeTransformer, "training_step", orig)
-    summary = train(tiny_cfg(), run_dir, progress=False)
+    summary = train(tiny_cfg(log_every=1), run_dir, progress=False)
     assert summary["step"] == 20
     rows = [r.split(",")[:2] for r in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
-    assert len(rows) == len({tuple(r) for r in rows}) == 6  # no step logged twice
+    assert len(rows) == len({tuple(r) for r in rows}) == 22  # no step logged twice
+    # The TensorBoard log continues in the same folder, and hides what the killed run logged
+    # after its checkpoint, as metrics.csv drops those rows.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert [p.name for p in run_dir.iterdir() if p.name.startswith("tb")] == ["tb"]
+    assert len(list((run_dir / "tb").glob("events.out.tfevents.*"))) == 2
+    tb = EventAccumulator(str(run_dir / "tb"))
+    tb.Reload()
+    loss = {int(r["step"]): r["loss"] for r in read_metrics(run_dir) if r["split"] == "train"}
+    assert [(e.step, e.value) for e in tb.Scalars("train/loss")] == [(s, pytest.approx(v, rel=1e-5))
+                                                                     for s, v in sorted(loss.items())]
     # Same data, same Z draws, same optimizer state: the resumed run ends where the
     # uninterrupted one did.
     a, _, _ = load_model(ref_dir / "ckpt" / "model.pt")
@@ -249,9 +260,9 @@ def test_cli_errors_and_names(capsys, tmp_path: Path) -> None:
         "synthetic-quick-free-k1-n_layers8-s0"
 
 
-def test_checkpoints_are_git_ignored() -> None:
-    out = subprocess.run(["git", "check-ignore", "-q", "results/runs/any/ckpt/model.pt"], cwd=REPO_ROOT)
-    assert out.returncode == 0
+def test_checkpoints_and_tensorboard_logs_are_git_ignored() -> None:
+    for path in ("results/runs/any/ckpt/model.pt", "results/runs/any/tb/events.out.tfevents.1.host.2.0"):
+        assert subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO_ROOT).returncode == 0, path
 
 
 def test_training_curves_figure(finished: tuple[Path, dict], tmp_path: Path) -> None:
@@ -274,6 +285,7 @@ def test_two_process_ddp_run_completes(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["step"] == 10 and summary["generation"]["n"] == 8
+    assert len(list((tmp_path / "ddp" / "tb").glob("events.out.tfevents.*"))) == 1  # rank 1 writes none
     # Both ranks end with the same weights (fingerprints gathered from each rank).
     rep = summary["replicas"]
     assert rep["world_size"] == 2 and len(rep["weight_checksums"]) == 2 and rep["identical"]

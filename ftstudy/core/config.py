@@ -5,6 +5,10 @@ serialises to JSON and back exactly; presets are data (dicts of overrides), not
 branches.  Validation happens at construction and names the field, the bad value and
 what is allowed.  ``RunConfig`` bundles the three and is what a run directory and a
 checkpoint carry.
+
+Nothing here knows a task: ``task.name`` is any registered task (:mod:`ftstudy.tasks`), and
+what a task requires of a config (sequence length, data folder, ...) is checked by the task
+itself (``ftstudy.tasks.check_config``) when a run starts.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any, Literal
 from ftstudy.core.latent import MAX_LATENT_BITS
 
 __all__ = [
-    "ConfigError", "ModelConfig", "TaskConfig", "TrainConfig", "RunConfig",
+    "ConfigError", "field_error", "ModelConfig", "TaskConfig", "TrainConfig", "RunConfig",
     "PRESETS", "get_preset", "apply_overrides", "parse_set_args", "config_value", "LATENT_ONLY_FIELDS", "MAX_SEED",
 ]
 
@@ -36,15 +40,20 @@ class ConfigError(ValueError):
     """A configuration value that is unknown, of the wrong type, or impossible."""
 
 
+def field_error(cls: str, name: str, value: Any, allowed: str) -> ConfigError:
+    """The error for field ``cls.name`` holding ``value``: names it, the value and what is allowed."""
+    return ConfigError(f"{cls}.{name} = {value!r} is not allowed: {allowed}")
+
+
 def _fail(cls: str, name: str, value: Any, allowed: str) -> None:
-    raise ConfigError(f"{cls}.{name} = {value!r} is not allowed: {allowed}")
+    raise field_error(cls, name, value, allowed)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Shape of the decoder and of the Free Transformer's latent (PAPER.md §2)."""
 
-    vocab_size: int = 29  # synthetic task: `_`, `!`, `>` and A–Z
+    vocab_size: int = 29  # token ids 0 … vocab_size − 1 (29: the synthetic task's `_`, `!`, `>` and A–Z)
     n_layers: int = 4  # L decoder blocks
     dim: int = 128  # model width D
     n_heads: int = 4  # query heads; head size = dim / n_heads
@@ -128,9 +137,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """What the model is trained on."""
+    """What the model is trained on: a task (ftstudy.tasks) and the settings tasks read."""
 
-    name: Literal["synthetic", "tokens"] = "synthetic"  # the paper's §4.1 task, or token shards (ftstudy.tasks.corpus)
+    name: str = "synthetic"  # a registered task: "synthetic" (the paper's §4.1 task), "tokens" (token shards), ...
     data_dir: str | None = None  # tokens: a folder made by `python -m ftstudy.data prepare` (or the same format)
     val_size: int = 1024  # fixed validation sequences
     n_generate: int = 1000  # sequences generated under prior Z at the end of a run
@@ -142,13 +151,13 @@ class TaskConfig:
 
     def __post_init__(self) -> None:
         _check_types(self)
+        if not self.name:
+            _fail("TaskConfig", "name", self.name, "the name of a registered task (ftstudy.tasks.task_names())")
         if self.val_size < 1:
             _fail("TaskConfig", "val_size", self.val_size, "a positive integer")
-        for name in ("n_generate", "probe_independent", "probe_groups"):
+        for name in ("n_generate", "probe_independent", "probe_groups", "probe_group_size"):
             if getattr(self, name) < 0:
                 _fail("TaskConfig", name, getattr(self, name), ">= 0")
-        if self.probe_group_size < 2 and self.probe_groups > 0:
-            _fail("TaskConfig", "probe_group_size", self.probe_group_size, ">= 2 (pairs within a group)")
 
 
 @dataclass(frozen=True)
@@ -216,16 +225,6 @@ class RunConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     preset: str = "custom"
-
-    def __post_init__(self) -> None:
-        if self.model.max_seq_len < 65 and self.task.name == "synthetic":
-            _fail("ModelConfig", "max_seq_len", self.model.max_seq_len, ">= 65 for the synthetic task (66 chars)")
-        if self.task.name == "tokens" and not self.task.data_dir:
-            _fail("TaskConfig", "data_dir", self.task.data_dir,
-                  "a shard folder for task 'tokens' (python -m ftstudy.data prepare ... --out DIR)")
-        if self.task.name == "tokens" and (self.task.n_generate or self.task.probe_independent or self.task.probe_groups):
-            _fail("TaskConfig", "name", self.task.name,
-                  "'tokens' only with n_generate = probe_independent = probe_groups = 0 (synthetic-task figures)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -460,14 +459,4 @@ def get_preset(name: str, overrides: dict[str, Any] | None = None) -> RunConfig:
     p = PRESETS[name]
     d = {"model": dict(p.get("model", {})), "task": dict(p.get("task", {})), "train": dict(p.get("train", {})),
          "preset": name}
-    if name.startswith("paper-"):
-        d["task"] = {}
-    cfg = RunConfig.from_dict(d) if not name.startswith("paper-") else _shape_only(d)
-    return apply_overrides(cfg, overrides or {})
-
-
-def _shape_only(d: dict[str, Any]) -> RunConfig:
-    # The synthetic task's sequence-length check does not apply to shape-only presets,
-    # which train on token corpora; bypass RunConfig.__post_init__'s task check.
-    return RunConfig(model=_build(ModelConfig, d["model"]), task=TaskConfig(), train=_build(TrainConfig, d["train"]),
-                     preset=d["preset"])
+    return apply_overrides(RunConfig.from_dict(d), overrides or {})

@@ -34,19 +34,24 @@ must pay, plus a pass over each block while it is still in cache.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 __all__ = [
     "MAX_LATENT_BITS",
+    "Generators",
     "binary_mapper",
     "binary_mapper_reference",
+    "bit_log_probs",
     "code_bits",
     "codes_from_bits",
     "free_bits_penalty",
     "kl_to_uniform",
     "kl_per_bit",
+    "per_row",
+    "prior_bits",
     "sample_bits",
     "uniform_bits",
 ]
@@ -89,16 +94,73 @@ def codes_from_bits(bits: Tensor) -> Tensor:
     return (bits.long() * weights).sum(-1)
 
 
-def sample_bits(logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Draw B_h ~ Bernoulli(sigmoid(L_h)) independently (paper eq. 6); returns bool (..., H)."""
-    u = torch.rand(logits.shape, device=logits.device, dtype=torch.float32, generator=generator)
-    return u < torch.sigmoid(logits.detach().float())
+# Where random draws come from: one generator for a whole batch, or one per row (a sequence
+# as long as the batch), so that a row's draws do not depend on what else is in its batch.
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def per_row(generator: Generators) -> bool:
+    """Whether ``generator`` is one generator per row (a list or tuple) rather than one for the batch."""
+    return isinstance(generator, (list, tuple))
+
+
+def sample_bits(logits: Tensor, generator: Generators = None, valid: Tensor | None = None) -> Tensor:
+    """Draw B_h ~ Bernoulli(sigmoid(L_h)) independently (paper eq. 6) as u < sigmoid(L_h) with u
+    uniform in [0, 1); returns bool (..., H).  A logit of 0 is a fair coin (sigmoid(0) = 1/2 exactly).
+
+    ``generator``: one for the whole tensor (one ``torch.rand`` of its shape), or one per row
+    of a (B, T, H) tensor: row j then draws its uniforms from ``generator[j]`` (on that
+    generator's device), position after position over its ``valid`` positions only (bool
+    (B, T), default all), so its bits depend on nothing else in the batch.  Bits at invalid
+    positions are False.
+    """
+    if not per_row(generator):
+        u = torch.rand(logits.shape, device=logits.device, dtype=torch.float32, generator=generator)
+        bits = u < torch.sigmoid(logits.detach().float())
+        return bits if valid is None else bits & valid[..., None]
+    assert isinstance(generator, (list, tuple))
+    if logits.dim() != 3 or len(generator) != logits.shape[0]:
+        raise ValueError(f"one generator per row needs (B, T, H) logits with B = {len(generator)} generators; "
+                         f"got logits of shape {tuple(logits.shape)}")
+    bits = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
+    for j, g in enumerate(generator):
+        row = logits[j].detach() if valid is None else logits[j].detach()[valid[j]]  # (n_j, H), in position order
+        p = torch.sigmoid(row.float().to(g.device))
+        drawn = (torch.rand(p.shape, generator=g, device=g.device) < p).to(logits.device)
+        if valid is None:
+            bits[j] = drawn
+        else:
+            bits[j, valid[j]] = drawn
+    return bits
 
 
 def uniform_bits(shape: tuple[int, ...], h: int, device: torch.device | str | None = None,
                  generator: torch.Generator | None = None) -> Tensor:
     """Z drawn from the uniform prior over 2^h codes: h fair coins per position, bool (*shape, h)."""
     return torch.randint(0, 2, (*shape, h), device=device, generator=generator).bool()
+
+
+def prior_bits(shape: tuple[int, int], h: int, device: torch.device | str | None = None,
+               generator: Generators = None, valid: Tensor | None = None) -> Tensor:
+    """Z from the uniform prior at every position of a (B, T) batch, bool (B, T, h); False
+    where ``valid`` (bool (B, T)) is False.
+
+    One generator: :func:`uniform_bits` (``torch.randint``).  One generator per row: fair
+    coins drawn exactly as :func:`sample_bits` draws them (u < 1/2, row by row over the valid
+    positions), so a row's Z does not depend on its batch.
+    """
+    if per_row(generator):
+        return sample_bits(torch.zeros(*shape, h, device=device), generator, valid)
+    bits = uniform_bits(shape, h, device, generator)  # type: ignore[arg-type]
+    return bits if valid is None else bits & valid[..., None]
+
+
+def bit_log_probs(logits: Tensor, bits: Tensor) -> Tensor:
+    """log Q(B_h = bits_h) in nats for independent Bernoulli(sigmoid(L_h)) bits: log p_h or
+    log(1 - p_h), shape (..., H); summed over the bits it is log Q(Z = bits) (importance weights)."""
+    x = logits.double() if logits.dtype == torch.float64 else logits.float()  # never below fp32
+    f = torch.nn.functional
+    return torch.where(bits, f.logsigmoid(x), f.logsigmoid(-x))
 
 
 def kl_to_uniform(logits: Tensor) -> Tensor:

@@ -16,12 +16,16 @@ PAPER.md §2), with ``inj = ModelConfig.injection`` (paper: L/2):
                                                                  ─ blocks[inj+1 .. L-1] ─ norm ─ lm_head
 
 R enters only the keys/values of block ``inj`` (0-based); it never enters the residual
-stream.  At generation the encoder is not run for new tokens: each gets a uniform Z.
+stream.  How Z is chosen is the ``z`` argument of the one forward pass (``ZSpec`` below);
+callers never wire the parts (``_trunk``, ``_encode``, ``_post_sample``, ``_head``)
+themselves.  ``generate()`` is the one token loop: at generation the encoder is not run for
+new tokens, each gets a uniform Z.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,21 +36,33 @@ from torch.utils.checkpoint import checkpoint
 
 from ftstudy.core.config import ModelConfig
 from ftstudy.core.latent import (
+    Generators,
     binary_mapper,
+    bit_log_probs,
     codes_from_bits,
     factored_mapper,
     free_bits_penalty,
     kl_per_bit,
+    per_row,
+    prior_bits,
     sample_bits,
-    uniform_bits,
 )
 
-__all__ = ["FreeTransformer", "ModelOutput", "KVCache", "ZSpec", "generate"]
+__all__ = ["FreeTransformer", "ModelOutput", "KVCache", "Generation", "ZSpec", "ZPolicy", "Z_POLICIES", "generate",
+           "sample_tokens", "check_sampling"]
 
-# How Z is chosen for a forward pass: "posterior" = encoder on the same tokens (training,
-# and the ELBO); "prior" = uniform bits, encoder never run (honest evaluation); or a bool
-# tensor (B, T, H) of explicit bits (shared-Z groups, prefill-then-prior evaluation).
-ZSpec = Literal["posterior", "prior"] | Tensor
+# How Z is chosen for a forward pass (the ``z`` argument of ``FreeTransformer.forward``):
+#   "prior"             uniform bits; the encoder never runs (honest evaluation);
+#   "posterior-context" the encoder sees only the context tokens (``context``; default: every
+#                       real token given) and gives their Z; every other position gets a prior
+#                       Z (the paper's prefill-then-generate inference; honest when the scored
+#                       tokens are outside the context);
+#   "posterior-leaky"   the encoder sees every token and gives every Z: what training optimises
+#                       and what the ELBO needs, but as an evaluation it leaks the scored tokens;
+#   a bool tensor (B, T, H) of explicit bits (shared-Z groups, Z drawn elsewhere).
+ZPolicy = Literal["prior", "posterior-context", "posterior-leaky"]
+Z_POLICIES: tuple[str, ...] = ("prior", "posterior-context", "posterior-leaky")
+ZSpec = ZPolicy | Tensor
 
 
 class RotaryEmbedding(nn.Module):
@@ -169,8 +185,9 @@ class ModelOutput:
 
     logits: Tensor  # (B, T, V)
     bits: Tensor | None = None  # (B, T, H) bool: the Z used
-    enc_logits: Tensor | None = None  # (B, T, H): encoder logits (posterior only)
-    kl: Tensor | None = None  # (B, T) KL(Q(Z_t|S) || U) in nats (posterior only)
+    enc_logits: Tensor | None = None  # (B, T, H): encoder logits (posterior policies only)
+    kl: Tensor | None = None  # (B, T) KL(Q(Z_t|S) || U) in nats ("posterior-leaky" only)
+    log_q: Tensor | None = None  # (B, T, H) log Q of each drawn bit, nats, no gradient ("posterior-leaky" only)
     ce: Tensor | None = None  # masked mean next-token cross-entropy, nats
     ce_sum: Tensor | None = None  # masked sum of cross-entropies (for exact aggregation)
     n_scored: Tensor | None = None  # number of scored targets
@@ -231,10 +248,10 @@ class FreeTransformer(nn.Module):
                     total += p.numel()
         return total
 
-    # ------------------------------------------------------------------ pieces
+    # ------------------------------------------------------------------ parts (private: callers use forward)
 
-    def trunk(self, idx: Tensor, start: int = 0, cache: KVCache | None = None,
-              attn_mask: Tensor | None = None) -> Tensor:
+    def _trunk(self, idx: Tensor, start: int = 0, cache: KVCache | None = None,
+               attn_mask: Tensor | None = None) -> Tensor:
         """Embedding and the blocks before the injection point: X, (B, T, D)."""
         x = self.tok_emb(idx)
         n = self.cfg.injection if self.cfg.is_free else self.cfg.n_layers
@@ -252,7 +269,7 @@ class FreeTransformer(nn.Module):
                                                  attn_mask=attn_mask), x, kv, use_reentrant=False)
         return block(x, kv, rope=self.rope, start=start, cache=cache, layer=i, attn_mask=attn_mask)
 
-    def encode(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+    def _encode(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         """Encoder logits L (B, T, H) from the trunk output X: ζ queries, X keys/values, no
         mask (``attn_mask`` restricts the keys, e.g. to a padded batch's context tokens)."""
         b, t, d = x.shape
@@ -261,8 +278,8 @@ class FreeTransformer(nn.Module):
         h = self.encoder(zeta, x, rope=rope, causal=False, attn_mask=attn_mask)
         return self.enc_head(self.enc_norm(h))
 
-    def post_sample(self, enc_logits: Tensor | None, bits: Tensor | None,
-                    generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def _post_sample(self, enc_logits: Tensor | None, bits: Tensor | None,
+                     generator: Generators = None) -> tuple[Tensor, Tensor]:
         """R (B, T, D) from encoder logits (sampled or given bits) or from given bits alone."""
         w = self.post_sampler.weight
         dev = w.device.type
@@ -275,10 +292,11 @@ class FreeTransformer(nn.Module):
                 return w.T[codes_from_bits(bits)], bits
             return bits.to(w.dtype) @ w.T, bits
         mapper = binary_mapper if self.cfg.post_sampler == "dense" else factored_mapper
-        return mapper(enc_logits.float(), w, bits=bits, generator=generator)
+        assert bits is not None or not per_row(generator)
+        return mapper(enc_logits.float(), w, bits=bits, generator=generator)  # type: ignore[arg-type]
 
-    def head(self, x: Tensor, start: int = 0, cache: KVCache | None = None, r: Tensor | None = None,
-             attn_mask: Tensor | None = None) -> Tensor:
+    def _head(self, x: Tensor, start: int = 0, cache: KVCache | None = None, r: Tensor | None = None,
+              attn_mask: Tensor | None = None) -> Tensor:
         """Blocks from the injection point on, final norm and readout: logits (B, T, V)."""
         first = self.cfg.injection if self.cfg.is_free else self.cfg.n_layers
         for i in range(first, self.cfg.n_layers):
@@ -289,42 +307,108 @@ class FreeTransformer(nn.Module):
     # ------------------------------------------------------------------ forward
 
     def forward(self, idx: Tensor, targets: Tensor | None = None, loss_mask: Tensor | None = None, *,
-                z: ZSpec = "posterior", generator: torch.Generator | None = None,
-                start: int = 0, cache: KVCache | None = None) -> ModelOutput:
+                z: ZSpec = "posterior-leaky", generator: Generators = None, context: Tensor | None = None,
+                valid: Tensor | None = None, start: int = 0, cache: KVCache | None = None) -> ModelOutput:
         """Logits, and losses when ``targets`` is given.
 
-        ``z`` (Free model only): "posterior" runs the encoder on ``idx`` (training; its CE
-        has seen the scored tokens, so it is *not* an honest likelihood), "prior" draws
-        uniform bits (honest), or a bool (B, T, H) tensor of explicit bits.
+        ``z`` (Free model only; see ``ZSpec``): "posterior-leaky" (the default: training),
+        "posterior-context", "prior" or a bool (B, T, H) tensor of explicit bits.
+
+        ``generator``: where Z is drawn from: one generator, or one per row (a list of B; each
+        row's Z then depends on nothing else in the batch, see ``latent.sample_bits``).
+        ``context`` (bool (B, T), "posterior-context" only): the tokens the encoder may see and
+        whose Z it gives; default every real token.  ``valid`` (bool (B, start + T)): which
+        positions of the cache and of ``idx`` are real tokens; padding is never attended to
+        (left-padded batches) and gets False bits.  ``start``/``cache``: incremental decoding
+        with a KV cache (explicit bits or prior Z only).
         """
+        x, enc, mask = self._prepare(idx, z, context, valid, start, cache)
+        return self._finish(idx, x, enc, mask, targets, loss_mask, z, generator, context, valid, start, cache)
+
+    def draws(self, idx: Tensor, targets: Tensor | None = None, loss_mask: Tensor | None = None, *,
+              z: ZSpec, generators: Sequence[Generators], context: Tensor | None = None,
+              valid: Tensor | None = None) -> Iterator[ModelOutput]:
+        """Several draws of Z for one input, one output per entry of ``generators`` (each as
+        ``forward``'s ``generator``), made lazily in order: the blocks before the injection
+        and the encoder run once, the rest once per draw (importance sampling, averages over Z)."""
+        x, enc, mask = self._prepare(idx, z, context, valid, 0, None)
+
+        def outputs() -> Iterator[ModelOutput]:
+            for g in generators:
+                yield self._finish(idx, x, enc, mask, targets, loss_mask, z, g, context, valid, 0, None)
+        return outputs()
+
+    def _prepare(self, idx: Tensor, z: ZSpec, context: Tensor | None, valid: Tensor | None, start: int,
+                 cache: KVCache | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Checks, the attention mask, the trunk X and (posterior policies) the encoder logits."""
         cfg = self.cfg
         if idx.dim() != 2:
             raise ValueError(f"idx must be (B, T) token ids; got shape {tuple(idx.shape)}")
         b, t = idx.shape
-        x = self.trunk(idx, start, cache)
+        if not isinstance(z, Tensor) and z not in Z_POLICIES:
+            hint = " (renamed: 'posterior-leaky' is the training one, 'posterior-context' the honest one)" \
+                if z == "posterior" else ""
+            raise ValueError(f"z = {z!r}: allowed {', '.join(map(repr, Z_POLICIES))} or a bool tensor (B, T, H){hint}")
+        if valid is not None and (valid.shape != (b, start + t) or valid.dtype != torch.bool):
+            raise ValueError(f"valid must be a bool tensor of shape {(b, start + t)} (cache then idx); "
+                             f"got {valid.dtype} {tuple(valid.shape)}")
+        if context is not None:
+            if isinstance(z, Tensor) or z != "posterior-context":
+                raise ValueError("context is for z = 'posterior-context' only")
+            if context.shape != (b, t) or context.dtype != torch.bool:
+                raise ValueError(f"context must be a bool tensor of shape {(b, t)}; got {context.dtype} "
+                                 f"{tuple(context.shape)}")
+        mask = _attention_mask(valid, start, t)
+        x = self._trunk(idx, start, cache, mask)
+        enc = None
+        if cfg.is_free and isinstance(z, str) and z != "prior":
+            if start > 0:
+                raise ValueError(f"z = {z!r} runs the encoder on the whole sequence: not with a KV cache past "
+                                 f"position 0 (give explicit bits or 'prior')")
+            keys = context if context is not None else valid
+            enc = self._encode(x, None if keys is None else _or_self(keys))
+        return x, enc, mask
+
+    def _finish(self, idx: Tensor, x: Tensor, enc: Tensor | None, mask: Tensor | None, targets: Tensor | None,
+                loss_mask: Tensor | None, z: ZSpec, generator: Generators, context: Tensor | None,
+                valid: Tensor | None, start: int, cache: KVCache | None) -> ModelOutput:
+        """Z, R, the blocks from the injection point on, and the losses."""
+        cfg = self.cfg
         out = ModelOutput(logits=x)  # placeholder, replaced below
         r = None
         if cfg.is_free:
-            enc_logits = bits = None
-            if isinstance(z, Tensor):
-                if z.shape != (b, t, cfg.latent_bits) or z.dtype != torch.bool:
-                    raise ValueError(f"z must be a bool tensor of shape {(b, t, cfg.latent_bits)}; "
-                                     f"got {z.dtype} {tuple(z.shape)}")
-                bits = z
-            elif z == "prior":
-                bits = uniform_bits((b, t), cfg.latent_bits, idx.device, generator)
-            elif z == "posterior":
-                enc_logits = self.encode(x)
-            else:
-                raise ValueError(f"z = {z!r}: allowed 'posterior', 'prior' or a bool tensor (B, T, H)")
-            r, bits = self.post_sample(enc_logits, bits, generator)
-            out.bits, out.enc_logits = bits, enc_logits
-            if enc_logits is not None:
-                out.kl = kl_per_bit(enc_logits).sum(-1)  # (B, T) nats, PAPER.md §3
-        out.logits = self.head(x, start, cache, r)
+            rows = None if valid is None else valid[:, start:]
+            leaky = isinstance(z, str) and z == "posterior-leaky"
+            bits = None
+            if not leaky or rows is not None or per_row(generator):
+                bits = self._z_bits(z, enc, idx.shape, idx.device, generator, context, rows)
+            # "posterior-leaky" with one generator: the mapper draws the bits itself.
+            r, bits = self._post_sample(enc if leaky else None, bits, generator)
+            out.bits, out.enc_logits = bits, enc
+            if leaky:
+                assert enc is not None
+                out.kl = kl_per_bit(enc).sum(-1)  # (B, T) nats, PAPER.md §3
+                out.log_q = bit_log_probs(enc.detach(), bits)
+        out.logits = self._head(x, start, cache, r, mask)
         if targets is not None:
             self._losses(out, targets, loss_mask)
         return out
+
+    def _z_bits(self, z: ZSpec, enc: Tensor | None, shape: tuple[int, int] | torch.Size, device: torch.device,
+                generator: Generators, context: Tensor | None, rows: Tensor | None) -> Tensor:
+        """The bits (B, T, H) of a Z policy, given the encoder logits of the posterior ones."""
+        h = self.cfg.latent_bits
+        b, t = shape
+        if isinstance(z, Tensor):
+            if z.shape != (b, t, h) or z.dtype != torch.bool:
+                raise ValueError(f"z must be a bool tensor of shape {(b, t, h)}; got {z.dtype} {tuple(z.shape)}")
+            return z
+        if z == "prior":
+            return prior_bits((b, t), h, device, generator, rows)
+        assert enc is not None
+        if context is not None:
+            enc = enc.masked_fill(~context[..., None], 0.0)  # logit 0: a fair coin (prior Z) outside the context
+        return sample_bits(enc, generator, rows)
 
     def _losses(self, out: ModelOutput, targets: Tensor, loss_mask: Tensor | None) -> None:
         cfg = self.cfg
@@ -361,88 +445,196 @@ class FreeTransformer(nn.Module):
                        dtype or p.dtype, p.device)
 
 
-def _sample_next(logits: Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None) -> Tensor:
-    """Next token ids (B,) from last-position logits (B, V)."""
+def _attention_mask(valid: Tensor | None, start: int, t: int) -> Tensor | None:
+    """(B, 1, T, start + T) bool for queries at start … start+T-1 of a batch with padding:
+    causal, padding invisible as keys (each query still sees itself); None without padding."""
+    if valid is None:
+        return None
+    q = torch.arange(start, start + t, device=valid.device)[:, None]
+    k = torch.arange(start + t, device=valid.device)[None, :]
+    return ((k <= q)[None] & (valid[:, None, :] | (k == q)[None]))[:, None]
+
+
+def _or_self(keys: Tensor) -> Tensor:
+    """Encoder key mask (B, 1, T, T) from allowed keys (B, T): each query may also see its own
+    position, so that a position with no allowed key never attends to nothing (its Z is unused)."""
+    pos = torch.arange(keys.shape[1], device=keys.device)
+    return keys[:, None, None, :] | (pos[:, None] == pos[None, :])[None, None]
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """ValueError unless temperature >= 0 (0 = greedy), top_k >= 1 or None, 0 < top_p <= 1 or None."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
+            or temperature < 0:
+        raise ValueError(f"temperature = {temperature!r} must be a finite number >= 0 (0 = greedy)")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k = {top_k!r} must be an integer >= 1, or None (no top-k cut)")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
+                              or not 0 < top_p <= 1):
+        raise ValueError(f"top_p = {top_p!r} must be in (0, 1], or None (no nucleus cut)")
+
+
+def sample_tokens(logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                  generator: Generators = None) -> Tensor:
+    """Next token ids (B,) from last-position logits (B, V): the argmax at temperature 0, else a
+    draw from softmax(logits / temperature) cut to the ``top_k`` most likely tokens and to the
+    ``top_p`` nucleus (the fewest most likely tokens whose probability reaches top_p).
+
+    One generator: ``torch.multinomial`` over the batch.  One generator per row (a list):
+    inverse CDF with one uniform per row from its generator, so a row's token does not depend
+    on the rest of the batch.
+    """
+    check_sampling(temperature, top_k, top_p)
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
+    v = logits.shape[-1]
+    if top_k is not None and top_k < v:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        p = torch.softmax(sorted_logits, dim=-1)
+        beyond = p.cumsum(-1) - p >= top_p  # the mass before this token already reaches top_p
+        logits = logits.masked_fill(beyond.scatter(-1, order, beyond), float("-inf"))
     probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if not per_row(generator):
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # type: ignore[arg-type]
+    assert isinstance(generator, (list, tuple))
+    if len(generator) != logits.shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {logits.shape[0]} rows")
+    u = torch.stack([torch.rand(1, generator=g, device=g.device).cpu() for g in generator])  # (B, 1)
+    cdf = probs.cpu().cumsum(-1)
+    return torch.searchsorted(cdf, u * cdf[:, -1:]).squeeze(-1).clamp_max(v - 1).to(logits.device)
 
 
 @dataclass
 class Generation:
-    tokens: Tensor  # (B, P + n) prompt followed by the generated tokens
-    bits: Tensor | None  # (B, P + n - 1, H): the Z used at every position that was fed
+    tokens: Tensor  # (B, P + n): the prompt (as fed: left-padded, at most max_seq_len - 1) then n new tokens
+    bits: Tensor | None  # (B, P + max_new_tokens - 1, H): the Z of every position that is or would be fed
     logits: Tensor | None  # (B, n, V) logits that produced each new token (if asked)
+    mask: Tensor | None = None  # (B, P + n) bool, False at padding (when a prompt_mask was given)
 
 
 @torch.no_grad()
-def generate(model: FreeTransformer, prompt: Tensor, max_new_tokens: int, *,
-             z_prompt: Literal["posterior", "prior"] = "posterior", bits: Tensor | None = None,
-             temperature: float = 1.0, top_k: int | None = None, generator: torch.Generator | None = None,
+def generate(model: FreeTransformer, prompt: Tensor, max_new_tokens: int, *, prompt_mask: Tensor | None = None,
+             pad_id: int = 0, z_prompt: Literal["posterior-context", "prior"] = "posterior-context",
+             bits: Tensor | None = None, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None, generator: Generators = None, z_generator: Generators = None,
+             eos_id: int | None = None, stop: Callable[[Tensor, Tensor], Tensor] | None = None,
              use_cache: bool = True, return_logits: bool = False) -> Generation:
-    """Sample continuations of equal-length prompts (B, P) with a KV cache.
+    """Sample continuations of prompts (B, P) with a KV cache: the one token loop.
 
-    Z follows the paper's inference (PAPER.md §2.7): the prompt is prefilled with Z from
-    the encoder run on the prompt only (``z_prompt="posterior"``) or with uniform Z, and
-    every new token gets an independent uniform Z.  ``bits`` (B, P + n - 1, H) fixes Z at
-    every fed position instead (the paper's shared-Z groups).  ``use_cache=False``
-    recomputes the whole prefix at every step (the reference for tests and benchmarks).
+    Z follows the paper's inference (PAPER.md §2.7): the prompt gets Z from the encoder run on
+    the prompt only (``z_prompt="posterior-context"``) or uniform Z, and every new token an
+    independent uniform Z.  ``bits`` (B, P + max_new_tokens - 1, H) fixes Z at every fed
+    position instead (the paper's shared-Z groups).
+
+    - ``prompt_mask`` (bool (B, P)): prompts of different lengths, left-padded (False at
+      padding, which no token attends to); the new tokens follow column P in every row.
+    - Window: at most ``max_seq_len - 1`` tokens are fed at once.  A longer prompt keeps its
+      last ``max_seq_len - 1`` columns; when the window is full before the end, generation
+      goes on from the last half window (the oldest tokens are dropped and the rest
+      re-prefilled at positions from 0; tokens keep their Z).
+    - Sampling: ``temperature`` (0 = greedy), ``top_k``, ``top_p`` (see ``sample_tokens``).
+    - ``generator`` draws the tokens and ``z_generator`` (default: ``generator``) the Z; either
+      may be one generator per row (a list), making each row independent of its batch.
+    - Stopping: a row stops after ``eos_id`` or when ``stop(new_tokens (B, n), active (B,))``
+      returns True for it (rows already stopped get ``pad_id``); the loop ends when every
+      row has stopped or after ``max_new_tokens``.
+    - ``use_cache=False`` recomputes the whole window at every step (the reference for tests
+      and benchmarks).
     """
     cfg = model.cfg
     if prompt.dim() != 2 or prompt.shape[1] < 1:
         raise ValueError(f"prompt must be (B, P) with P >= 1; got shape {tuple(prompt.shape)}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens = {max_new_tokens} must be >= 1")
-    if temperature < 0:
-        raise ValueError(f"temperature = {temperature} must be >= 0 (0 = greedy)")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k = {top_k} must be >= 1 or None")
+    check_sampling(temperature, top_k, top_p)
     b, p = prompt.shape
-    total = p + max_new_tokens
-    if total - 1 > cfg.max_seq_len:
-        raise ValueError(f"prompt length {p} + max_new_tokens {max_new_tokens} - 1 exceeds max_seq_len {cfg.max_seq_len}")
-    dev = prompt.device
-    if cfg.is_free:
-        if bits is not None and (bits.shape != (b, total - 1, cfg.latent_bits) or bits.dtype != torch.bool):
-            raise ValueError(f"bits must be bool of shape {(b, total - 1, cfg.latent_bits)}; "
-                             f"got {bits.dtype} {tuple(bits.shape)}")
-        if bits is None:
-            bits = torch.empty(b, total - 1, cfg.latent_bits, dtype=torch.bool, device=dev)
-            if z_prompt == "posterior":
-                # Encoder on the prompt only: its Z never depends on tokens not yet generated.
-                bits[:, :p] = sample_bits(model.encode(model.trunk(prompt)), generator)
-            elif z_prompt == "prior":
-                bits[:, :p] = uniform_bits((b, p), cfg.latent_bits, dev, generator)
-            else:
-                raise ValueError(f"z_prompt = {z_prompt!r}: allowed 'posterior' or 'prior'")
-            bits[:, p:] = uniform_bits((b, total - 1 - p), cfg.latent_bits, dev, generator)
-    elif bits is not None:
+    for name, g in (("generator", generator), ("z_generator", z_generator)):
+        if per_row(g) and len(g) != b:  # type: ignore[arg-type]
+            raise ValueError(f"{name}: {len(g)} generators for {b} prompts")  # type: ignore[arg-type]
+    if prompt_mask is not None:
+        if prompt_mask.shape != (b, p) or prompt_mask.dtype != torch.bool:
+            raise ValueError(f"prompt_mask must be a bool tensor of shape {(b, p)}; got {prompt_mask.dtype} "
+                             f"{tuple(prompt_mask.shape)}")
+        if not bool(prompt_mask[:, -1].all()) or bool((prompt_mask[:, 1:] < prompt_mask[:, :-1]).any()):
+            raise ValueError("prompt_mask must be left padding: in each row, False columns (if any) and then "
+                             "True ones, at least one")
+    win = cfg.max_seq_len
+    if win < 2:
+        raise ValueError(f"max_seq_len = {win}: generation needs a window of at least 2 tokens")
+    if bits is not None and not cfg.is_free:
         raise ValueError("bits were given but the model has no latent (latent_bits = 0)")
+    if bits is not None and (bits.shape != (b, p + max_new_tokens - 1, cfg.latent_bits) or bits.dtype != torch.bool):
+        raise ValueError(f"bits must be bool of shape {(b, p + max_new_tokens - 1, cfg.latent_bits)}; "
+                         f"got {bits.dtype} {tuple(bits.shape)}")
+    if p > win - 1:  # drop the oldest prompt tokens: one free place for the first new token
+        cut = p - (win - 1)
+        prompt = prompt[:, cut:]
+        prompt_mask = None if prompt_mask is None else prompt_mask[:, cut:]
+        bits = None if bits is None else bits[:, cut:]
+        p = win - 1
+    dev = prompt.device
+    total = p + max_new_tokens
+    valid = None if prompt_mask is None else \
+        torch.cat([prompt_mask, torch.ones(b, max_new_tokens, dtype=torch.bool, device=dev)], 1)
+    if cfg.is_free and bits is None:
+        bits = _generation_bits(model, prompt, total, z_prompt, generator if z_generator is None else z_generator,
+                                None if valid is None else valid[:, :p])
 
-    tokens = torch.empty(b, total, dtype=torch.long, device=dev)
+    tokens = torch.full((b, total), pad_id, dtype=torch.long, device=dev)
     tokens[:, :p] = prompt
     step_logits = []
-    cache = model.new_cache(b, total, dtype=_cache_dtype(model)) if use_cache else None
-    pos = 0  # tokens fed so far
-    for i in range(max_new_tokens):
-        end = p + i  # feed tokens[:, pos:end]
-        if cache is not None:
-            z = bits[:, pos:end] if bits is not None else "prior"
-            logits = model(tokens[:, pos:end], z=z, start=pos, cache=cache).logits[:, -1]
-            pos = end
-        else:
-            z = bits[:, :end] if bits is not None else "prior"
-            logits = model(tokens[:, :end], z=z).logits[:, -1]
+    done = torch.zeros(b, dtype=torch.bool, device=dev)
+    cache = None
+    first = 0  # first column of the current window
+    fed = 0  # columns first … fed-1 are in the cache
+    end = p  # the next token goes to column end
+    while end - p < max_new_tokens and not bool(done.all()):
+        if not use_cache:
+            fed = first
+        elif cache is None:
+            cache = model.new_cache(b, win, dtype=_cache_dtype(model))
+            fed = first
+        cols = slice(fed, end)
+        out = model(tokens[:, cols], z=bits[:, cols] if bits is not None else "prior", start=fed - first,
+                    cache=cache, valid=None if valid is None else valid[:, first:end])
+        logits = out.logits[:, -1].float()
         if return_logits:
-            step_logits.append(logits.float())
-        tokens[:, end] = _sample_next(logits, temperature, top_k, generator)
-    return Generation(tokens=tokens, bits=bits,
-                      logits=torch.stack(step_logits, 1) if return_logits else None)
+            step_logits.append(logits)
+        nxt = sample_tokens(logits, temperature, top_k, top_p, generator)
+        nxt[done] = pad_id
+        tokens[:, end] = nxt
+        if use_cache:
+            fed = end
+        end += 1
+        if eos_id is not None:
+            done |= nxt == eos_id
+        if stop is not None and not bool(done.all()):
+            done |= stop(tokens[:, p:end], ~done).to(dev)
+        if end - first >= win and end - p < max_new_tokens:
+            first = end - win // 2  # window full: go on from the last half window, re-prefilled
+            cache = None
+    return Generation(tokens=tokens[:, :end], bits=bits,
+                      logits=torch.stack(step_logits, 1) if return_logits else None,
+                      mask=None if valid is None else valid[:, :end])
+
+
+def _generation_bits(model: FreeTransformer, prompt: Tensor, total: int, z_prompt: str, generator: Generators,
+                     valid: Tensor | None) -> Tensor:
+    """Z (B, total - 1, H) for generation: the prompt's by ``z_prompt``, then uniform."""
+    if z_prompt not in ("posterior-context", "prior"):
+        raise ValueError(f"z_prompt = {z_prompt!r}: allowed 'posterior-context' or 'prior'")
+    b, p = prompt.shape
+    enc = None
+    if z_prompt == "posterior-context":
+        # Encoder on the prompt only: its Z never depends on tokens not yet generated.
+        _, enc, _ = model._prepare(prompt, z_prompt, None, valid, 0, None)
+    head = model._z_bits(z_prompt, enc, (b, p), prompt.device, generator, None, valid)  # type: ignore[arg-type]
+    tail = prior_bits((b, total - 1 - p), model.cfg.latent_bits, prompt.device, generator)
+    return torch.cat([head, tail], 1)
 
 
 def _cache_dtype(model: FreeTransformer) -> torch.dtype:

@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from ftstudy.core.checkpoint import CheckpointError, atomic_write_text, load_model
+from ftstudy.io import RunDir
 from ftstudy.eval.harness import Z_POLICIES, FTStudyLM, HarnessError
 from ftstudy.results.report import benchmark_cell, bound_name, metric_label, perplexity_cell
 
@@ -73,7 +74,7 @@ class EvalError(ValueError):
 def resolve_checkpoint(path: str | Path) -> Path:
     p = Path(path)
     if p.is_dir():
-        p = p / "ckpt" / "model.pt"
+        p = RunDir(p).model_file
     if not p.is_file():
         raise EvalError(f"checkpoint {path} does not exist (give a model.pt or a run folder with ckpt/model.pt)")
     return p
@@ -119,23 +120,19 @@ def perplexity(ckpt: Path, data_dir: str | Path | None, n_windows: int, k: int, 
                 sums[key] += float(out.ce_sum)
             continue
         sums["nll_prior"] += float(model(idx, tgt, z="prior", generator=g).ce_sum)
-        x = model.trunk(idx)
-        enc = model.encode(x)  # q(z|x) sees the window: a proposal for the bound, not a prediction
-        logq1, logq0 = torch.nn.functional.logsigmoid(enc.float()), torch.nn.functional.logsigmoid(-enc.float())
-        kl = (torch.sigmoid(enc.float()) * (logq1 + LN2) + torch.sigmoid(-enc.float()) * (logq0 + LN2)).sum()
-        sums["kl"] += float(kl)
+        # q(z|x) sees the window: a proposal for the bound, not a prediction.  K draws of Z from
+        # it, each with its log q; the encoder runs once.
         logw = []
-        for j in range(k):
-            bits = torch.rand(enc.shape, generator=g) < torch.sigmoid(enc.float())
-            r, _ = model.post_sample(None, bits)
-            logits = model.head(x, r=r).float()
+        for j, out in enumerate(model.draws(idx, z="posterior-leaky", generators=[g] * k)):
+            assert out.log_q is not None and out.kl is not None and out.bits is not None
+            logits = out.logits.float()
             ll = -torch.nn.functional.cross_entropy(logits.flatten(0, 1), tgt.flatten(), reduction="none")
             ll = ll.view(tgt.shape).sum(1)  # (B,) log p(x | z) per window
-            log_q = torch.where(bits, logq1, logq0).sum((1, 2))
-            log_p_z = -LN2 * bits.shape[1] * bits.shape[2]
-            logw.append(ll + log_p_z - log_q)
+            log_p_z = -LN2 * out.bits.shape[1] * out.bits.shape[2]  # uniform prior over 2^H codes per token
+            logw.append(ll + log_p_z - out.log_q.sum((1, 2)))  # log q(z|x) per window
             if j == 0:
                 sums["ce_post"] += float(-ll.sum())
+                sums["kl"] += float(out.kl.sum())
         lw = torch.stack(logw)  # (K, B)
         sums["iwae"] += float(-(torch.logsumexp(lw, 0) - math.log(k)).sum())
     n = sums["tokens"]

@@ -1,6 +1,7 @@
 """lm-evaluation-harness glue: ``FTStudyLM``, registered as lm-eval model ``ftstudy``.
 
     simple_evaluate(model=FTStudyLM("results/.../ckpt/model.pt", z_policy="posterior-context"), ...)
+    simple_evaluate(model=FTStudyLM(model=free_transformer, tokenizer=tok), ...)  # a model in memory
     python -m ftstudy.harness --model ftstudy --model_args checkpoint=PATH,z_samples=4 \\
         --include_path "$(python -m ftstudy.eval.suite path)" --tasks ftstudy_arithmetic
 
@@ -21,14 +22,17 @@ averages the continuation's likelihood over K draws of Z in probability space
 the K-averaged next-token distribution.  Generation uses one draw.  Every draw comes from
 a generator seeded by ``(seed, context tokens, draw index)``: scores do not depend on
 batch composition or order, and every continuation of one context sees the same Z at the
-context, so the probabilities of all one-token continuations sum to 1.
+context, so the probabilities of all one-token continuations sum to 1.  The model's forward
+pass chooses Z (``z=self.z_policy``, one generator per row) and its ``generate()`` is the
+token loop; this module only batches, seeds, scores and cuts text.
 
 Contexts longer than the model's window are truncated on the left; a continuation longer
 than the window is scored in pieces of half a window, each conditioned on all tokens before
 it (the chain rule: still a normalised likelihood; each piece's encoder sees only the
 tokens before that piece).  Generation with
 no stop strings runs to ``max_gen_toks`` or to ``<|endoftext|>``; when the window fills,
-generation continues on the last half window (the tokens keep their Z).
+generation continues on the last half window (the tokens keep their Z).  Sampling honours
+``temperature``, ``top_k`` and ``top_p`` when ``do_sample`` is true (greedy otherwise).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import math
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -48,10 +52,11 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from ftstudy.core.checkpoint import CheckpointError, load_model
-from ftstudy.tasks.corpus import ByteTokenizer, DataError, FileTokenizer, tokenizer_from_spec, tokenizer_spec
-from ftstudy.core.model import FreeTransformer
+from ftstudy.core.config import ModelConfig
+from ftstudy.core.model import FreeTransformer, check_sampling, generate
+from ftstudy.tasks import TextTokenizer as Tokenizer, get_task
 
-__all__ = ["FTStudyLM", "Z_POLICIES", "HarnessError", "SyntheticTokenizer", "main"]
+__all__ = ["FTStudyLM", "Z_POLICIES", "HarnessError", "main"]
 
 Z_POLICIES = ("posterior-context", "prior")
 
@@ -60,28 +65,12 @@ class HarnessError(ValueError):
     """A request or argument the wrapper cannot score honestly."""
 
 
-class SyntheticTokenizer:
-    """The synthetic task's characters (``_ ! >`` and A–Z), for synthetic-task checkpoints."""
+class Sampling(NamedTuple):
+    """How generate_until samples: temperature 0 is greedy; top_k / top_p cut the distribution."""
 
-    eot_id = None
-
-    def __init__(self) -> None:
-        from ftstudy.tasks.synthetic import CharTokenizer
-        self._t = CharTokenizer()
-        self.vocab_size = self._t.vocab_size
-        self.pad_id = 0
-
-    def encode(self, text: str) -> list[int]:
-        try:
-            return self._t.encode(text)
-        except ValueError as e:
-            raise HarnessError(f"text {text[:40]!r} cannot be tokenized for a synthetic-task model: {e}") from e
-
-    def decode(self, ids: Any) -> str:
-        return self._t.decode([int(i) for i in ids])
-
-
-Tokenizer = ByteTokenizer | FileTokenizer | SyntheticTokenizer
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
 
 
 def _seed_of(seed: int, tokens: list[int], k: int, tag: str) -> int:
@@ -91,12 +80,14 @@ def _seed_of(seed: int, tokens: list[int], k: int, tag: str) -> int:
 
 @register_model("ftstudy")
 class FTStudyLM(TemplateLM):
-    """An ftstudy checkpoint (baseline or Free) as an lm-eval model."""
+    """An ftstudy model (baseline or Free), from a checkpoint or in memory, as an lm-eval model."""
 
-    def __init__(self, checkpoint: str | Path, z_policy: str = "posterior-context", z_samples: int = 1,
+    def __init__(self, checkpoint: str | Path | None = None, z_policy: str = "posterior-context", z_samples: int = 1,
                  seed: int = 0, batch_size: int | str = 16, device: str | None = None,
-                 max_batch_size: int | None = None,
-                 **kwargs: Any) -> None:
+                 max_batch_size: int | None = None, *, model: FreeTransformer | None = None,
+                 tokenizer: Tokenizer | None = None, **kwargs: Any) -> None:
+        """From a checkpoint (``checkpoint=PATH``, as lm-eval's ``--model_args`` give it) or from a
+        model in memory (``model=``, put in eval mode on ``device``, with its ``tokenizer=``)."""
         super().__init__()
         if z_policy not in Z_POLICIES:
             raise HarnessError(f"z_policy = {z_policy!r} is not allowed; allowed: {list(Z_POLICIES)}")
@@ -112,40 +103,52 @@ class FTStudyLM(TemplateLM):
             raise HarnessError(f"batch_size = {batch_size} is not allowed: a positive integer")
         unknown = set(kwargs) - {"trust_remote_code", "dtype", "pretrained"}
         if unknown:
-            raise HarnessError(f"unknown FTStudyLM argument(s) {sorted(unknown)}; allowed: checkpoint, z_policy, "
-                               f"z_samples, seed, batch_size, device")
+            raise HarnessError(f"unknown FTStudyLM argument(s) {sorted(unknown)}; allowed: checkpoint (or model and "
+                               f"tokenizer), z_policy, z_samples, seed, batch_size, device")
+        if (checkpoint is None) == (model is None):
+            raise HarnessError("give either a checkpoint path or a model instance (model=..., tokenizer=...)")
+        if model is not None and tokenizer is None:
+            raise HarnessError("a model instance needs its tokenizer: FTStudyLM(model=..., tokenizer=...)")
         if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = str(model.tok_emb.weight.device) if model is not None else \
+                "cuda" if torch.cuda.is_available() else "cpu"
         elif str(device).startswith("cuda") and not torch.cuda.is_available():
             # lm-eval's command line asks for cuda:0 unless told otherwise.
             print(f"[ftstudy.eval.harness] device {device!r} is not available here; using the CPU", file=sys.stderr)
             device = "cpu"
+        self.z_policy, self.z_samples, self.seed = z_policy, z_samples, int(seed)
+        self.batch_size = batch_size
+        self._device = torch.device(device)
+        self.checkpoint = None if checkpoint is None else str(checkpoint)
+        if model is not None:
+            assert tokenizer is not None
+            self.model: FreeTransformer = model.to(self._device).eval()
+            self.tok: Tokenizer = tokenizer
+            source = "the given model"
+        else:
+            assert checkpoint is not None
+            self.model, self.tok = self._load(checkpoint, device)
+            source = f"checkpoint {checkpoint}"
+        if self.tok.vocab_size > self.model.cfg.vocab_size:
+            raise HarnessError(f"{source}: tokenizer vocabulary {self.tok.vocab_size} exceeds the "
+                               f"model's vocab_size {self.model.cfg.vocab_size}")
+
+    @staticmethod
+    def _load(checkpoint: str | Path, device: str) -> tuple[FreeTransformer, Tokenizer]:
+        """The model of a checkpoint and its tokenizer (stored, the training data's, or the synthetic task's)."""
         try:
             model, cfg, raw = load_model(checkpoint, map_location=device)
         except CheckpointError as e:
             raise HarnessError(str(e)) from e
-        self.model: FreeTransformer = model.eval()
-        self.cfg = cfg
-        self.checkpoint = str(checkpoint)
-        self.z_policy, self.z_samples, self.seed = z_policy, z_samples, int(seed)
-        self.batch_size = batch_size
-        self._device = torch.device(device)
-        spec = raw.get("tokenizer")
         try:
-            if spec is not None:
-                self.tok: Tokenizer = tokenizer_from_spec(spec)
-            elif cfg.task.name == "tokens" and cfg.task.data_dir and Path(cfg.task.data_dir).is_dir():
-                # A Lightning last.ckpt carries no tokenizer: take the training data's.
-                self.tok = tokenizer_from_spec(tokenizer_spec(cfg.task.data_dir))
-            elif cfg.task.name == "synthetic":
-                self.tok = SyntheticTokenizer()
-            else:
-                raise HarnessError(f"checkpoint {checkpoint} has no tokenizer and is not a synthetic-task model")
-        except DataError as e:
+            tok: Tokenizer = get_task(cfg.task.name).tokenizer(cfg, raw)  # its own, or its training data's
+        except ValueError as e:  # DataError, ConfigError
             raise HarnessError(f"checkpoint {checkpoint}: {e}") from e
-        if self.tok.vocab_size > cfg.model.vocab_size:
-            raise HarnessError(f"checkpoint {checkpoint}: tokenizer vocabulary {self.tok.vocab_size} exceeds the "
-                               f"model's vocab_size {cfg.model.vocab_size}")
+        return model.eval(), tok
+
+    @property
+    def model_cfg(self) -> ModelConfig:
+        return self.model.cfg
 
     # ------------------------------------------------------------------ lm-eval plumbing
 
@@ -158,7 +161,7 @@ class FTStudyLM(TemplateLM):
 
     @property
     def max_length(self) -> int:
-        return self.cfg.model.max_seq_len
+        return self.model_cfg.max_seq_len
 
     @property
     def device(self) -> torch.device:
@@ -169,28 +172,24 @@ class FTStudyLM(TemplateLM):
         return f"ftstudy-{type(self.tok).__name__}"
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
-        return self.tok.encode(string)
+        try:
+            return self.tok.encode(string)
+        except ValueError as e:  # e.g. a character outside the synthetic task's
+            raise HarnessError(f"text {string[:40]!r} cannot be tokenized for this model: {e}") from e
 
     def tok_decode(self, tokens: Any) -> str:
         return self.tok.decode(tokens)
 
     @property
     def is_free(self) -> bool:
-        return self.cfg.model.is_free
+        return self.model_cfg.is_free
 
     # ------------------------------------------------------------------ Z
 
-    def _bits(self, context: list[int], enc_logits: torch.Tensor | None, n: int, k: int) -> torch.Tensor:
-        """Z (n, H) for one row: posterior at the len(enc_logits) context positions (if any), prior after."""
-        h = self.cfg.model.latent_bits
-        g = torch.Generator().manual_seed(_seed_of(self.seed, context, k, self.z_policy))
-        n_post = 0 if enc_logits is None else enc_logits.shape[0]
-        bits = torch.empty(n, h, dtype=torch.bool)
-        if n_post:
-            assert enc_logits is not None
-            bits[:n_post] = torch.rand(n_post, h, generator=g) < torch.sigmoid(enc_logits.float().cpu())
-        bits[n_post:] = torch.rand(n - n_post, h, generator=g) < 0.5
-        return bits.to(self.device)
+    def _z_generator(self, context: list[int], k: int) -> torch.Generator:
+        """The generator of draw ``k`` of Z for a row whose context is ``context`` (the model draws
+        the row's Z from it position by position: posterior at the context, prior after)."""
+        return torch.Generator().manual_seed(_seed_of(self.seed, context, k, self.z_policy))
 
     # ------------------------------------------------------------------ likelihoods
 
@@ -237,35 +236,21 @@ class FTStudyLM(TemplateLM):
 
     @torch.no_grad()
     def _score_batch(self, chunk: list[tuple[int, list[int], int, list[int]]]) -> list[tuple[float, bool]]:
-        m = self.model
         b, t = len(chunk), max(len(r[1]) for r in chunk)
         idx = torch.full((b, t), self.tok.pad_id, dtype=torch.long)
         for j, (_, inp, _, _) in enumerate(chunk):
             idx[j, :len(inp)] = torch.tensor(inp)
         idx = idx.to(self.device)
         # Right padding: causal attention never lets a real token see a pad.
-        x = m.trunk(idx)
-        draws: list[torch.Tensor]  # K x (B, T, V) log-probs
-        if not self.is_free:
-            draws = [F.log_softmax(m.head(x).float(), -1)]
-        else:
-            enc = None
-            if self.z_policy == "posterior-context":
-                pos = torch.arange(t, device=self.device)
-                n_ctx = torch.tensor([r[2] for r in chunk], device=self.device)
-                # Keys restricted to each row's context; each query may also see itself so a
-                # position past the context never attends to nothing (its Z is not used).
-                keys = (pos[None, :] < n_ctx[:, None])[:, None, None, :] | (pos[:, None] == pos[None, :])[None, None]
-                enc = m.encode(x, attn_mask=keys)
-            draws = []
-            for k in range(self.z_samples):
-                bits = torch.zeros(b, t, self.cfg.model.latent_bits, dtype=torch.bool, device=self.device)
-                for j, (_, inp, n_ctx_j, _) in enumerate(chunk):
-                    ctx_tokens = inp[:n_ctx_j]
-                    bits[j, :len(inp)] = self._bits(ctx_tokens, None if enc is None else enc[j, :n_ctx_j],
-                                                    len(inp), k)
-                r, _ = m.post_sample(None, bits)
-                draws.append(F.log_softmax(m.head(x, r=r).float(), -1))
+        context = None
+        if self.z_policy == "posterior-context":
+            n_ctx = torch.tensor([r[2] for r in chunk], device=self.device)
+            context = torch.arange(t, device=self.device)[None, :] < n_ctx[:, None]  # the encoder's keys, per row
+        # One generator per row and draw, seeded by the row's context tokens (none for a baseline).
+        gens = [[self._z_generator(inp[:n_ctx_j], k) for _, inp, n_ctx_j, _ in chunk]
+                for k in range(self.z_samples if self.is_free else 1)]
+        outs = self.model.draws(idx, z=self.z_policy, context=context, generators=gens)
+        draws = [F.log_softmax(out.logits.float(), -1) for out in outs]  # K x (B, T, V) log-probs
         results = []
         for j, (_, inp, n_ctx_j, cont) in enumerate(chunk):
             c = len(cont)
@@ -306,7 +291,7 @@ class FTStudyLM(TemplateLM):
         bar = tqdm(total=len(requests), desc="ftstudy generate", disable=disable_tqdm)
         for items in groups.values():
             kw = items[0][2]
-            until, max_gen, temperature = self._gen_args(kw)
+            until, max_gen, sampling = self._gen_args(kw)
             encoded = []
             seen: dict[str, int] = defaultdict(int)
             for i, context, _ in items:
@@ -323,7 +308,7 @@ class FTStudyLM(TemplateLM):
             encoded.sort(key=lambda r: -len(r[1]))
             for b0 in range(0, len(encoded), self.batch_size):
                 chunk = encoded[b0:b0 + self.batch_size]
-                texts = self._generate_batch([ids for _, ids, _ in chunk], until, max_gen, temperature,
+                texts = self._generate_batch([ids for _, ids, _ in chunk], until, max_gen, sampling,
                                              draws=[k for _, _, k in chunk])
                 for (i, _, _), text in zip(chunk, texts):
                     out[i] = text
@@ -331,7 +316,7 @@ class FTStudyLM(TemplateLM):
         bar.close()
         return out  # type: ignore[return-value]
 
-    def _gen_args(self, kw: dict[str, Any]) -> tuple[list[str], int, float]:
+    def _gen_args(self, kw: dict[str, Any]) -> tuple[list[str], int, Sampling]:
         until = kw.pop("until", None)
         if until is None:
             until = []
@@ -345,111 +330,58 @@ class FTStudyLM(TemplateLM):
             raise HarnessError(f"max_gen_toks = {max_gen} is not allowed: >= 1")
         do_sample = bool(kw.pop("do_sample", False))
         temperature = float(kw.pop("temperature", 1.0 if do_sample else 0.0))
-        if temperature < 0:
-            raise HarnessError(f"temperature = {temperature} is not allowed: >= 0 (0 = greedy)")
+        top_k, top_p = kw.pop("top_k", None), kw.pop("top_p", None)
+        top_k = None if top_k in (None, 0) else top_k  # 0: no cut (Hugging Face's convention)
+        top_p = None if top_p is None else float(top_p)
+        try:
+            check_sampling(temperature, top_k, top_p)
+        except ValueError as e:
+            raise HarnessError(f"{e}: not allowed") from None
         if not do_sample:
             temperature = 0.0
-        kw.pop("top_k", None), kw.pop("top_p", None)  # accepted, ignored: plain temperature sampling
-        return until, max_gen, temperature
+        return until, max_gen, Sampling(temperature, top_k, top_p)
 
     @torch.no_grad()
     def _generate_batch(self, prompts: list[list[int]], until: list[str], max_gen: int,
-                        temperature: float, draws: list[int] | None = None) -> list[str]:
-        """Left-padded batch generation with a KV cache; per-row seeded Z and sampling
-        (``draws[j]``: which draw of row j's prompt this is)."""
-        m, win, dev = self.model, self.max_length, self.device
-        b = len(prompts)
+                        sampling: Sampling | float, draws: list[int] | None = None) -> list[str]:
+        """Left-padded batch generation with the model's ``generate()``; per-row seeded Z and
+        sampling (``draws[j]``: which draw of row j's prompt this is); ``sampling``: options or
+        a temperature."""
+        if not isinstance(sampling, Sampling):
+            sampling = Sampling(float(sampling))
+        dev, b = self.device, len(prompts)
         draws = draws or [0] * b
-        prompts = [p[-(win - 1):] for p in prompts]  # leave room for at least one new token
+        # The window's rule (generate() keeps the same last tokens): the seeds name what is fed.
+        prompts = [p[-(self.max_length - 1):] for p in prompts]
         p_len = max(len(p) for p in prompts)
-        total = p_len + max_gen
-        tokens = torch.full((b, total), self.tok.pad_id, dtype=torch.long, device=dev)
-        valid = torch.zeros(b, total, dtype=torch.bool, device=dev)
+        tokens = torch.full((b, p_len), self.tok.pad_id, dtype=torch.long, device=dev)
+        mask = torch.zeros(b, p_len, dtype=torch.bool, device=dev)
         for j, p in enumerate(prompts):
-            tokens[j, p_len - len(p):p_len] = torch.tensor(p)
-            valid[j, p_len - len(p):p_len] = True
-        valid[:, p_len:] = True
-        gens = [torch.Generator().manual_seed(_seed_of(self.seed, p, k, "sample")) for p, k in zip(prompts, draws)]
-        bits = None
-        if self.is_free:
-            h = self.cfg.model.latent_bits
-            bits = torch.zeros(b, total, h, dtype=torch.bool, device=dev)
-            enc = None
-            if self.z_policy == "posterior-context":
-                x = m.trunk(tokens[:, :p_len], attn_mask=self._prefill_mask(valid[:, :p_len]))
-                pos = torch.arange(p_len, device=dev)
-                keys = valid[:, None, None, :p_len] | (pos[:, None] == pos[None, :])[None, None]
-                enc = m.encode(x, attn_mask=keys)
-            for j, p in enumerate(prompts):
-                row = self._bits(p, None if enc is None else enc[j, p_len - len(p):p_len], len(p) + max_gen,
-                                 draws[j])
-                bits[j, p_len - len(p):] = row
-        done = torch.zeros(b, dtype=torch.bool, device=dev)
-        n_new = 0
-        start = 0  # first column inside the current window
-        end = p_len  # columns [start, end) are fed; the next token goes to column end
-        cache = None
-        fed = start
-        while n_new < max_gen and not bool(done.all()):
-            if cache is None:
-                cache = m.new_cache(b, win)
-                fed = start
-            seg = slice(fed, end)
-            if fed == start:
-                mask = self._prefill_mask(valid[:, start:end])
-            else:
-                mask = valid[:, None, None, start:end]
-            z = None if bits is None else bits[:, seg]
-            x = m.trunk(tokens[:, seg], start=fed - start, cache=cache, attn_mask=mask)
-            r = None
-            if z is not None:
-                r, _ = m.post_sample(None, z)
-            logits = m.head(x, start=fed - start, cache=cache, r=r, attn_mask=mask)[:, -1].float()
-            nxt = self._next_tokens(logits, temperature, gens)
-            nxt[done] = self.tok.pad_id
-            tokens[:, end] = nxt
-            fed = end
-            end += 1
-            n_new += 1
-            for j in range(b):
-                if done[j]:
-                    continue
-                if self.tok.eot_id is not None and int(nxt[j]) == self.tok.eot_id:
-                    done[j] = True
-                elif until:
-                    text = self.tok.decode(tokens[j, p_len:end].tolist())
-                    if any(u in text for u in until):
-                        done[j] = True
-            if end - start >= win and n_new < max_gen:
-                # Window full: continue on the last half window (tokens keep their Z).
-                start = end - win // 2
-                cache = None
+            tokens[j, p_len - len(p):] = torch.tensor(p)
+            mask[j, p_len - len(p):] = True
+
+        def stop(new: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+            hit = torch.zeros(b, dtype=torch.bool)
+            for j in active.nonzero().flatten().tolist():
+                text = self.tok.decode(new[j].tolist())
+                hit[j] = any(u in text for u in until)
+            return hit
+
+        gen = generate(self.model, tokens, max_gen, prompt_mask=mask, pad_id=self.tok.pad_id, z_prompt=self.z_policy,
+                       temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
+                       generator=[torch.Generator().manual_seed(_seed_of(self.seed, p, k, "sample"))
+                                  for p, k in zip(prompts, draws)],
+                       z_generator=[self._z_generator(p, k) for p, k in zip(prompts, draws)] if self.is_free else None,
+                       eos_id=self.tok.eot_id, stop=stop if until else None)
         texts = []
         for j in range(b):
-            ids = tokens[j, p_len:p_len + n_new].tolist()
+            ids = gen.tokens[j, p_len:].tolist()
             if self.tok.eot_id is not None and self.tok.eot_id in ids:
                 ids = ids[:ids.index(self.tok.eot_id)]
             text = self.tok.decode(ids)
             cut = min((text.find(u) for u in until if u in text), default=-1)
             texts.append(text[:cut] if cut >= 0 else text)
         return texts
-
-    @staticmethod
-    def _prefill_mask(valid: torch.Tensor) -> torch.Tensor:
-        """(B, 1, T, T): causal, pads invisible as keys (each query still sees itself)."""
-        t = valid.shape[1]
-        pos = torch.arange(t, device=valid.device)
-        causal = pos[None, :] <= pos[:, None]
-        return (causal[None] & (valid[:, None, :] | (pos[:, None] == pos[None, :])[None]))[:, None]
-
-    @staticmethod
-    def _next_tokens(logits: torch.Tensor, temperature: float, gens: list[torch.Generator]) -> torch.Tensor:
-        if temperature == 0:
-            return logits.argmax(-1)
-        probs = torch.softmax(logits / temperature, -1).cpu()
-        u = torch.stack([torch.rand(1, generator=g) for g in gens])  # (B, 1), one draw per row
-        cdf = probs.cumsum(-1)
-        return torch.searchsorted(cdf, u * cdf[:, -1:]).squeeze(-1).clamp_max(probs.shape[-1] - 1).to(logits.device)
 
 
 def main(argv: list[str] | None = None) -> None:

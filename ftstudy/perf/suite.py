@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from ftstudy.core.config import ModelConfig
 from ftstudy.io import REPO_ROOT, atomic_write_text
+from ftstudy.results.report import targets_table  # the table the README's claims print too
 from ftstudy.core.latent import binary_mapper, binary_mapper_reference
 from ftstudy.run.lit import cpu_has_native_bf16
 from ftstudy.core.model import FreeTransformer, generate
@@ -423,14 +424,11 @@ def bench_loglikelihood(shape: Shape, latent_bits: int, device: torch.device, n_
     """Requests/s of FTStudyLM.loglikelihood on held-out GPT-3 arithmetic (prompt, answer)
     pairs, byte-level, random weights (throughput does not depend on them)."""
     import random
-    import tempfile
 
     from lm_eval.api.instance import Instance
 
-    from ftstudy.core.checkpoint import save_model
-    from ftstudy.core.config import RunConfig, TaskConfig, TrainConfig
-    from ftstudy.tasks.corpus import ByteTokenizer
     from ftstudy.eval.harness import FTStudyLM
+    from ftstudy.tasks.corpus import ByteTokenizer
     from ftstudy.tasks.mathgen import ARITH_KINDS, arithmetic
 
     tok = ByteTokenizer()
@@ -443,18 +441,13 @@ def bench_loglikelihood(shape: Shape, latent_bits: int, device: torch.device, n_
         p = arithmetic(ARITH_KINDS[i % len(ARITH_KINDS)], rng, "eval")
         reqs.append(Instance(request_type="loglikelihood", doc={}, idx=i,
                              arguments=(f"Question: {p.question}\nAnswer:", f" {p.answer}")))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.pt"
-        run_cfg = RunConfig(model=cfg, task=TaskConfig(name="tokens", data_dir=tmp, n_generate=0,
-                                                                     probe_independent=0, probe_groups=0), train=TrainConfig())
-        save_model(path, model, run_cfg, 0, extra={"tokenizer": tok.spec()})
-        lm = FTStudyLM(str(path), batch_size=batch_size, device=str(device))
-        lm.loglikelihood(reqs[:batch_size])  # warm-up
-        _sync(device)
-        t0 = time.perf_counter()
-        lm.loglikelihood(reqs, disable_tqdm=True)
-        _sync(device)
-        t = time.perf_counter() - t0
+    lm = FTStudyLM(model=model, tokenizer=tok, batch_size=batch_size, device=str(device))
+    lm.loglikelihood(reqs[:batch_size])  # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    lm.loglikelihood(reqs, disable_tqdm=True)
+    _sync(device)
+    t = time.perf_counter() - t0
     return {"bench": "loglikelihood", "impl": "ftstudy-free" if latent_bits else "ftstudy-base", "shape": shape.name,
             "dtype": "float32", "requests": n_requests, "batch_size": batch_size, "seconds": t,
             "requests_per_s": n_requests / t}
@@ -592,18 +585,6 @@ def format_suite(result: dict[str, Any]) -> str:
                          f"({r['mapper_s'] * 1e3:.1f} vs {r['matmul_s'] * 1e3:.1f} ms) |")
     lines += ["", "## Targets (ratios from this run)", "", targets_table(result)]
     return "\n".join(lines) + "\n"
-
-
-def targets_table(result: dict[str, Any]) -> str:
-    """Every target of a suite result: the measured ratio, met or missed and by how much."""
-    lines = ["| target | measured | met |", "|---|---|---|"]
-    for t in result["targets"]:
-        if t["met"] is None:
-            lines.append(f"| {t['target']} | – | not measured: {t['note']} |")
-        else:
-            word = "met" if t["met"] else f"**MISSED** (at {t['margin']:.2f} of the target)"
-            lines.append(f"| {t['target']} | {t['measured']:.3g} | {word} |")
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- scale (shape-only presets)

@@ -22,16 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftstudy.io import REPO_ROOT
+from ftstudy.io import REPO_ROOT, StudyDir
+from ftstudy.results.report import targets_table
 
 BEGIN, END = "<!-- claims:begin -->", "<!-- claims:end -->"
 PERF_BEGIN, PERF_END = "<!-- perf:begin -->", "<!-- perf:end -->"
 PERF_DIR = "results/perf"
 
-QUICK = "results/ablate/kl_budget/aggregate.csv"
-PAPER = "results/ablate/paper/kl_budget/aggregate.csv"
+# The result files the claims cite, relative to the repository.
+QUICK = StudyDir("results/ablate/kl_budget").aggregate_csv.as_posix()
+PAPER = StudyDir("results/ablate/paper/kl_budget").aggregate_csv.as_posix()
 BENCH = "results/benchmarks/code-math-small/s0/report.json"
-RUNS = "results/benchmarks/code-math-small/runs/kl_budget/summary.csv"
+RUNS = StudyDir("results/benchmarks/code-math-small/runs/kl_budget").summary_file.as_posix()
 SCALE = "results/perf/scale.json"
 QUICK_CMD = "`python -m ftstudy.ablate --study kl_budget --preset quick --seeds 0 1 2 --jobs 2`"
 PAPER_CMD = "`python -m ftstudy.ablate --study kl_budget --preset paper --seeds 0 1 2 --only kappa_bits=1/8`"
@@ -190,8 +192,6 @@ def claims_table(root: Path = REPO_ROOT) -> str:
 
 def perf_tables(root: Path = REPO_ROOT) -> str:
     """The targets table of every committed ``python -m ftstudy.perf suite`` result, by machine."""
-    from ftstudy.perf.suite import targets_table
-
     parts = []
     for path in sorted((Path(root) / PERF_DIR).glob("*.json")):
         data = json.loads(path.read_text())

@@ -26,10 +26,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from ftstudy.io import atomic_write_text, read_metrics  # noqa: E402
+from ftstudy.io import RunDir, StudyDir, atomic_write_text, read_metrics  # noqa: E402
 from ftstudy.results.report import (  # noqa: E402
-    FIG4_KAPPAS, NO_LATENT_FLOOR, STUDY_X, aggregate, benchmark_cell, bound_name, kl_collapsed, label_changes,
-    metric_label, perplexity_cell,
+    METRICS, NO_LATENT_FLOOR, Axis, StudyLayout, aggregate, benchmark_cell, bound_name, interval_cell, kl_collapsed,
+    label_changes, metric_label, perplexity_cell,
 )
 
 __all__ = [
@@ -80,7 +80,9 @@ def have(path: Path | str, command: str) -> bool:
 
 
 def _label(run_dir: Path) -> str:
-    s = json.loads((Path(run_dir) / "summary.json").read_text())
+    s = RunDir(run_dir).summary()
+    if s is None:
+        raise ValueError(f"{run_dir} is not a finished run")
     if s["variant"] == "baseline":
         return "baseline"
     return f"Free, κ = {s['kappa_bits']:g} bit"
@@ -197,11 +199,10 @@ _BOUNDED = {"valid rate (prior Z)": (0, 1.02), "P(same block position)": (0, 1.0
             "nats/char": (0, None), "shared noise / chance": (0, None)}
 
 
-def plot_study(aggs: list[dict], x: str, title: str = "", log_x: bool = False,
-               seeds: pd.DataFrame | None = None) -> plt.Figure:
-    """Key metrics of a study (rows of ftstudy.results.report.aggregate) against the grid field ``x``,
-    with 95% intervals over seeds where there are several; the baseline as a dashed line.
-    ``seeds`` (a study's summary.csv as a DataFrame) adds each run as a dot."""
+def plot_study(aggs: list[dict], axis: Axis, title: str = "", seeds: pd.DataFrame | None = None) -> plt.Figure:
+    """Key metrics of a study (rows of ftstudy.results.report.aggregate) against its grid
+    ``axis``, with 95% intervals over seeds where there are several; the baseline as a dashed
+    line.  ``seeds`` (a study's summary.csv as a DataFrame) adds each run as a dot."""
     sns.set_theme(style="whitegrid", context="notebook")
     panels = (
         ("generation.valid_rate", "valid rate (prior Z)"),
@@ -215,12 +216,8 @@ def plot_study(aggs: list[dict], x: str, title: str = "", log_x: bool = False,
     free = [a for a in aggs if a["variant"] != "baseline"]
     base = [a for a in aggs if a["variant"] == "baseline"]
 
+    x, categorical = axis.key, axis.categorical  # categorical, e.g. free_bits_scope: token / sequence
     labels = [str(a[x]) for a in free]
-    try:
-        [float(v) for v in labels]
-        categorical = False
-    except ValueError:
-        categorical = True  # e.g. free_bits_scope: token / sequence
 
     def xs(rows):
         if categorical:
@@ -246,12 +243,12 @@ def plot_study(aggs: list[dict], x: str, title: str = "", log_x: bool = False,
                 ax.axhline(base[0][col], color=line.get_color(), ls="--", lw=1, label=f"{name}, baseline")
         if col == "val.elbo":
             ax.axhline(NO_LATENT_FLOOR, color="gray", ls=":", lw=1, label="no-latent floor")
-        ax.set(xlabel=x, ylabel=label)
+        ax.set(xlabel=axis.text, ylabel=label)
         lo_lim, hi_lim = _BOUNDED.get(label, (None, None))
         ax.set_ylim(bottom=lo_lim, top=hi_lim)
         if categorical:
             ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
-        elif log_x:
+        elif axis.log:
             ax.set_xscale("log", base=2)
             finite = [v for v in xs(free) if math.isfinite(v) and v > 0]
             if finite:  # explicit limits: a panel whose metric is all NaN has no data range
@@ -265,24 +262,22 @@ def plot_study(aggs: list[dict], x: str, title: str = "", log_x: bool = False,
 
 # ---------------------------------------------------------------- studies (ftstudy.study.ablate results)
 
-def study_aggregates(study_dir: Path) -> list[dict[str, Any]]:
+def study_aggregates(study_dir: Path, layout: StudyLayout) -> list[dict[str, Any]]:
     """Rows of a study's aggregate (mean and 95% t-interval over seeds per grid point),
     each named by what it changes (``change``)."""
-    aggs = aggregate(Path(study_dir) / "summary.csv")
-    label_changes(aggs)
+    aggs = aggregate(study_dir, layout)
+    label_changes(aggs, layout.keys)
     return aggs
 
 
 def study_runs(study_dir: Path) -> pd.DataFrame:
     """A study's summary.csv: one row per finished run (config fields, then metrics)."""
-    return pd.read_csv(Path(study_dir) / "summary.csv")
+    return pd.read_csv(StudyDir(study_dir).summary_file)
 
 
 def study_table(aggs: list[dict[str, Any]], x: str,
                 metrics: tuple[tuple[str, str], ...] | None = None) -> pd.DataFrame:
     """The study as a table: one row per grid point, "mean [low, high]" over seeds."""
-    from ftstudy.results.report import METRICS, interval_cell
-
     metrics = metrics or METRICS
     rows = []
     for a in aggs:
@@ -307,66 +302,60 @@ def per_seed_table(study_dir: Path, x: str) -> pd.DataFrame:
     return out.sort_values(["variant", x, "seed"], na_position="first").reset_index(drop=True)
 
 
-def _run_config(run_dir: Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / "config.json").read_text())["config"]
-
-
-def figure4_panels(study_dir: Path, seed: int, kappas: tuple[float, ...] = FIG4_KAPPAS) -> dict[str, Path]:
-    """The groups.txt of the Free runs of ``seed`` at the paper's Figure 4 budgets, by title."""
-    runs = sorted(d for d in Path(study_dir).iterdir()
-                  if (d / "groups.txt").exists() and (d / "summary.json").exists())
+def figure4_panels(study_dir: Path, seed: int, kappas: tuple[float, ...]) -> dict[str, Path]:
+    """The groups.txt of the Free runs of ``seed`` at the budgets ``kappas`` (the paper's
+    Figure 4 columns, a study's ``figure4_kappas``), by title."""
+    runs = [r for r in StudyDir(study_dir).runs(finished=True) if r.groups_file.exists()]
     panels = {}
-    configs = [(d, _run_config(d)) for d in runs]
+    configs = [(r, r.config()) for r in runs]
     for k in kappas:
-        for d, cfg in configs:
+        for r, cfg in configs:
             m, t = cfg["model"], cfg["train"]
             if m["latent_bits"] > 0 and m["kappa_bits"] == k and t["seed"] == seed:
-                panels[f"κ = {k:g} bit"] = d / "groups.txt"
+                panels[f"κ = {k:g} bit"] = r.groups_file
                 break
     return panels
 
 
-def study_figures(study_dir: Path, seed: int, fig_dir: Path) -> list[Path]:
-    """A study's metric figure and, for kl_budget, the paper's Figure 4 for ``seed`` (PNG and
-    text) and its training dynamics, written into ``fig_dir``.  [] if the study has no
-    finished Free run."""
-    study_dir, fig_dir = Path(study_dir), Path(fig_dir)
-    name = study_dir.name
-    if name not in STUDY_X or not (study_dir / "summary.csv").exists():
+def study_figures(study_dir: Path, seed: int, layout: StudyLayout, fig_dir: Path | None = None) -> list[Path]:
+    """A study's metric figure and, as its ``layout`` asks, the paper's Figure 4 for ``seed``
+    (PNG and text) and its training dynamics, written into ``fig_dir`` (default: the
+    results folder's figures/).  [] if the study has no finished Free run."""
+    study = StudyDir(study_dir)
+    if not study.summary_file.exists():
         return []
-    x, log_x = STUDY_X[name]
-    aggs = study_aggregates(study_dir)
+    aggs = study_aggregates(study.path, layout)
     if not any(a["variant"] != "baseline" for a in aggs):
         return []
-    seeds = study_runs(study_dir)
-    written = [save_figure(plot_study(aggs, x, title=name, log_x=log_x, seeds=seeds), fig_dir / f"{name}.png")]
-    if name == "kl_budget":
-        panels = figure4_panels(study_dir, seed)
-        if panels:
-            written.append(save_figure(plot_figure4(panels), fig_dir / f"figure4_s{seed}.png"))
-            text = "\n".join(f"===== {t} =====\n{figure4_text(p)}" for t, p in panels.items())
-            atomic_write_text(fig_dir / f"figure4_s{seed}.txt", text)
-            written.append(fig_dir / f"figure4_s{seed}.txt")
-        written.append(save_figure(plot_dynamics(study_dir, x), fig_dir / f"{name}_dynamics.png"))
+    seeds = study_runs(study.path)
+    written = [save_figure(plot_study(aggs, layout.axis, title=study.name, seeds=seeds), study.figure(fig_dir))]
+    panels = figure4_panels(study.path, seed, layout.figure4_kappas)
+    if panels:
+        written.append(save_figure(plot_figure4(panels), study.figure4(seed, fig_dir)))
+        text = "\n".join(f"===== {t} =====\n{figure4_text(p)}" for t, p in panels.items())
+        written.append(study.figure4(seed, fig_dir, ".txt"))
+        atomic_write_text(written[-1], text)
+    if layout.dynamics:
+        written.append(save_figure(plot_dynamics(study.path, layout.axis.key), study.figure(fig_dir, "dynamics")))
     return written
 
 
 # ---------------------------------------------------------------- training dynamics
 
 def _runs_by(study_dir: Path, x: str) -> dict[Any, list[tuple[int, Path]]]:
-    """Finished runs of a study by grid value (None for the baseline), as (seed, dir)."""
+    """Runs of a study with metrics by grid value (None for the baseline), as (seed, dir)."""
     out: dict[Any, list[tuple[int, Path]]] = {}
-    for d in sorted(Path(study_dir).iterdir()):
-        if not ((d / "metrics.csv").exists() and (d / "config.json").exists()):
+    for r in StudyDir(study_dir).runs():
+        if not r.metrics_file.exists():
             continue
-        cfg = _run_config(d)
+        cfg = r.config()
         m = cfg["model"]
         key = None if m["latent_bits"] == 0 else {**m, **cfg["train"], **cfg.get("task", {})}.get(x)
-        out.setdefault(key, []).append((cfg["train"]["seed"], d))
+        out.setdefault(key, []).append((cfg["train"]["seed"], r.path))
     return out
 
 
-def collapse_events(study_dir: Path, x: str = "kappa_bits", threshold_bits: float = 0.01) -> pd.DataFrame:
+def collapse_events(study_dir: Path, x: str, threshold_bits: float = 0.01) -> pd.DataFrame:
     """Per Free run: the final training KL, whether the run collapsed (summary.csv's rule:
     every logged KL of the last quarter below ``threshold_bits``), and the last logged step
     with the KL at or above the threshold, after which it stayed below (empty if the KL
@@ -387,7 +376,7 @@ def collapse_events(study_dir: Path, x: str = "kappa_bits", threshold_bits: floa
     return pd.DataFrame(rows).sort_values([x, "seed"]).reset_index(drop=True) if rows else pd.DataFrame()
 
 
-def plot_dynamics(study_dir: Path, x: str = "kappa_bits", smooth: int = 5) -> plt.Figure:
+def plot_dynamics(study_dir: Path, x: str, smooth: int = 5) -> plt.Figure:
     """Training KL (top) and validation CE under prior Z (bottom) against steps, one column
     per grid value and one line per seed; the budget κ dashed, the baseline's CE grey, a
     collapsed run drawn with an ×."""

@@ -1,26 +1,32 @@
 """Aggregates of a study across seeds: mean and 95% interval per grid point.
 
-Reads ``results/ablate/<study>/summary.csv`` (one row per run) and writes
-``aggregate.csv`` and ``aggregate.md`` beside it.  Intervals are Student-t intervals over
-seeds (scipy); with one seed the interval is undefined and left empty.
+Reads a study folder's summary.csv (one row per run) and writes its aggregate.csv and
+aggregate.md (:class:`ftstudy.io.StudyDir`).  Intervals are Student-t intervals over seeds
+(scipy); with one seed the interval is undefined and left empty.
+
+What a study's tables and figures need to know of it (its grid axis, the columns that make a
+grid point, the metrics) comes in as a :class:`StudyLayout`: the studies themselves are data
+in :mod:`ftstudy.study.studies`, a layer above this one.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
-from ftstudy.io import atomic_write_text
+from ftstudy.io import StudyDir
+from ftstudy.tasks.synthetic import NO_LATENT_FLOOR  # the task's floor, quoted by the tables
 
-__all__ = ["NO_LATENT_FLOOR", "METRICS", "STUDY_X", "FIG4_KAPPAS", "aggregate", "label_changes", "write_aggregate", "interval_cell",
-           "kl_collapsed", "benchmark_cell", "perplexity_cell", "metric_label", "bound_name"]
+__all__ = ["NO_LATENT_FLOOR", "METRICS", "Axis", "StudyLayout", "aggregate", "label_changes", "write_aggregate",
+           "interval_cell", "kl_collapsed", "benchmark_cell", "perplexity_cell", "metric_label", "bound_name",
+           "targets_table"]
 
 # (column in summary.csv, short name in the tables)
 METRICS = (
@@ -40,19 +46,33 @@ METRICS = (
     ("probe.mi_collision_bits", "collision MI bits"),
     ("train_time_s", "train s"),
 )
-# Config fields that vary within the studies (the grid coordinates).
-KEYS = ("latent_bits", "kappa_bits", "inject_layer", "free_bits_scope", "n_layers", "dim", "batch_size", "steps",
-        "kl_weight_below", "post_sampler")
 
-# Best CE per body character of the synthetic task without a latent: ln(57)/64 (the block
-# position, once per sequence) + h(1/16) (the noise, per character); PAPER.md §4, FEASIBILITY.md.
-NO_LATENT_FLOOR = math.log(57) / 64 - (1 / 16) * math.log(1 / 16) - (15 / 16) * math.log(15 / 16)
 
-# Each study's grid axis, and whether to draw it on a log scale.
-STUDY_X = {"kl_budget": ("kappa_bits", True), "injection_depth": ("inject_layer", False),
-           "latent_bits": ("latent_bits", True), "free_bits_scope": ("free_bits_scope", False),
-           "kappa_eighth": ("change", False)}
-FIG4_KAPPAS = (1 / 64, 1 / 8, 1, 8)  # the paper's Figure 4 columns
+
+@dataclass(frozen=True)
+class Axis:
+    """A study's grid axis as its figures draw it."""
+
+    key: str  # the column: a config field, or "change" (see label_changes)
+    label: str = ""  # the axis label; the key when empty
+    log: bool = False  # a log2 scale
+    categorical: bool = False  # separate values (points and error bars), not a continuum (a line)
+
+    @property
+    def text(self) -> str:
+        return self.label or self.key
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudyLayout:
+    """What a study's tables and figures need to know of it."""
+
+    axis: Axis
+    keys: tuple[str, ...]  # summary.csv columns whose values make a grid point (config fields)
+    order: tuple[str, ...]  # rows sorted by these (numbers as numbers) after the baseline
+    metrics: tuple[tuple[str, str], ...] = METRICS  # (summary.csv column, short name) of its tables
+    figure4_kappas: tuple[float, ...] = ()  # κ of the paper's Figure 4 columns; () for no Figure 4
+    dynamics: bool = False  # also draw its training dynamics (KL and CE against steps)
 
 
 def _num(x: str) -> float:
@@ -63,19 +83,26 @@ def _num(x: str) -> float:
     return v
 
 
-def aggregate(summary_csv: Path) -> list[dict[str, Any]]:
-    rows = list(csv.DictReader(io.StringIO(Path(summary_csv).read_text())))
+def _order(v: str) -> tuple[int, float | str]:
+    """Sort key of a grid value: numbers by value, before words."""
+    x = _num(v)
+    return (0, x) if not math.isnan(x) else (1, v)
+
+
+def aggregate(study_dir: Path, layout: StudyLayout) -> list[dict[str, Any]]:
+    """One row per grid point of a study (its summary.csv's runs grouped by ``layout.keys``):
+    the keys, variant, seeds, collapsed runs, then mean and 95% interval of each metric."""
     groups: dict[tuple, list[dict[str, str]]] = {}
-    for r in rows:
-        key = tuple(r.get(k, "") for k in KEYS)
+    for r in StudyDir(study_dir).summary():
+        key = tuple(r.get(k, "") for k in layout.keys)
         groups.setdefault(key, []).append(r)
     out = []
     for key, members in groups.items():
-        agg: dict[str, Any] = dict(zip(KEYS, key))
+        agg: dict[str, Any] = dict(zip(layout.keys, key))
         agg["variant"] = members[0].get("variant", "")
         agg["seeds"] = len(members)
         agg["collapsed"] = sum(m.get("collapsed") == "True" for m in members)
-        for col, _ in METRICS:
+        for col, _ in layout.metrics:
             v = np.array([_num(m.get(col, "")) for m in members])
             v = v[np.isfinite(v)]
             agg[col] = float(v.mean()) if len(v) else math.nan
@@ -85,8 +112,7 @@ def aggregate(summary_csv: Path) -> list[dict[str, Any]]:
                 lo = hi = math.nan
             agg[f"{col}.ci_low"], agg[f"{col}.ci_high"] = float(lo), float(hi)
         out.append(agg)
-    out.sort(key=lambda a: (a["variant"] != "baseline", _num(a["latent_bits"]), _num(a["kappa_bits"]),
-                            _num(a["inject_layer"]), a["free_bits_scope"]))
+    out.sort(key=lambda a: (a["variant"] != "baseline", *(_order(a[k]) for k in layout.order)))
     return out
 
 
@@ -101,30 +127,23 @@ def interval_cell(a: dict[str, Any], col: str) -> str:
     return f"{m:.{digits}f}"
 
 
-def write_aggregate(study_dir: Path) -> Path | None:
-    """aggregate.csv and aggregate.md of a study from its summary.csv."""
-    summary = Path(study_dir) / "summary.csv"
-    if not summary.exists():
+def write_aggregate(study_dir: Path, layout: StudyLayout) -> Path | None:
+    """aggregate.csv and aggregate.md of a study from its summary.csv (the .md's path; None
+    without a summary.csv)."""
+    study = StudyDir(study_dir)
+    if not study.summary_file.exists():
         return None
-    aggs = aggregate(summary)
-    cols = list(aggs[0])
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols)
-    w.writeheader()
-    w.writerows(aggs)
-    atomic_write_text(Path(study_dir) / "aggregate.csv", buf.getvalue())
-    varying = [k for k in KEYS if len({a[k] for a in aggs}) > 1]
-    head = ["variant", *varying, "seeds", "collapsed", *[name for _, name in METRICS]]
+    aggs = aggregate(study.path, layout)
+    varying = [k for k in layout.keys if len({a[k] for a in aggs}) > 1]
+    head = ["variant", *varying, "seeds", "collapsed", *[name for _, name in layout.metrics]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a in aggs:
         cells = [a["variant"], *[str(a[k]) for k in varying], str(a["seeds"]), str(a["collapsed"]),
-                 *[interval_cell(a, col) for col, _ in METRICS]]
+                 *[interval_cell(a, col) for col, _ in layout.metrics]]
         lines.append("| " + " | ".join(cells) + " |")
-    md = (f"# {Path(study_dir).name}: mean [95% t-interval over seeds]\n\n"
-          "Generated by `python -m ftstudy.ablate` from summary.csv; do not edit.\n\n" + "\n".join(lines) + "\n")
-    path = Path(study_dir) / "aggregate.md"
-    atomic_write_text(path, md)
-    return path
+    md = (f"# {study.name}: mean [95% t-interval over seeds]\n\n"
+          f"Generated by `python -m ftstudy.ablate` from {study.SUMMARY}; do not edit.\n\n" + "\n".join(lines) + "\n")
+    return study.write_aggregate(aggs, md)
 
 
 def kl_collapsed(kl_bits: list[float], threshold_bits: float = 0.01) -> bool:
@@ -133,13 +152,14 @@ def kl_collapsed(kl_bits: list[float], threshold_bits: float = 0.01) -> bool:
     return all(v < threshold_bits for v in kl_bits[len(kl_bits) * 3 // 4:])
 
 
-def label_changes(aggs: list[dict[str, Any]]) -> None:
-    """Name each row of a one-change-at-a-time study by the grid fields where it differs
-    from the most common value of each field ("preset" for the unchanged point)."""
+def label_changes(aggs: list[dict[str, Any]], keys: Sequence[str]) -> None:
+    """Name each row of a one-change-at-a-time study (``change``) by the grid fields among
+    ``keys`` where it differs from the most common value of each field ("preset" for the
+    unchanged point)."""
     free = [a for a in aggs if a["variant"] != "baseline"]
-    mode = {k: Counter(a[k] for a in free).most_common(1)[0][0] for k in KEYS} if free else {}
+    mode = {k: Counter(a[k] for a in free).most_common(1)[0][0] for k in keys} if free else {}
     for a in aggs:
-        diff = [f"{k}={a[k]}" for k in KEYS if a["variant"] != "baseline" and a[k] != mode[k]]
+        diff = [f"{k}={a[k]}" for k in keys if a["variant"] != "baseline" and a[k] != mode[k]]
         a["change"] = ", ".join(diff) or ("baseline" if a["variant"] == "baseline" else "preset")
 
 
@@ -169,6 +189,19 @@ def metric_label(row: dict[str, Any], sep: str = " ") -> str:
 def bound_name(row: dict[str, Any]) -> str:
     """A perplexity row's bound name (e.g. iwae_16), from whichever model computed it."""
     return next((c["name"] for c in row["cells"] if c.get("name")), row["metric"])
+
+
+def targets_table(result: dict[str, Any]) -> str:
+    """Every target of a ``python -m ftstudy.perf suite`` result: the measured ratio, met or
+    missed and by how much (markdown)."""
+    lines = ["| target | measured | met |", "|---|---|---|"]
+    for t in result["targets"]:
+        if t["met"] is None:
+            lines.append(f"| {t['target']} | – | not measured: {t['note']} |")
+        else:
+            word = "met" if t["met"] else f"**MISSED** (at {t['margin']:.2f} of the target)"
+            lines.append(f"| {t['target']} | {t['measured']:.3g} | {word} |")
+    return "\n".join(lines)
 
 
 def perplexity_cell(c: dict[str, Any]) -> str:

@@ -13,6 +13,10 @@ validation figures are labelled by what they are:
 
 Sums (not means of means) are reduced over batches and ranks with torchmetrics, so the
 figures are exact under DDP.  Nothing here assumes a single process.
+
+Anything task-specific comes from the run's task (:func:`ftstudy.tasks.get_task`): its
+validation probe, if it has one, adds its ``curve`` figures to every validation (the
+synthetic task's shared-Z probe: valid rate, position agreement, mutual information).
 """
 
 from __future__ import annotations
@@ -27,15 +31,12 @@ from torchmetrics import SumMetric
 
 from ftstudy.core.config import RunConfig
 from ftstudy.core.latent import kl_per_bit
-from ftstudy.tasks.probe import GroupDesign, GroupSamples, generate_groups, group_metrics
 from ftstudy.core.model import FreeTransformer
+from ftstudy.tasks import get_task
 
 __all__ = ["LitFreeTransformer", "NonFiniteLossError", "lr_at", "resolve_precision", "cpu_has_native_bf16"]
 
 LN2 = math.log(2.0)
-# Probe figures logged at every validation (the full set goes to summary.json).
-_PROBE_CURVE = ("valid_rate", "same_pos_independent", "same_pos_shared", "noise_overlap_independent",
-                "noise_overlap_shared", "mi_position_bits", "mi_collision_bits")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -75,6 +76,8 @@ class LitFreeTransformer(L.LightningModule):
     def __init__(self, config: RunConfig | dict[str, Any]) -> None:
         super().__init__()
         cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
+        self.task = get_task(cfg.task.name)
+        self.task.check_config(cfg)  # ConfigError for settings the task cannot run with
         # Plain dict hyper-parameters keep Lightning checkpoints loadable with weights_only=True.
         self.save_hyperparameters({"config": cfg.to_dict()})
         self.cfg = cfg
@@ -84,7 +87,7 @@ class LitFreeTransformer(L.LightningModule):
         self._sums = torch.nn.ModuleDict({k: SumMetric() for k in (
             "ce_prior", "ce_post", "kl", "n_scored", "n_latent")})
         self._t_last: float | None = None
-        self.last_probe_samples: GroupSamples | None = None  # generations of the latest probe
+        self.val_probe = self.task.validation_probe(cfg)  # None: the task has none
         self.train_tokens = 0  # tokens seen by this process since (re)start
 
     # ------------------------------------------------------------------ training
@@ -94,7 +97,7 @@ class LitFreeTransformer(L.LightningModule):
         # run makes exactly the draws an uninterrupted one would.
         gen = torch.Generator(device=self.device).manual_seed(
             (self.cfg.train.seed * 1_000_003 + self.global_step) * 4099 + self.global_rank)
-        out = self.model(batch["idx"], batch["targets"], batch["loss_mask"], z="posterior", generator=gen)
+        out = self.model(batch["idx"], batch["targets"], batch["loss_mask"], z="posterior-leaky", generator=gen)
         assert out.loss is not None and out.ce is not None
         if not torch.isfinite(out.loss):
             raise NonFiniteLossError(
@@ -121,6 +124,7 @@ class LitFreeTransformer(L.LightningModule):
             mean = self.trainer.strategy.reduce(torch.stack([logs[k].float() for k in keys]), reduce_op="mean")
             logs.update(dict(zip(keys, mean.unbind(0))))
         logs["train/lr"] = torch.tensor(self.optimizers().param_groups[0]["lr"])
+        logs["step"] = torch.tensor(float(self.global_step + 1))  # the logger's x-axis: metrics.csv's step
         self.log_dict(logs, on_step=True, on_epoch=False, sync_dist=False, batch_size=batch["idx"].shape[0])
         return out.loss
 
@@ -133,7 +137,7 @@ class LitFreeTransformer(L.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         idx, targets, mask = batch["idx"], batch["targets"], batch["loss_mask"]
-        post = self.model(idx, targets, mask, z="posterior", generator=self._val_gen)
+        post = self.model(idx, targets, mask, z="posterior-leaky", generator=self._val_gen)
         assert post.ce_sum is not None and post.n_scored is not None
         self._sums["ce_post"].update(post.ce_sum)
         self._sums["n_scored"].update(post.n_scored)
@@ -161,24 +165,13 @@ class LitFreeTransformer(L.LightningModule):
         }
         if self.model.cfg.is_free:
             metrics["val/ce_posterior_LEAKY"] = s["ce_post"] / n
-        if not self.trainer.sanity_checking:
-            metrics.update({f"val/{k}": torch.tensor(v) for k, v in self.probe().items() if k in _PROBE_CURVE})
+        if not self.trainer.sanity_checking and self.val_probe is not None:
+            curve = self.val_probe.curve
+            metrics.update({f"val/{k}": torch.tensor(v) for k, v in self.val_probe(self.model).items() if k in curve})
         # Already reduced over ranks by torchmetrics (and the probe is identical on every
         # rank: same seed, same weights): no further sync.
+        metrics["step"] = torch.tensor(float(self.global_step))  # the logger's x-axis: metrics.csv's step
         self.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=False, rank_zero_only=False)
-
-    def probe_design(self) -> GroupDesign:
-        t = self.cfg.task
-        return GroupDesign(t.probe_independent, t.probe_groups, t.probe_group_size)
-
-    def probe(self) -> dict[str, float]:
-        """How much Z decides, from generations under the prior (see ftstudy.tasks.probe)."""
-        design = self.probe_design()
-        if design.total == 0:
-            return {}
-        samples = generate_groups(self.model, design, seed=self.cfg.train.seed + 17)
-        self.last_probe_samples = samples
-        return group_metrics(samples)
 
     # ------------------------------------------------------------------ optimizer
 

@@ -8,6 +8,7 @@ timestamp) under ``results/runs/``::
     <run>/summary.json    final figures; its presence marks the run finished
     <run>/samples.txt     generations under prior Z, one per line
     <run>/ckpt/           git-ignored: last.ckpt (resumable) and model.pt (export)
+    <run>/tb/             git-ignored: TensorBoard log of the same figures (tensorboard --logdir <run>/tb)
 
 Rerunning the same command never overwrites: a finished run is reported and skipped, an
 interrupted one resumes from ``ckpt/last.ckpt``; ``--overwrite`` starts over, and deletes
@@ -20,8 +21,6 @@ the holder's pid, or waits with ``--wait``.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import math
 import os
@@ -35,24 +34,21 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 
 import ftstudy
-from ftstudy.tasks import synthetic
-from ftstudy.tasks.corpus import DataError, TokenDataModule, tokenizer_spec
-from ftstudy.core.checkpoint import CheckpointError, atomic_write_text, load_checkpoint_dict, save_model
+from ftstudy.tasks import FinishedRun, get_task
+from ftstudy.tasks import check_config as check_task_config
+from ftstudy.tasks.corpus import DataError
+from ftstudy.core.checkpoint import CheckpointError, load_checkpoint_dict, save_model
 from ftstudy.core.config import LATENT_ONLY_FIELDS, PRESETS, ConfigError, RunConfig, TrainConfig, get_preset, parse_set_args
-from ftstudy.io import LOCK_NAME, REPO_ROOT, clear_folder, folder_lock
+from ftstudy.io import REPO_ROOT, CsvTable, RunDir, RunError, read_config_file
 from ftstudy.run.lit import LitFreeTransformer, NonFiniteLossError, resolve_precision
-from ftstudy.tasks.probe import (NO_LATENT_FLOOR, generate_synthetic, group_metrics, posterior_metrics,
-                             synthetic_prompts, valid_rate, write_groups)
 
 __all__ = ["RunError", "run_name", "train", "main", "REPO_ROOT", "DEFAULT_RESULTS", "is_run_folder", "delete_run"]
 
 DEFAULT_RESULTS = REPO_ROOT / "results" / "runs"
-
-
-class RunError(RuntimeError):
-    """A run that cannot start (existing directory, mismatched config) or that failed."""
+DEFAULT_PRESET = "synthetic-quick"
 
 
 # ---------------------------------------------------------------- naming & provenance
@@ -119,24 +115,18 @@ class MetricsCSV(L.Callback):
     twice.
     """
 
-    def __init__(self, path: Path, log_every: int) -> None:
-        self.path, self.log_every = path, log_every
-        self.rows: list[dict[str, Any]] = []
+    def __init__(self, table: CsvTable, log_every: int) -> None:
+        self.table, self.log_every = table, log_every
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return self.table.rows
 
     def load(self, up_to_step: int) -> None:
-        if self.path.exists():
-            with open(self.path, newline="") as f:
-                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= up_to_step]
+        self.table.load(keep=lambda r: int(r["step"]) <= up_to_step)
 
     def _write(self) -> None:
-        cols: list[str] = []
-        for r in self.rows:
-            cols.extend(k for k in r if k not in cols)
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=cols)
-        w.writeheader()
-        w.writerows(self.rows)
-        atomic_write_text(self.path, buf.getvalue())
+        self.table.write()
 
     def _add(self, trainer: L.Trainer, split: str) -> None:
         prefix = f"{split}/"
@@ -210,11 +200,6 @@ class AtomicCheckpoint(L.Callback):
 
 # ---------------------------------------------------------------- the run
 
-def _saved_steps(run_dir: Path) -> int | None:
-    f = run_dir / "config.json"
-    return json.loads(f.read_text())["config"]["train"]["steps"] if f.exists() else None
-
-
 def _launch_rank(cfg: RunConfig) -> int:
     """Global rank of this process before Lightning sets up the process group.
 
@@ -229,86 +214,31 @@ def _launch_rank(cfg: RunConfig) -> int:
     return node * cfg.train.devices + local
 
 
-def _status(run_dir: Path) -> str:
-    if (run_dir / "summary.json").exists():
-        return "finished"
-    if (run_dir / "ckpt" / "last.ckpt").exists():
-        return "interrupted"
-    if run_dir.exists() and (not run_dir.is_dir() or any(p.name != LOCK_NAME for p in run_dir.iterdir())):
-        return "started"  # a lock file alone is no start: its holder may not have written anything yet
-    return "new"
-
-
 def is_run_folder(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds an ftstudy run: a config.json of the shape train writes
-    ({"config": {"model": …, "task": …, "train": …}}, from this ftstudy or an older one)."""
-    try:
-        saved = json.loads((Path(run_dir) / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    cfg = saved.get("config") if isinstance(saved, dict) else None
-    return isinstance(cfg, dict) and all(isinstance(cfg.get(s), dict) for s in ("model", "task", "train"))
-
-
-def _check_ours(run_dir: Path) -> None:
-    """RunError unless ``run_dir`` is absent, empty (but for a lock file) or an ftstudy run."""
-    if _status(run_dir) != "new" and not is_run_folder(run_dir):
-        raise RunError(f"{run_dir} exists and is not an ftstudy run folder (no ftstudy config.json); ftstudy "
-                       f"neither writes into nor deletes it (--overwrite included): pick another --out or --name")
+    """Whether ``run_dir`` holds an ftstudy run (see :meth:`ftstudy.io.RunDir.is_ftstudy`)."""
+    return RunDir(run_dir).is_ftstudy()
 
 
 def delete_run(run_dir: Path, *, locked: bool = False, wait: bool = False) -> None:
-    """Empty a run folder that ftstudy made (RunError for any other folder: nothing is
-    touched).  ``locked``: the caller holds the run's lock already; else it is taken here."""
-    run_dir = Path(run_dir)
-    _check_ours(run_dir)
-    if _status(run_dir) == "new":
-        return
-    if locked:
-        clear_folder(run_dir)
-        return
-    with folder_lock(run_dir, wait=wait, what="run folder", error=RunError):
-        delete_run(run_dir, locked=True)
+    """Empty a run folder that ftstudy made (see :meth:`ftstudy.io.RunDir.delete`)."""
+    RunDir(run_dir).delete(locked=locked, wait=wait)
 
 
-def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    return [f"{sec}.{k}: {a[sec].get(k)!r} → {b[sec].get(k)!r}" for sec in ("model", "task", "train")
-            for k in sorted(set(a[sec]) | set(b[sec])) if a[sec].get(k) != b[sec].get(k) and k != "steps"]
+def _complete(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with the fields added to ftstudy since it was written, at their defaults."""
+    return RunConfig.from_dict(saved).to_dict()
 
 
 def saved_config(run_dir: Path) -> dict[str, Any]:
     """The config a run directory was made with, as a full dict: fields added to ftstudy
     after the run was made take their defaults.  RunError if it cannot be read."""
-    try:
-        return RunConfig.from_dict(json.loads((run_dir / "config.json").read_text())["config"]).to_dict()
-    except (ConfigError, KeyError, ValueError, TypeError, OSError) as e:
-        raise RunError(f"{run_dir}/config.json cannot be read as an ftstudy config: {e}") from e
+    return RunDir(run_dir).config(_complete)
 
 
 def check_resumable(cfg: RunConfig, run_dir: Path) -> str:
-    """Status of ``run_dir`` for ``cfg``: new, finished, extend, interrupted or started.
-
-    Raises RunError when the directory holds a run of another config (only ``steps`` may
-    differ: more steps extend a run, fewer are refused) or is not an ftstudy run folder at
-    all.  Reads only; touches nothing.
-    """
-    _check_ours(run_dir)
-    status = _status(run_dir)
-    cfg_file = run_dir / "config.json"
-    if status == "new" or not cfg_file.exists():
-        return status
-    saved = saved_config(run_dir)
-    diff = _differences(saved, cfg.to_dict())
-    if diff:
-        raise RunError(f"{run_dir} holds a run with a different config ({'; '.join(diff)}); "
-                       f"pick another --out or pass --overwrite")
-    old_steps = saved["train"]["steps"]
-    if cfg.train.steps < old_steps and status in ("finished", "interrupted"):
-        raise RunError(f"{run_dir} was set up for {old_steps} steps; asking for {cfg.train.steps} would shorten it "
-                       f"(pass --overwrite to start over)")
-    if status == "finished" and cfg.train.steps > json.loads((run_dir / "summary.json").read_text()).get("step", 0):
-        return "extend"
-    return status
+    """Status of ``run_dir`` for ``cfg``: new, started, interrupted, finished or extendable;
+    RunError for a foreign folder or another config (see :meth:`ftstudy.io.RunDir.check`)."""
+    return RunDir(run_dir).check(cfg.to_dict(), _complete)
 
 
 def build_strategy(t: TrainConfig) -> str | L.pytorch.strategies.Strategy:
@@ -326,17 +256,20 @@ def build_strategy(t: TrainConfig) -> str | L.pytorch.strategies.Strategy:
 
 
 def make_datamodule(cfg: RunConfig, start_index: int = 0) -> L.LightningDataModule:
-    """The task's data module, resuming at batch ``start_index`` (raises DataError for bad shards)."""
+    """The task's data module (ftstudy.tasks), this rank's share of each global batch, resuming
+    at batch ``start_index`` (raises DataError for bad shards)."""
     t = cfg.train
-    world = t.devices * t.num_nodes
-    if cfg.task.name == "tokens":
-        assert cfg.task.data_dir is not None
-        return TokenDataModule(cfg.task.data_dir, batch_size=t.batch_size // world, seq_len=cfg.model.max_seq_len,
-                               val_size=cfg.task.val_size, seed=t.seed, steps_per_epoch=max(t.val_every, 1),
-                               start_index=start_index, vocab_size=cfg.model.vocab_size)
-    return synthetic.SyntheticDataModule(batch_size=t.batch_size // world, val_size=cfg.task.val_size,
-                                         seed=t.seed, steps_per_epoch=max(t.val_every, 1), num_workers=t.num_workers,
-                                         start_index=start_index)
+    return get_task(cfg.task.name).datamodule(cfg, batch_size=t.batch_size // (t.devices * t.num_nodes),
+                                              steps_per_epoch=max(t.val_every, 1), start_index=start_index)
+
+
+def tensorboard_logger(run_dir: Path, resume_step: int = 0) -> TensorBoardLogger:
+    """The run's TensorBoard log, ``<run>/tb/`` (the figures of metrics.csv), written by global
+    rank 0 only (Lightning's rank-zero logger).  One folder for the whole run: a resumed run
+    appends to it and hides what the interrupted one logged after its checkpoint's step, as
+    metrics.csv drops those rows."""
+    return TensorBoardLogger(save_dir=str(run_dir), name=RunDir.TB, version="", default_hp_metric=False,
+                             purge_step=resume_step + 1 if resume_step else None)
 
 
 def train(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, wait: bool = False,
@@ -350,29 +283,30 @@ def train(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, wait: bool 
     rather than fail.
     """
     run_dir = Path(run_dir)
+    folder = RunDir(run_dir)
     if _launch_rank(cfg) != 0:
         # Rank 0 holds the lock and has already checked, cleared or created the directory
         # (it launches us, or starts with us and waits for us at the first collective).
-        status = "interrupted" if (run_dir / "ckpt" / "last.ckpt").exists() else "new"
+        status = "interrupted" if folder.last_ckpt.exists() else "new"
         return _fit(cfg, run_dir, status, argv, progress, launcher, extra_callbacks)
-    _check_ours(run_dir)  # before the lock: not even a lock file goes into a folder that is not ours
-    with folder_lock(run_dir, wait=wait, what="run folder", error=RunError):
+    folder.check_ours()  # before the lock: not even a lock file goes into a folder that is not ours
+    with folder.lock(wait=wait):
         if overwrite:
-            delete_run(run_dir, locked=True)
+            folder.delete(locked=True)
         status = check_resumable(cfg, run_dir)
         if status == "finished":
-            summary = json.loads((run_dir / "summary.json").read_text())
+            summary = folder.summary() or {}
             print(f"[ftstudy.run.train] {run_dir} is finished (step {summary.get('step')}); skipping. "
                   f"Pass --overwrite to retrain.")
             return summary
         if status == "started":
             raise RunError(f"{run_dir} exists without a checkpoint or summary (killed before its first "
                            f"checkpoint?); pass --overwrite to start it again")
-        if status == "extend":
+        if status == "extendable":
             # Continue from the final checkpoint to the new step count; the run is
             # unfinished again until its new summary is written.
             print(f"[ftstudy.run.train] extending {run_dir} to {cfg.train.steps} steps")
-            (run_dir / "summary.json").unlink()
+            folder.unfinish()
             status = "interrupted"
         return _fit(cfg, run_dir, status, argv, progress, launcher, extra_callbacks)
 
@@ -390,8 +324,8 @@ def _resume_step(run_dir: Path, last: Path) -> int:
 def _fit(cfg: RunConfig, run_dir: Path, status: str, argv: list[str] | None, progress: bool,
          launcher: str | None, extra_callbacks: list[L.Callback] | None) -> dict[str, Any]:
     """Train a run whose folder is checked (``status``: new or interrupted) and return its summary."""
-    ckpt_dir = run_dir / "ckpt"
-    last = ckpt_dir / "last.ckpt"
+    folder = RunDir(run_dir)
+    last = folder.last_ckpt
     run_dir.mkdir(parents=True, exist_ok=True)
     t = cfg.train
     precision = resolve_precision(t.precision, t.accelerator)
@@ -402,11 +336,12 @@ def _fit(cfg: RunConfig, run_dir: Path, status: str, argv: list[str] | None, pro
     if status == "interrupted":
         resume_step = _resume_step(run_dir, last)
     dm = make_datamodule(cfg, resume_step)
-    metrics = MetricsCSV(run_dir / "metrics.csv", t.log_every)
+    metrics = MetricsCSV(folder.metrics_table(), t.log_every)
     ckpt_cb = AtomicCheckpoint(last, t.ckpt_every)
     trainer = L.Trainer(
         max_steps=t.steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-        strategy=build_strategy(t), precision=precision, logger=False, enable_checkpointing=False,
+        strategy=build_strategy(t), precision=precision, logger=tensorboard_logger(run_dir, resume_step),
+        enable_checkpointing=False,
         callbacks=[metrics, ckpt_cb, *(extra_callbacks or [])], val_check_interval=t.val_every, check_val_every_n_epoch=None,
         gradient_clip_val=t.grad_clip if t.grad_clip > 0 else None, num_sanity_val_steps=0,
         enable_model_summary=False, enable_progress_bar=progress and sys.stdout.isatty(), default_root_dir=str(run_dir),
@@ -417,13 +352,12 @@ def _fit(cfg: RunConfig, run_dir: Path, status: str, argv: list[str] | None, pro
         print(f"[ftstudy.run.train] resuming {run_dir} from step {resume_step}")
         metrics.load(resume_step)
         ckpt_path = str(last)
-    if trainer.is_global_zero and (status == "new" or _saved_steps(run_dir) != t.steps):
-        atomic_write_text(run_dir / "config.json", json.dumps(
-            {"config": cfg.to_dict(), "run": run_dir.name, "precision_resolved": precision, **_provenance(argv, launcher)}, indent=2, sort_keys=True))
+    if trainer.is_global_zero and (status == "new" or folder.saved_steps() != t.steps):
+        folder.write_config({"config": cfg.to_dict(), "run": run_dir.name, "precision_resolved": precision,
+                             **_provenance(argv, launcher)})
     # After config.json: a run stopped before this point (bad data, say) leaves a folder that
     # is still empty, not one that looks started but is no ftstudy run.
-    ckpt_dir.mkdir(exist_ok=True)
-    (ckpt_dir / ".gitignore").write_text("*\n")  # belt and braces beside the repo's .gitignore
+    folder.make_ckpt_dir()
 
     try:
         trainer.fit(lit, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
@@ -470,36 +404,9 @@ def _finish(cfg: RunConfig, lit: LitFreeTransformer, run_dir: Path, trainer: L.T
     model = lit.model
     val = {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     tps = [float(r["tokens_per_s"]) for r in metrics.rows if r.get("split") == "train" and r.get("tokens_per_s")]
-    t0 = time.perf_counter()
-    samples: list[str] = []
-    gen: dict[str, Any] = {}
-    if cfg.task.n_generate > 0:
-        prompts = synthetic_prompts(cfg.task.n_generate, seed=cfg.train.seed + 1)
-        with torch.autocast(model.tok_emb.weight.device.type, dtype=torch.bfloat16,
-                            enabled=precision == "bf16-mixed"):
-            samples = generate_synthetic(model, prompts, seed=cfg.train.seed + 2, z_prompt="prior")
-        gen = valid_rate(samples)
-        atomic_write_text(run_dir / "samples.txt", "\n".join(samples) + "\n")
-    gen_time = time.perf_counter() - t0
-    probe: dict[str, Any] = {}
-    posterior: dict[str, Any] = {}
-    if lit.probe_design().total > 0:
-        with torch.autocast(model.tok_emb.weight.device.type, dtype=torch.bfloat16,
-                            enabled=precision == "bf16-mixed"):
-            if lit.last_probe_samples is None:  # no validation ran in this process
-                lit.probe()
-            # The final validation (at the last step, same seed and weights) already made
-            # these generations: reuse them rather than generating 1,024 sequences again.
-            samples_p = lit.last_probe_samples
-            probe = group_metrics(samples_p)
-            write_groups(samples_p, run_dir / "groups.txt")
-            val_batches = [b for b in trainer.datamodule.val_dataloader()]
-            posterior = posterior_metrics(model.eval(), val_batches, seed=cfg.train.seed + 23)
-    extra = {}
-    if isinstance(trainer.datamodule, TokenDataModule):
-        # The checkpoint carries its tokenizer, so evaluation needs nothing but the file.
-        extra["tokenizer"] = tokenizer_spec(trainer.datamodule.folder)
-    save_model(run_dir / "ckpt" / "model.pt", model, cfg, step=trainer.global_step, extra=extra)
+    # What the task measures once trained (the synthetic task: samples.txt, groups.txt, figures).
+    measured = lit.task.measure(FinishedRun(cfg, model, trainer.datamodule, run_dir, precision, val, lit.val_probe))
+    save_model(RunDir(run_dir).model_file, model, cfg, step=trainer.global_step, extra=measured.checkpoint_extra)
     m = cfg.model
     summary = {
         "run": run_dir.name,
@@ -511,12 +418,11 @@ def _finish(cfg: RunConfig, lit: LitFreeTransformer, run_dir: Path, trainer: L.T
         "train_time_s": round(train_time, 2),
         "tokens_per_s_median": float(sorted(tps)[len(tps) // 2]) if tps else None,
         "generation": {"z": "prior at every position (encoder never run)", "temperature": 1.0,
-                       "time_s": round(gen_time, 2), **gen},
+                       "time_s": round(measured.generation_time_s, 2), **measured.generation},
         "val": val,
-        "prior_ce_minus_floor": (val["ce_prior"] - NO_LATENT_FLOOR
-                                 if "ce_prior" in val and cfg.task.name == "synthetic" else None),
-        "probe": probe,
-        "posterior": posterior,
+        "prior_ce_minus_floor": measured.prior_ce_minus_floor,
+        "probe": measured.probe,
+        "posterior": measured.posterior,
         "params": model.num_parameters(),
         "params_latent": model.num_parameters("latent"),
         # DDP keeps replicas equal by construction; this records that it did (None: sharded).
@@ -524,7 +430,7 @@ def _finish(cfg: RunConfig, lit: LitFreeTransformer, run_dir: Path, trainer: L.T
                      "identical": None if replicas is None else len(set(replicas)) == 1},
     }
     summary = _finite_or_none(summary)
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True, allow_nan=False))
+    RunDir(run_dir).write_summary(summary)
     return summary
 
 
@@ -546,7 +452,7 @@ def _finite_or_none(obj: Any) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ftstudy.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="synthetic-quick", help=f"one of {sorted(PRESETS)}")
+    p.add_argument("--preset", default=None, help=f"one of {sorted(PRESETS)} (default: {DEFAULT_PRESET})")
     p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. kappa_bits=1/8 n_layers=8 precision=32-true")
     p.add_argument("--seed", type=int, default=None, help="shorthand for --set seed=N")
@@ -559,6 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="if another process is writing the run directory, wait for it rather than fail")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="the whole config from a JSON file, instead of --preset/--set/--seed/--baseline: what "
+                        "--print-config prints, a run's config.json, or the file ablate --jobs gives each run "
+                        "(which also names the --preset/--set arguments recorded as the run's command)")
     return p
 
 
@@ -569,13 +479,45 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         overrides["seed"] = str(args.seed)
     if args.baseline:
         overrides["latent_bits"] = "0"
-    return get_preset(args.preset, overrides)
+    return get_preset(args.preset or DEFAULT_PRESET, overrides)
+
+
+def config_and_command(args: argparse.Namespace, argv: list[str] | None) -> tuple[RunConfig, list[str] | None]:
+    """The RunConfig a command line asks for, and the ftstudy.run.train arguments to record as
+    the command that reproduces the run (None: this process's own; raises ConfigError).
+
+    With ``--config FILE`` that names its reproducing arguments (``ablate --jobs`` writes
+    one per run), those are recorded in place of ``--config FILE``, followed by the other
+    options: config.json reads as if the run had been launched with ``--preset … --set …``.
+    """
+    if args.config is None:
+        return config_from_args(args), argv
+    if args.preset is not None or args.overrides or args.seed is not None or args.baseline:
+        raise ConfigError("--config FILE gives the whole config: drop --preset, --set, --seed and --baseline")
+    try:
+        saved, train_args = read_config_file(args.config)
+        cfg = RunConfig.from_dict(saved)
+    except (OSError, ValueError, TypeError) as e:  # a ConfigError is a ValueError
+        raise ConfigError(f"--config {args.config}: {e}") from e
+    if train_args is None:
+        return cfg, argv
+    try:
+        again = config_from_args(build_parser().parse_args(train_args))
+    except SystemExit:
+        again = None
+    if again != cfg:
+        raise ConfigError(f"--config {args.config}: its arguments {shlex.join(train_args)!r} do not reproduce its config")
+    options = [("--name", args.name), ("--no-progress", args.no_progress), ("--overwrite", args.overwrite),
+               ("--wait", args.wait)]
+    return cfg, [*train_args, "--out", str(args.out),
+                 *[a for flag, v in options if v for a in ((flag,) if v is True else (flag, v))]]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg = config_from_args(args)
+        cfg, command = config_and_command(args, argv)
+        check_task_config(cfg)  # the task's own rules, before any folder is made
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -588,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     run_dir = args.out / (args.name or run_name(cfg))
     try:
-        summary = train(cfg, run_dir, overwrite=args.overwrite, wait=args.wait, argv=argv,
+        summary = train(cfg, run_dir, overwrite=args.overwrite, wait=args.wait, argv=command,
                         progress=not args.no_progress,
                         launcher=os.environ.get("FTSTUDY_LAUNCHED_BY"))  # set by ablate --jobs
     except (RunError, DataError) as e:

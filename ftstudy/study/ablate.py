@@ -1,8 +1,9 @@
 """``python -m ftstudy.ablate``: studies of the KL budget, injection depth, latent width and
 free-bits scope on the paper's synthetic task.
 
-A study is data: a named grid of config overrides (plus the baseline where it is the
-reference).  Every point × seed is an ordinary ``ftstudy.run.train`` run in
+A study is data (:mod:`ftstudy.study.studies`): a named grid of typed config overrides (plus
+the baseline where it is the reference), with its plot axis, table columns and figures.
+Every point × seed is an ordinary ``ftstudy.run.train`` run in
 ``results/ablate/<study>/<run>/``, so rerunning the same command skips finished runs,
 resumes interrupted ones from their last checkpoint, and extends finished runs when
 ``--set steps=N`` asks for more steps.  ``results/ablate/<study>/summary.csv`` is rebuilt
@@ -15,7 +16,9 @@ from the per-run files after every run.
 Each preset has its own results folder (``--out`` overrides it): quick → results/ablate/,
 paper → results/ablate/paper/, demo → results/demo/.  ``--jobs N`` trains N runs at once,
 each in its own process with cpu_count/N threads: on a 2-core CPU two one-thread runs of
-the quick model train 1.8x faster in total than one two-thread run.
+the quick model train 1.8x faster in total than one two-thread run.  Each such process is
+given its run's resolved config as a file (``<study>/logs/<run>.config.json``, read by
+``ftstudy.run.train --config``), its output going to ``<study>/logs/<run>.log``.
 
 One sweep at a time per results folder: the sweep holds the folder's lock
 (``.ftstudy.lock``) while it trains, and every run's own lock while training it (with
@@ -26,30 +29,26 @@ is refused with the holder's pid, or waits for it with ``--wait``.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from tqdm import tqdm
 
-from ftstudy.core.checkpoint import atomic_write_text, read_metrics
 from ftstudy.core.config import LATENT_ONLY_FIELDS, ConfigError, RunConfig, config_value, get_preset, parse_set_args
-from ftstudy.io import LOCK_NAME, folder_lock
-from ftstudy.results.report import STUDY_X, kl_collapsed, write_aggregate
+from ftstudy.io import RunDir, StudyDir, folder_lock, write_config_file
+from ftstudy.results.report import kl_collapsed, write_aggregate
 from ftstudy.run.train import REPO_ROOT, RunError, check_resumable, run_name, saved_config, train
+from ftstudy.study.studies import STUDIES, Study
 
-__all__ = ["STUDIES", "PRESETS", "Study", "plan", "rebuild_summary", "main"]
+__all__ = ["STUDIES", "PRESETS", "Study", "PlannedRun", "plan", "rebuild_summary", "main"]
 
 DEFAULT_OUT = REPO_ROOT / "results" / "ablate"
 # --preset → (config preset, default results folder)
@@ -57,52 +56,6 @@ PRESETS = {"quick": "synthetic-quick", "paper": "synthetic-paper", "demo": "synt
            "code-math": "code-math-small"}
 PRESET_OUT = {"quick": DEFAULT_OUT, "paper": DEFAULT_OUT / "paper", "demo": REPO_ROOT / "results" / "demo",
               "code-math": REPO_ROOT / "results" / "benchmarks" / "code-math-small" / "runs"}
-
-
-@dataclass(frozen=True)
-class Study:
-    description: str
-    points: tuple[dict[str, Any], ...]  # overrides, one run per point and seed
-    fixed: dict[str, Any] = field(default_factory=dict)  # overrides shared by every Free point
-    baseline: bool = False  # add the no-latent decoder as a reference point
-
-
-# κ in bits: the paper's synthetic values 1/64, 1/8, 1, 8 and the real-data ones between.
-KAPPAS = (1 / 64, 1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8)
-# The Free studies other than kl_budget run at κ = 1/8 bit: the paper's central synthetic
-# claim ("Z carries the block position") is made there, and at that budget the quick
-# preset's latent is used (KL at the cap, FEASIBILITY.md and results/ablate/kl_budget/).
-STUDY_KAPPA = 1 / 8
-
-
-def _studies(base: RunConfig) -> dict[str, Study]:
-    n_layers = base.model.n_layers
-    return {
-        "kl_budget": Study("κ in bits, paper §4.1 (Fig. 4) and the real-data range",
-                           tuple({"kappa_bits": k} for k in KAPPAS), baseline=True),
-        "injection_depth": Study(f"blocks before the injection, 1 … L−1 = {n_layers - 1}, at κ = 1/8 bit",
-                                 tuple({"inject_layer": i} for i in range(1, n_layers)),
-                                 fixed={"kappa_bits": STUDY_KAPPA}),
-        "latent_bits": Study("H, bits of Z per token, at κ = 1/8 bit",
-                             tuple({"latent_bits": h} for h in (1, 2, 4, 8, 16)), fixed={"kappa_bits": STUDY_KAPPA}),
-        "free_bits_scope": Study("per-token free bits (paper) vs one budget T·κ per sequence (DEVIATION), "
-                                 "at κ = 1/8 bit",
-                                 tuple({"free_bits_scope": s} for s in ("token", "sequence")),
-                                 fixed={"kappa_bits": STUDY_KAPPA}),
-        # Issue 3's list, in its order, each changed alone from the preset at κ = 1/8 bit:
-        # more steps, twice the depth (Z still injected in the middle), H = 16, a 4x batch,
-        # then two labelled deviations from the paper's loss: the budget on the sequence
-        # total, and a small KL weight below κ (0.1 and 0.01 per nat) that pulls Q towards
-        # the uniform prior.
-        "kappa_eighth": Study("what the κ = 1/8 claim needs: each change alone at κ = 1/8 bit",
-                              ({}, {"steps": 3 * base.train.steps}, {"n_layers": 2 * n_layers},
-                               {"latent_bits": 16}, {"batch_size": 4 * base.train.batch_size},
-                               {"free_bits_scope": "sequence"}, {"kl_weight_below": 0.1}, {"kl_weight_below": 0.01}),
-                              fixed={"kappa_bits": STUDY_KAPPA}),
-    }
-
-
-STUDIES = tuple(_studies(RunConfig()))
 
 
 @dataclass
@@ -113,8 +66,20 @@ class PlannedRun:
     argv: list[str]  # the ftstudy.run.train arguments that reproduce it
 
     @property
+    def folder(self) -> RunDir:
+        return RunDir(self.run_dir)
+
+    @property
+    def study_dir(self) -> StudyDir:
+        return StudyDir(self.run_dir.parent)
+
+    def summarize(self) -> None:
+        """Rebuild its study's tables (after the run finished, failed or was copied in)."""
+        rebuild_summary(self.run_dir.parent, STUDIES[self.study])
+
+    @property
     def status(self) -> str:
-        """finished, extend, interrupted, or todo (nothing worth keeping on disk)."""
+        """finished, extendable, interrupted, or todo (nothing worth keeping on disk)."""
         s = check_resumable(self.config, self.run_dir)
         return "todo" if s in ("new", "started") else s
 
@@ -122,11 +87,8 @@ class PlannedRun:
         s = self.status
         if s == "finished":
             return 0
-        if s in ("extend", "interrupted"):
-            last = 0
-            if (self.run_dir / "metrics.csv").exists():
-                last = int(max((r["step"] for r in read_metrics(self.run_dir)), default=0))
-            return max(0, self.config.train.steps - last)
+        if s in ("extendable", "interrupted"):
+            return max(0, self.config.train.steps - self.folder.last_step())
         return self.config.train.steps
 
 
@@ -138,8 +100,7 @@ def plan(study: str, preset: str, seeds: list[int], overrides: dict[str, str], o
     keys to its value: ``["kappa_bits=1/8", "latent_bits=0"]`` keeps κ = 1/8 and the baseline.
     """
     base = get_preset(PRESETS[preset], overrides)
-    studies = _studies(base)
-    names = list(studies) if study == "all" else [study]
+    names = list(STUDIES) if study == "all" else [study]
     # Values are parsed and validated as config values (so "1/8" == "0.125").
     wanted = []
     for item in only or []:
@@ -150,12 +111,10 @@ def plan(study: str, preset: str, seeds: list[int], overrides: dict[str, str], o
         wanted.append((key, config_value(get_preset(PRESETS[preset], {**overrides, key: value}), key)))
     runs = []
     for name in names:
-        s = studies[name]
-        points: list[dict[str, Any]] = ([{"latent_bits": 0}] if s.baseline else []) + \
-            [{**s.fixed, **p} for p in s.points]
+        points = STUDIES[name].grid(base)
         for seed in seeds:
             for point in points:
-                ov = {**overrides, **{k: str(v) for k, v in point.items()}, "seed": str(seed)}
+                ov = {**overrides, **point, "seed": seed}  # grid values typed; --set values parsed
                 cfg = get_preset(PRESETS[preset], ov)
                 if wanted and not any(config_value(cfg, k) == v and (cfg.model.is_free or k.rpartition(".")[2]
                                                                  not in LATENT_ONLY_FIELDS) for k, v in wanted):
@@ -180,11 +139,11 @@ def _shape(cfg: dict[str, Any]) -> tuple:
 def measured_step_times(out: Path) -> dict[tuple, float]:
     """Seconds per step of finished runs under ``out``, by model/batch shape (median)."""
     times: dict[tuple, list[float]] = {}
-    for summary in out.glob("*/*/summary.json"):
+    studies = [StudyDir(p) for p in out.iterdir() if p.is_dir()] if out.is_dir() else []
+    for run in (r for study in studies for r in study.runs(finished=True)):
         try:
-            s = json.loads(summary.read_text())
-            cfg = json.loads((summary.parent / "config.json").read_text())["config"]
-        except (OSError, ValueError, KeyError):
+            s, cfg = run.summary() or {}, run.config()
+        except (OSError, ValueError, RunError):
             continue
         if s.get("step") and s.get("train_time_s"):
             times.setdefault(_shape(cfg), []).append(s["train_time_s"] / s["step"])
@@ -234,7 +193,7 @@ def find_twin(run: PlannedRun, out: Path) -> Path | None:
     want = run.config.to_dict()
     want.pop("preset", None)
     for cand in sorted(out.glob(f"*/{run.run_dir.name}")):
-        if cand == run.run_dir or not (cand / "summary.json").exists():
+        if cand == run.run_dir or RunDir(cand).status() != "finished":
             continue
         try:
             have = saved_config(cand)
@@ -247,20 +206,8 @@ def find_twin(run: PlannedRun, out: Path) -> Path | None:
 
 
 def copy_run(src: Path, dst: Path, *, wait: bool = False) -> None:
-    """Copy a finished run directory into ``dst`` (missing, or empty but for a lock file),
-    holding ``dst``'s lock.  The copy is made in a fresh temporary folder of this process,
-    then moved in with summary.json, the mark of a finished run, last."""
-    with folder_lock(dst, wait=wait, what="run folder", error=RunError):
-        if any(p.name != LOCK_NAME for p in dst.iterdir()):
-            raise RunError(f"cannot copy {src} to {dst}: {dst} is not empty")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.copy{os.getpid()}-", dir=dst.parent))
-        try:
-            shutil.copytree(src, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(LOCK_NAME))
-            (tmp / "COPIED_FROM").write_text(f"{src.parent.name}/{src.name}\n")
-            for p in sorted(tmp.iterdir(), key=lambda p: p.name == "summary.json"):
-                os.replace(p, dst / p.name)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)  # made above by this process, never anyone else's
+    """Copy a finished run directory into ``dst`` (see :meth:`ftstudy.io.RunDir.copy_to`)."""
+    RunDir(src).copy_to(RunDir(dst), wait=wait)
 
 
 # ---------------------------------------------------------------- summary.csv
@@ -276,36 +223,29 @@ def _flatten(prefix: str, obj: dict[str, Any], out: dict[str, Any]) -> None:
 def collapsed(run_dir: Path, threshold_bits: float = 0.01) -> bool | None:
     """KL fell to ~0 and stayed there: every logged KL in the last quarter of training
     below ``threshold_bits`` per token (None for the baseline)."""
-    kl = [float(r["kl_bits"]) for r in read_metrics(run_dir) if r["split"] == "train" and "kl_bits" in r]
+    kl = [float(r["kl_bits"]) for r in RunDir(run_dir).metrics() if r["split"] == "train" and "kl_bits" in r]
     return kl_collapsed(kl, threshold_bits) if kl else None
 
 
-def rebuild_summary(study_dir: Path) -> Path | None:
-    """summary.csv of a study: one row per finished run, config fields then metrics."""
+def rebuild_summary(study_dir: Path, study: Study) -> Path | None:
+    """summary.csv of a study: one row per finished run, config fields then metrics; then
+    its aggregate tables."""
+    folder = StudyDir(study_dir)
     rows = []
-    for run_dir in sorted(p for p in study_dir.iterdir() if (p / "summary.json").exists()):
-        cfg = json.loads((run_dir / "config.json").read_text())["config"]
-        summary = json.loads((run_dir / "summary.json").read_text())
-        row: dict[str, Any] = {"run": run_dir.name}
+    for run in folder.runs(finished=True):
+        cfg, summary = run.config(), run.summary() or {}
+        row: dict[str, Any] = {"run": run.name}
         for section in ("model", "task", "train"):
             row.update(cfg[section])
         flat: dict[str, Any] = {}
         _flatten("", {k: v for k, v in summary.items() if k != "run"}, flat)
         row.update(flat)
-        row["collapsed"] = collapsed(run_dir)
+        row["collapsed"] = collapsed(run.path)
         rows.append(row)
     if not rows:
         return None
-    cols: list[str] = []
-    for r in rows:
-        cols.extend(k for k in r if k not in cols)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols)
-    w.writeheader()
-    w.writerows(rows)
-    path = study_dir / "summary.csv"
-    atomic_write_text(path, buf.getvalue())
-    write_aggregate(study_dir)
+    path = folder.write_summary(rows)
+    write_aggregate(folder.path, study)
     return path
 
 
@@ -315,8 +255,8 @@ def make_figures(out: Path, study: str, seed: int, fig_dir: Path | None = None) 
     """Figures of every finished study under ``out`` (see ftstudy.results.plots.study_figures)."""
     from ftstudy.results.plots import study_figures
 
-    names = list(STUDY_X) if study == "all" else [study]
-    return [p for name in names for p in study_figures(out / name, seed, fig_dir or out / "figures")]
+    names = list(STUDIES) if study == "all" else [study]
+    return [p for name in names for p in study_figures(out / name, seed, STUDIES[name], fig_dir)]
 
 
 # ---------------------------------------------------------------- CLI
@@ -380,9 +320,9 @@ def _run_inline(left: list[tuple[PlannedRun, int]], out: Path, bar: tqdm, launch
                   overwrite=restart, wait=wait, launcher=launcher)
         except RunError as e:
             print(f"error: {e}", file=sys.stderr)
-            rebuild_summary(r.run_dir.parent)
+            r.summarize()
             return 3
-        rebuild_summary(r.run_dir.parent)
+        r.summarize()
         if not sys.stderr.isatty():
             print(f"[ftstudy.study.ablate] {i + 1}/{len(left)} done ({r.run_dir.name}), "
                   f"{(time.perf_counter() - t0) / 60:.1f} min elapsed", flush=True)
@@ -413,13 +353,16 @@ def _run_parallel(left: list[tuple[PlannedRun, int]], out: Path, bar: tqdm, laun
                 if r.status == "finished":
                     finished_steps += n
                     done += 1
-                    rebuild_summary(r.run_dir.parent)
+                    r.summarize()
                     continue
-                log = r.run_dir.parent / "logs" / f"{r.run_dir.name}.log"
+                log = r.study_dir.log_file(r.run_dir.name)
                 log.parent.mkdir(parents=True, exist_ok=True)
-                cmd = [sys.executable, "-m", "ftstudy.run.train", *r.argv, "--out", str(r.run_dir.parent),
-                       "--name", r.run_dir.name, "--no-progress", *(["--overwrite"] if restart else []),
-                       *(["--wait"] if wait else [])]
+                # The child reads the resolved config, and records r.argv as the command that
+                # reproduces it (ftstudy.run.train --config).
+                config = write_config_file(r.study_dir.config_file(r.run_dir.name), r.config.to_dict(), r.argv)
+                cmd = [sys.executable, "-m", "ftstudy.run.train", "--config", str(config),
+                       "--out", str(r.run_dir.parent), "--name", r.run_dir.name, "--no-progress",
+                       *(["--overwrite"] if restart else []), *(["--wait"] if wait else [])]
                 with open(log, "ab") as f:
                     proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
                                             preexec_fn=_die_with_parent)
@@ -429,7 +372,7 @@ def _run_parallel(left: list[tuple[PlannedRun, int]], out: Path, bar: tqdm, laun
             time.sleep(2)
             for proc in [p for p in running if p.poll() is not None]:
                 r, n, log = running.pop(proc)
-                rebuild_summary(r.run_dir.parent)
+                r.summarize()
                 if proc.returncode != 0:
                     failed.append((r, log))
                     continue
@@ -477,9 +420,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 3
     if args.report:
-        for d in sorted({r.run_dir.parent for r in runs}):
+        for name, d in sorted({(r.study, r.run_dir.parent) for r in runs}):
             if d.exists():
-                rebuild_summary(d)
+                rebuild_summary(d, STUDIES[name])
         for path in make_figures(out, args.study, args.seeds[0], args.figures):
             print(f"[ftstudy.study.ablate] wrote {path}")
         return 0
@@ -536,7 +479,7 @@ def _sweep(args: argparse.Namespace, runs: list[PlannedRun], out: Path, argv: li
     studies = sorted({r.run_dir.parent for r in runs})
     make_figures(out, args.study, args.seeds[0], args.figures)
     print(f"[ftstudy.study.ablate] {len(runs)} runs in {(time.perf_counter() - t0) / 60:.1f} min; summaries: "
-          + ", ".join(str(s / "summary.csv") for s in studies))
+          + ", ".join(str(StudyDir(s).summary_file) for s in studies))
     return 0
 
 

@@ -64,7 +64,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
-from ftstudy.tasks.synthetic import distributed_rank_world
+from ftstudy.tasks import distributed_rank_world
 
 __all__ = ["FORMAT", "EOT", "ByteTokenizer", "FileTokenizer", "tokenizer_from_spec", "DataError", "Document",
            "Undecodable", "stdlib_documents", "sympy_documents", "math_documents", "text_documents", "prepare",

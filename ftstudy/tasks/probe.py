@@ -1,9 +1,10 @@
 """What a synthetic-task run measures from generations made under the prior.
 
-Generations use the paper's inference (PAPER.md §2.7): the encoder never sees generated
-tokens; every generated position gets a uniform Z.  For the synthetic task the prompt
-``<letter>>`` is also given uniform Z (``z_prompt="prior"``) unless asked otherwise, so
-that "valid rate under prior Z" means Z from the prior at every position.
+Generations use the paper's inference (PAPER.md §2.7) through the model's one
+``generate()``: the encoder never sees generated tokens; every generated position gets a
+uniform Z.  For the synthetic task the prompt ``<letter>>`` is also given uniform Z
+(``z_prompt="prior"``) unless asked otherwise, so that "valid rate under prior Z" means Z
+from the prior at every position.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from scipy import stats
 from scipy.stats import binomtest
 
 from ftstudy.tasks import synthetic
-from ftstudy.results.report import NO_LATENT_FLOOR  # the floor lives with the result tables
-from ftstudy.core.latent import codes_from_bits, kl_per_bit, sample_bits, uniform_bits
+from ftstudy.tasks.synthetic import NO_LATENT_FLOOR
+from ftstudy.core.latent import codes_from_bits, kl_per_bit, uniform_bits
 from ftstudy.core.model import FreeTransformer, generate
 
 __all__ = ["synthetic_prompts", "generate_synthetic", "valid_rate", "GroupDesign", "GroupSamples",
@@ -36,9 +37,11 @@ def synthetic_prompts(n: int, seed: int) -> list[str]:
 
 @torch.no_grad()
 def generate_synthetic(model: FreeTransformer, prompts: list[str], seed: int, *, batch_size: int = 250,
-                       temperature: float = 1.0, z_prompt: Literal["posterior", "prior"] = "prior",
+                       temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                       z_prompt: Literal["posterior-context", "prior"] = "prior",
                        bits: torch.Tensor | None = None) -> list[str]:
-    """Complete each prompt to the task's 66 characters with a KV cache."""
+    """Complete each prompt to the task's 66 characters with a KV cache (sampling options as
+    in ``ftstudy.core.model.sample_tokens``; prompts of equal length)."""
     tok = synthetic.CharTokenizer()
     was_training = model.training
     model.eval()
@@ -50,7 +53,7 @@ def generate_synthetic(model: FreeTransformer, prompts: list[str], seed: int, *,
         idx = tok.encode_batch(chunk).to(model.tok_emb.weight.device)
         chunk_bits = None if bits is None else bits[i:i + batch_size]
         gen = generate(model, idx, n_new, z_prompt=z_prompt, bits=chunk_bits, temperature=temperature,
-                       generator=g)
+                       top_k=top_k, top_p=top_p, generator=g)
         out.extend(tok.decode_batch(gen.tokens.cpu()))
     model.train(was_training)
     return out
@@ -98,8 +101,8 @@ class GroupSamples:
 
 
 @torch.no_grad()
-def generate_groups(model: FreeTransformer, design: GroupDesign, seed: int,
-                    batch_size: int = 256) -> GroupSamples:
+def generate_groups(model: FreeTransformer, design: GroupDesign, seed: int, batch_size: int = 256, *,
+                    temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> GroupSamples:
     """Generate the group design under the prior; shared groups reuse one bit pattern."""
     cfg = model.cfg
     dev = model.tok_emb.weight.device
@@ -122,7 +125,8 @@ def generate_groups(model: FreeTransformer, design: GroupDesign, seed: int,
             shared += [is_shared] * size
             gid += 1
     all_bits = torch.cat(bits) if bits else None
-    strings = generate_synthetic(model, prompts, seed=seed + 1, batch_size=batch_size, bits=all_bits)
+    strings = generate_synthetic(model, prompts, seed=seed + 1, batch_size=batch_size, bits=all_bits,
+                                 temperature=temperature, top_k=top_k, top_p=top_p)
     return GroupSamples(strings, np.array(group), np.array(shared), [s[0] for s in prompts])
 
 
@@ -226,10 +230,12 @@ def posterior_metrics(model: FreeTransformer, batches: list[dict[str, torch.Tens
     g = torch.Generator(device=dev).manual_seed(seed)
     kl_bits, mean_p, codes = [], [], []
     for batch in batches:
-        logits = model.encode(model.trunk(batch["idx"].to(dev))).float()  # (B, T, H)
+        out = model(batch["idx"].to(dev), z="posterior-leaky", generator=g)  # Z drawn from the encoder
+        assert out.enc_logits is not None and out.bits is not None
+        logits = out.enc_logits.float()  # (B, T, H)
         kl_bits.append(kl_per_bit(logits).flatten(0, 1) / math.log(2))
         mean_p.append(torch.sigmoid(logits).flatten(0, 1))
-        codes.append(codes_from_bits(sample_bits(logits, g)).flatten())
+        codes.append(codes_from_bits(out.bits).flatten())
     per_bit = torch.cat(kl_bits).mean(0)  # (H,)
     p_bar = torch.cat(mean_p).mean(0).double()  # aggregate P(bit = 1)
     agg_kl = float((1 + p_bar * torch.log2(p_bar) + (1 - p_bar) * torch.log2(1 - p_bar)).sum())

@@ -7,25 +7,31 @@ tokens, which is what the paper uses to show what the Free Transformer's latent 
 This module is the single source of truth for the task: the generator (:func:`sample`,
 :func:`sample_with_info` with ground truth), the validity checker used to score generations
 (:func:`check`, :func:`check_many`), the character tokenizer (:class:`CharTokenizer`), next-token
-batches (:func:`make_batch`) and the Lightning data module (:class:`SyntheticDataModule`).
+batches (:func:`make_batch`) and the seeds of the training stream (:func:`derive_stream_seed`,
+:func:`derive_batch_seed`). It imports no torch (the figures and the lm-eval checker use it
+without): tensors are made, importing torch then, only by :meth:`CharTokenizer.encode_batch` and
+:func:`make_batch`. The Lightning data module and the run's hooks are in
+:mod:`ftstudy.tasks.synthetic_task`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import NamedTuple, TypeGuard
+import math
+from collections.abc import Sequence
+from typing import Any, TYPE_CHECKING, NamedTuple, TypeGuard
 
-import lightning as L
 import numpy as np
-import torch
 from numpy.typing import NDArray
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "BLOCK_LEN",
     "BODY_LEN",
     "LETTERS",
     "NOISE_P",
+    "NO_LATENT_FLOOR",
     "PROMPT_LEN",
     "SEQ_LEN",
     "VAL_SEED_OFFSET",
@@ -33,13 +39,10 @@ __all__ = [
     "Batch",
     "CharTokenizer",
     "SampleInfo",
-    "SyntheticDataModule",
-    "SyntheticTrainStream",
     "check",
     "check_many",
     "derive_batch_seed",
     "derive_stream_seed",
-    "distributed_rank_world",
     "make_batch",
     "qualifying_windows",
     "sample",
@@ -60,6 +63,11 @@ SEPARATOR: str = ">"
 #: Token order of :class:`CharTokenizer`: ``_``=0, ``!``=1, ``>``=2, ``A``=3, ..., ``Z``=28.
 VOCAB: str = UNDERSCORE + NOISE + SEPARATOR + LETTERS
 
+#: Best cross-entropy (nats per body character) of a model without a latent: ln(57)/64 for the
+#: block position (drawn once per sequence) plus h(1/16) for the noise; PAPER.md §4, FEASIBILITY.md.
+NO_LATENT_FLOOR: float = (math.log(BODY_LEN - BLOCK_LEN + 1) / BODY_LEN
+                          - NOISE_P * math.log(NOISE_P) - (1 - NOISE_P) * math.log(1 - NOISE_P))
+
 #: The validation set is drawn with ``seed + VAL_SEED_OFFSET``. Training batch seeds always have
 #: bit 63 set (see :func:`derive_batch_seed`) while validation seeds are kept below ``2**63``, so
 #: the two can never coincide, whatever the data-module seed.
@@ -71,7 +79,7 @@ _TRAIN_SEED_BIT: int = 1 << 63
 _STREAM_TAG: int = 0x5354_5245  # "STRE"
 _BATCH_TAG: int = 0x4241_5443  # "BATC"
 
-Batch = dict[str, torch.Tensor]
+Batch = dict[str, "torch.Tensor"]
 
 
 class SampleInfo(NamedTuple):
@@ -168,18 +176,10 @@ def sample_with_info(
     return SampleInfo(strings, positions, letters, noise_masks)
 
 
-def sample(
-    n: int,
-    seed: int,
-    *,
-    body_len: int = BODY_LEN,
-    block_len: int = BLOCK_LEN,
-    noise_p: float = NOISE_P,
-) -> list[str]:
-    """Draw ``n`` task sequences (strings of length ``2 + body_len``), deterministic in ``seed``."""
-    return sample_with_info(
-        n, seed, body_len=body_len, block_len=block_len, noise_p=noise_p
-    ).strings
+def sample(n: int, seed: int, **shape: Any) -> list[str]:
+    """Draw ``n`` task sequences (strings of length ``2 + body_len``), deterministic in ``seed``;
+    ``shape``: the ``body_len``, ``block_len`` and ``noise_p`` of :func:`sample_with_info`."""
+    return sample_with_info(n, seed, **shape).strings
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,7 +305,11 @@ class CharTokenizer:
 
     Fixed order (:data:`VOCAB`): ``_`` = 0, ``!`` = 1, ``>`` = 2, then ``A`` = 3 ... ``Z`` = 28.
     The order never depends on data, so token ids are stable across runs and checkpoints.
+    The task has no end-of-text token (``eot_id`` None); ``pad_id`` is ``_``.
     """
+
+    eot_id: int | None = None
+    pad_id: int = 0
 
     def __init__(self) -> None:
         self.vocab: str = VOCAB
@@ -329,8 +333,8 @@ class CharTokenizer:
             raise self._unknown(e.args[0]) from None
 
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
-        if isinstance(ids, torch.Tensor):
-            if ids.dim() != 1:
+        if hasattr(ids, "tolist"):  # a tensor or an array
+            if ids.ndim != 1:
                 raise ValueError(f"decode expects a 1-D tensor, got shape {tuple(ids.shape)}")
             ids = ids.tolist()
         out = []
@@ -344,6 +348,8 @@ class CharTokenizer:
 
     def encode_batch(self, strings: Sequence[str]) -> torch.Tensor:
         """Encode equal-length strings into a ``(n, L)`` int64 tensor."""
+        import torch
+
         if len(strings) == 0:
             return torch.empty((0, 0), dtype=torch.long)
         width = len(strings[0])
@@ -365,7 +371,7 @@ class CharTokenizer:
         return torch.from_numpy(ids.reshape(len(strings), width))
 
     def decode_batch(self, ids: torch.Tensor | Sequence[Sequence[int]]) -> list[str]:
-        if isinstance(ids, torch.Tensor) and ids.dim() != 2:
+        if hasattr(ids, "tolist") and ids.ndim != 2:
             raise ValueError(f"decode_batch expects a 2-D tensor, got shape {tuple(ids.shape)}")
         return [self.decode(row) for row in ids]
 
@@ -377,6 +383,8 @@ def make_batch(strings: Sequence[str], tokenizer: CharTokenizer) -> Batch:
     ``j >= PROMPT_LEN - 1``: the prompt letter is never a target and the deterministic ``>`` target
     is masked out so that the loss measures only the task itself.
     """
+    import torch
+
     tokens = tokenizer.encode_batch(strings)
     if tokens.shape[1] < 2:
         raise ValueError(
@@ -390,7 +398,7 @@ def make_batch(strings: Sequence[str], tokenizer: CharTokenizer) -> Batch:
 
 
 # --------------------------------------------------------------------------------------------
-# Training stream and data module
+# Training seeds (the data module is ftstudy.tasks.synthetic_task's)
 # --------------------------------------------------------------------------------------------
 
 
@@ -414,187 +422,3 @@ def derive_batch_seed(stream_seed: int, index: int) -> int:
     if not _is_int(index) or int(index) < 0:
         raise ValueError(f"index must be an integer >= 0, got {index!r}")
     return _hash_to_train_seed(_BATCH_TAG, int(stream_seed), int(index))
-
-
-def distributed_rank_world() -> tuple[int, int]:
-    """(rank, world size) of the ``torch.distributed`` process group; (0, 1) without one."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return int(torch.distributed.get_rank()), int(torch.distributed.get_world_size())
-    return 0, 1
-
-
-class SyntheticTrainStream(IterableDataset[Batch]):
-    """Endless stream of freshly sampled, already-batched training dicts.
-
-    Step ``k`` of DataLoader worker ``w`` draws one *global* batch, ``sample(batch_size *
-    world_size, derive_batch_seed(derive_stream_seed(seed, 0, w), k))``, and DDP rank ``rank``
-    takes rows ``[rank * batch_size, (rank + 1) * batch_size)`` of it.  The global batch is
-    therefore the same whatever the number of ranks: two processes with ``batch_size = B/2``
-    train on exactly the batches one process with ``batch_size = B`` does (tested).  It
-    depends only on those numbers: restarting with the same seed and ``num_workers`` replays
-    the same batches, and ``start_index`` resumes the stream after the batches a run already
-    consumed. ``rank`` and ``world_size`` must be given by the caller because
-    ``torch.distributed`` is not initialised inside DataLoader worker processes.
-
-    Each ``iter()`` yields this worker's share of ``steps_per_epoch`` batches (all workers together
-    yield exactly ``steps_per_epoch``; ``None`` = forever) and *continues* the stream, so successive
-    epochs see new data. That continuation lives in the dataset object, so with ``num_workers > 0``
-    the DataLoader must use ``persistent_workers=True`` (as :class:`SyntheticDataModule` does).
-    """
-
-    def __init__(
-        self,
-        batch_size: int,
-        seed: int,
-        *,
-        rank: int = 0,
-        world_size: int = 1,
-        steps_per_epoch: int | None = None,
-        tokenizer: CharTokenizer | None = None,
-        start_index: int = 0,
-    ) -> None:
-        super().__init__()
-        if not _is_int(world_size) or int(world_size) < 1 or not _is_int(rank) or not 0 <= int(rank) < int(world_size):
-            raise ValueError(f"rank must be in 0..world_size-1 and world_size >= 1, got rank={rank!r}, "
-                             f"world_size={world_size!r}")
-        if not _is_int(start_index) or int(start_index) < 0:
-            raise ValueError(f"start_index must be an integer >= 0, got {start_index!r}")
-        if not _is_int(batch_size) or int(batch_size) < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        if steps_per_epoch is not None and (
-            not _is_int(steps_per_epoch) or int(steps_per_epoch) < 1
-        ):
-            raise ValueError(
-                f"steps_per_epoch must be None or an integer >= 1, got {steps_per_epoch!r}"
-            )
-        derive_stream_seed(seed, rank, 0)  # validates seed and rank
-        self.batch_size = int(batch_size)
-        self.seed = int(seed)
-        self.rank = int(rank)
-        self.world_size = int(world_size)
-        self.steps_per_epoch = None if steps_per_epoch is None else int(steps_per_epoch)
-        self.tokenizer = tokenizer if tokenizer is not None else CharTokenizer()
-        # Batches already consumed by the run being resumed: the stream continues where it
-        # stopped instead of replaying its first batches.
-        self.start_index = int(start_index)
-        self._next_index: int | None = None
-
-    def batch_at(self, worker_id: int, index: int) -> Batch:
-        """This rank's rows of global batch ``index`` of worker ``worker_id``'s stream."""
-        stream_seed = derive_stream_seed(self.seed, 0, worker_id)
-        rows = sample(self.batch_size * self.world_size, derive_batch_seed(stream_seed, index))
-        lo = self.rank * self.batch_size
-        return make_batch(rows[lo : lo + self.batch_size], self.tokenizer)
-
-    def __len__(self) -> int:
-        if self.steps_per_epoch is None:
-            raise TypeError(
-                "SyntheticTrainStream with steps_per_epoch=None is endless and has no length"
-            )
-        return self.steps_per_epoch
-
-    def __iter__(self) -> Iterator[Batch]:
-        info = get_worker_info()
-        worker_id, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
-        if self.steps_per_epoch is None:
-            quota = None
-        else:
-            quota = self.steps_per_epoch // num_workers + int(
-                worker_id < self.steps_per_epoch % num_workers
-            )
-        if self._next_index is None:
-            # This worker's share of the first start_index batches (DataLoader round-robin).
-            self._next_index = self.start_index // num_workers + int(
-                worker_id < self.start_index % num_workers
-            )
-        produced = 0
-        while quota is None or produced < quota:
-            index = self._next_index
-            self._next_index += 1
-            yield self.batch_at(worker_id, index)
-            produced += 1
-
-
-class SyntheticDataModule(L.LightningDataModule):
-    """Lightning data module for the synthetic task.
-
-    Training: :class:`SyntheticTrainStream` (fresh samples every step, ``steps_per_epoch`` batches
-    per epoch, each DDP rank a slice of one global batch, distinct streams per DataLoader
-    worker, reproducible from ``seed``).
-    Validation: ``val_size`` fixed sequences drawn with ``seed + VAL_SEED_OFFSET``
-    (``VAL_SEED_OFFSET = 10_000_019``), which can never equal a training batch seed; exposed as
-    ``val_strings`` and served in order in batches of ``batch_size``.
-    """
-
-    def __init__(
-        self,
-        batch_size: int,
-        val_size: int = 1024,
-        seed: int = 0,
-        steps_per_epoch: int | None = 1000,
-        num_workers: int = 0,
-        start_index: int = 0,
-    ) -> None:
-        super().__init__()
-        if not _is_int(batch_size) or int(batch_size) < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        if not _is_int(val_size) or int(val_size) < 0:
-            raise ValueError(f"val_size must be an integer >= 0, got {val_size!r}")
-        if not _is_int(seed) or not 0 <= int(seed) < _TRAIN_SEED_BIT - VAL_SEED_OFFSET:
-            raise ValueError(
-                f"seed must be an integer in 0..{_TRAIN_SEED_BIT - VAL_SEED_OFFSET - 1}, "
-                f"got {seed!r}"
-            )
-        if steps_per_epoch is not None and (
-            not _is_int(steps_per_epoch) or int(steps_per_epoch) < 1
-        ):
-            raise ValueError(
-                f"steps_per_epoch must be None or an integer >= 1, got {steps_per_epoch!r}"
-            )
-        if not _is_int(num_workers) or int(num_workers) < 0:
-            raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
-        self.save_hyperparameters()
-        self.batch_size = int(batch_size)
-        self.val_size = int(val_size)
-        self.seed = int(seed)
-        self.steps_per_epoch = None if steps_per_epoch is None else int(steps_per_epoch)
-        self.num_workers = int(num_workers)
-        # Resume: skip the batches a run already trained on (exact with num_workers = 0; with
-        # workers the same batches come back, possibly in another order).
-        self.start_index = int(start_index)
-        self.tokenizer = CharTokenizer()
-        self.val_seed = self.seed + VAL_SEED_OFFSET
-        # Cheap (≈1 ms per 1k sequences), so built eagerly: val_strings is usable before setup().
-        self.val_strings: list[str] = sample(self.val_size, self.val_seed)
-        self._val_batches: list[Batch] = [
-            make_batch(self.val_strings[i : i + self.batch_size], self.tokenizer)
-            for i in range(0, self.val_size, self.batch_size)
-        ]
-
-    def train_dataset(self, rank: int | None = None, world_size: int | None = None) -> SyntheticTrainStream:
-        """A fresh training stream; ``rank`` and ``world_size`` default to ``torch.distributed``'s
-        (0 and 1 without a process group)."""
-        dist_rank, dist_world = distributed_rank_world()
-        return SyntheticTrainStream(
-            self.batch_size,
-            self.seed,
-            rank=dist_rank if rank is None else rank,
-            world_size=dist_world if world_size is None else world_size,
-            steps_per_epoch=self.steps_per_epoch,
-            tokenizer=self.tokenizer,
-            start_index=self.start_index,
-        )
-
-    def train_dataloader(self) -> DataLoader[Batch]:
-        # Rank is read here, in the main process, where the process group is initialised.
-        return DataLoader(
-            self.train_dataset(),
-            batch_size=None,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def val_dataloader(self) -> DataLoader[Batch]:
-        # Batches are precomputed tensors, so worker processes would only add overhead.
-        # A list of batch dicts is a valid map-style dataset.
-        return DataLoader(self._val_batches, batch_size=None, shuffle=False)  # type: ignore[arg-type]

@@ -84,7 +84,7 @@ def humaneval_bits_per_byte(doc: dict[str, Any], results: Sequence[Any]) -> dict
 
 def synthetic_valid(doc: dict[str, Any], results: Sequence[str]) -> dict[str, float]:
     """``valid`` = 1.0 when prompt + generation is a valid sequence of the synthetic task."""
-    from ftstudy.tasks.synthetic import check  # heavy (torch, lightning): import on first use
+    from ftstudy.tasks.synthetic import check
 
     generation = _single(results, "ftstudy_synthetic")
     if not isinstance(generation, str):
