@@ -148,7 +148,8 @@ def test_the_token_cannot_be_stolen(steal):
 def test_file_writes_and_unlinks_outside_the_private_tmp_fail(tmp_path):
     victim = tmp_path / "thesis.tex"
     victim.write_text("years of work")
-    outside = ROOT / f".sandbox-escape-{os.getpid()}"
+    # Outside the sandbox's private /tmp, which hides the host's /tmp (where a clone may live).
+    outside = Path("/var/tmp") / f"ftstudy-sandbox-escape-{os.getpid()}"
     stdlib_file = Path(os.__file__).resolve()
     attacks = [
         f"import os\nos.makedirs({str(outside)!r}, exist_ok=True)\nopen({str(outside / 'x')!r}, 'w').write('x')\n",
@@ -163,6 +164,10 @@ def test_file_writes_and_unlinks_outside_the_private_tmp_fail(tmp_path):
         assert r.status == "failed", (attack, r)
     assert victim.read_text() == "years of work"
     assert not outside.exists() and not Path("/ftstudy-escape").exists()
+    # The repository itself: absent from the sandbox (or, under /tmp, shadowed by its tmpfs).
+    repo_file = ROOT / f".sandbox-escape-{os.getpid()}"
+    run(RIGHT + f"import os\nos.makedirs({str(repo_file)!r}, exist_ok=True)\n")
+    assert not repo_file.exists()
     # The private /tmp is writable (and is the working directory).
     assert run(RIGHT + "import os\nassert os.getcwd() == '/tmp'\nopen('x', 'w').write('ok')\n"
                "assert open('/tmp/x').read() == 'ok'\n").passed
