@@ -385,13 +385,13 @@ def _check_sandbox(allow_unsandboxed: bool) -> None:
     running it without isolation was asked for (which later calls of run_program then see)."""
     from ftstudy.eval.suite import execution
 
-    problem = execution.sandbox_problem()
-    if problem is None:
-        return
-    if not allow_unsandboxed:
-        raise EvalError(f"no sandbox for generated code on this host: {problem}; pass --allow-unsandboxed "
-                        f"to run it with resource limits only, without isolation")
-    print(f"[ftstudy.eval.evaluate] WARNING: running generated code WITHOUT a sandbox ({problem})", file=sys.stderr)
+    try:
+        if execution.require_sandbox(allow_unsandboxed):
+            return
+    except execution.SandboxUnavailable as e:
+        raise EvalError(str(e)) from e
+    print(f"[ftstudy.eval.evaluate] WARNING: running generated code WITHOUT a sandbox "
+          f"({execution.sandbox_problem()})", file=sys.stderr)
     os.environ[execution.ALLOW_UNSANDBOXED_ENV] = "1"
 
 

@@ -45,7 +45,7 @@ from ftstudy.core.config import LATENT_ONLY_FIELDS, PRESETS, ConfigError, RunCon
 from ftstudy.io import REPO_ROOT, CsvTable, RunDir, RunError, read_config_file
 from ftstudy.run.lit import LitFreeTransformer, NonFiniteLossError, resolve_precision
 
-__all__ = ["RunError", "run_name", "train", "main", "REPO_ROOT", "DEFAULT_RESULTS", "is_run_folder", "delete_run"]
+__all__ = ["RunError", "run_name", "train", "main", "REPO_ROOT", "DEFAULT_RESULTS"]
 
 DEFAULT_RESULTS = REPO_ROOT / "results" / "runs"
 DEFAULT_PRESET = "synthetic-quick"
@@ -212,16 +212,6 @@ def _launch_rank(cfg: RunConfig) -> int:
             return int(os.environ[var])
     node, local = int(os.environ.get("NODE_RANK", 0) or 0), int(os.environ.get("LOCAL_RANK", 0) or 0)
     return node * cfg.train.devices + local
-
-
-def is_run_folder(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds an ftstudy run (see :meth:`ftstudy.io.RunDir.is_ftstudy`)."""
-    return RunDir(run_dir).is_ftstudy()
-
-
-def delete_run(run_dir: Path, *, locked: bool = False, wait: bool = False) -> None:
-    """Empty a run folder that ftstudy made (see :meth:`ftstudy.io.RunDir.delete`)."""
-    RunDir(run_dir).delete(locked=locked, wait=wait)
 
 
 def _complete(saved: dict[str, Any]) -> dict[str, Any]:

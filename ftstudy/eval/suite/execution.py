@@ -77,6 +77,7 @@ __all__ = [
     "allow_unsandboxed_from_env",
     "bwrap_binary",
     "sandbox_problem",
+    "require_sandbox",
     "run_program",
 ]
 
@@ -389,6 +390,20 @@ def sandbox_problem() -> str | None:
     return _probe()
 
 
+def require_sandbox(allow_unsandboxed: bool | None = None) -> bool:
+    """True when generated code will run in the sandbox, False when it will run without one
+    because that was allowed (``None``: ask ``FTSTUDY_ALLOW_UNSANDBOXED``); otherwise raise
+    :class:`SandboxUnavailable`, naming what is missing and the opt-out."""
+    problem = sandbox_problem()
+    if problem is None:
+        return True
+    if allow_unsandboxed_from_env() if allow_unsandboxed is None else allow_unsandboxed:
+        return False
+    raise SandboxUnavailable(
+        f"no sandbox for generated code on this host: {problem}; pass --allow-unsandboxed (or set "
+        f"{ALLOW_UNSANDBOXED_ENV}=1) to run it with resource limits only, without isolation")
+
+
 def run_program(
     program: str,
     timeout: float = DEFAULT_TIMEOUT,
@@ -416,12 +431,5 @@ def run_program(
     for name, value in (("memory_bytes", memory_bytes), ("file_bytes", file_bytes)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    problem = sandbox_problem()
-    if problem is not None:
-        if not (allow_unsandboxed_from_env() if allow_unsandboxed is None else allow_unsandboxed):
-            raise SandboxUnavailable(
-                f"refusing to run generated code: no sandbox on this host: {problem}. Pass "
-                f"--allow-unsandboxed (or set {ALLOW_UNSANDBOXED_ENV}=1) to run it anyway with resource "
-                f"limits only, without isolation")
-        return _execute(program, tests, timeout, memory_bytes, file_bytes, False, allow_fork)
-    return _execute(program, tests, timeout, memory_bytes, file_bytes, True, allow_fork)
+    sandboxed = require_sandbox(allow_unsandboxed)
+    return _execute(program, tests, timeout, memory_bytes, file_bytes, sandboxed, allow_fork)
