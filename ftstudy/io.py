@@ -214,7 +214,11 @@ class RunDir(_Folder):
         metrics.csv    one row per logged training step and per validation
         summary.json   final figures; its presence marks the run finished
         samples.txt    generations under prior Z;  groups.txt: the probe's generation groups
-        ckpt/          git-ignored: last.ckpt (resumable) and model.pt (export)
+        ckpt/          git-ignored: last.ckpt (resumable) and model.pt (export);
+                       ckpt/retrain/: the run trained again (same config) to re-measure it
+        measure/       re-measurements of the finished model under a sampling protocol:
+                       <protocol>.json, <protocol>.groups.txt (prior-Z groups, as groups.txt)
+                       and <protocol>.posterior.txt (groups sharing the encoder's Z)
         tb/            git-ignored: the TensorBoard log of the same figures
         COPIED_FROM    a run copied from an identical one of another study
         .ftstudy.lock  held by the one process writing the folder
@@ -236,6 +240,8 @@ class RunDir(_Folder):
     MODEL = "model.pt"
     TB = "tb"
     COPIED_FROM = "COPIED_FROM"
+    RETRAIN = "retrain"
+    MEASURE = "measure"
 
     config_file = _File(CONFIG)
     metrics_file = _File(METRICS)
@@ -248,6 +254,28 @@ class RunDir(_Folder):
     #: The exported model (``ftstudy.core.checkpoint``).
     model_file = _File(CKPT, MODEL)
     tb_dir = _File(TB)
+    #: Where a finished run is trained again when its model.pt is gone (git-ignored, in ckpt/).
+    retrain_dir = _File(CKPT, RETRAIN)
+    measure_dir = _File(MEASURE)
+
+    def measure_file(self, protocol: str, kind: str = "json") -> Path:
+        """A re-measurement's file: ``kind`` "json" (its figures), "groups" (prior-Z groups)
+        or "posterior" (groups sharing the encoder's Z), for a protocol name."""
+        suffix = {"json": ".json", "groups": ".groups.txt", "posterior": ".posterior.txt"}
+        if kind not in suffix:
+            raise ValueError(f"kind = {kind!r}: one of {sorted(suffix)}")
+        if not protocol or "/" in protocol or protocol.startswith("."):
+            raise ValueError(f"protocol = {protocol!r}: a plain name (no '/', not starting with '.')")
+        return self.measure_dir / f"{protocol}{suffix[kind]}"
+
+    def measurement(self, protocol: str) -> dict[str, Any] | None:
+        """A re-measurement's figures (None when not measured)."""
+        f = self.measure_file(protocol)
+        return json.loads(f.read_text()) if f.exists() else None
+
+    def write_measurement(self, protocol: str, figures: dict[str, Any]) -> None:
+        self.measure_dir.mkdir(exist_ok=True)
+        _write_json(self.measure_file(protocol), figures, allow_nan=False)
 
     # ------------------------------------------------------------ files
 
@@ -442,6 +470,8 @@ class StudyDir(_Folder):
         summary.csv     one row per finished run: config fields, then its figures
         aggregate.csv   one row per grid point: mean and 95% interval over seeds
         aggregate.md    the same as a markdown table
+        agreement.csv   one row per grid point and sampling protocol: agreement on the block
+                        position with bootstrap intervals (ablate --measure); agreement.md
         logs/           git-ignored: each parallel run's log and the config it was given
 
     and of the names of its figures, which go to ``<results>/figures/`` by default (one
@@ -449,11 +479,14 @@ class StudyDir(_Folder):
     """
 
     SUMMARY, AGGREGATE_CSV, AGGREGATE_MD = "summary.csv", "aggregate.csv", "aggregate.md"
+    AGREEMENT_CSV, AGREEMENT_MD = "agreement.csv", "agreement.md"
     LOGS, FIGURES = "logs", "figures"
 
     summary_file = _File(SUMMARY)
     aggregate_csv = _File(AGGREGATE_CSV)
     aggregate_md = _File(AGGREGATE_MD)
+    agreement_csv = _File(AGREEMENT_CSV)
+    agreement_md = _File(AGREEMENT_MD)
     logs_dir = _File(LOGS)
 
     def run(self, name: str) -> RunDir:
@@ -487,6 +520,18 @@ class StudyDir(_Folder):
         atomic_write_text(self.aggregate_md, markdown)
         return self.aggregate_md
 
+    def write_agreement(self, rows: list[dict[str, Any]], markdown: str) -> Path:
+        """agreement.csv and agreement.md (returned)."""
+        CsvTable(self.agreement_csv, rows).write()
+        atomic_write_text(self.agreement_md, markdown)
+        return self.agreement_md
+
+    def protocols(self) -> list[str]:
+        """The sampling protocols any of its runs was re-measured under (``measure/*.json``)."""
+        names = {p.name.removesuffix(".json") for r in self.runs(finished=True) if r.measure_dir.is_dir()
+                 for p in r.measure_dir.glob("*.json")}
+        return sorted(names, key=lambda n: (n != "t1", n != "paper", n))
+
     # ------------------------------------------------------------ figures
 
     @property
@@ -498,6 +543,7 @@ class StudyDir(_Folder):
         """The study's metric figure (``kind`` "") or another of its figures (``dynamics``)."""
         return Path(fig_dir or self.figures_dir) / f"{self.name}{'_' + kind if kind else ''}.png"
 
-    def figure4(self, seed: int, fig_dir: Path | None = None, suffix: str = ".png") -> Path:
-        """The paper's Figure 4 for one seed, as a picture (.png) or as text (.txt)."""
-        return Path(fig_dir or self.figures_dir) / f"figure4_s{seed}{suffix}"
+    def figure4(self, seed: int, fig_dir: Path | None = None, suffix: str = ".png", protocol: str = "") -> Path:
+        """The paper's Figure 4 for one seed, as a picture (.png) or as text (.txt): from the
+        runs' own probe, or (``protocol``) from their re-measurement under that protocol."""
+        return Path(fig_dir or self.figures_dir) / f"figure4{'_' + protocol if protocol else ''}_s{seed}{suffix}"

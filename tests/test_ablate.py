@@ -35,7 +35,7 @@ def test_grids() -> None:
     scope = plan("free_bits_scope", "quick", [3], {}, Path("/x"))
     assert [r.config.model.free_bits_scope for r in scope] == ["token", "sequence"]
     assert all(r.config.train.seed == 3 for r in scope)
-    assert len(plan("all", "quick", [0], {}, Path("/x"))) == 9 + 3 + 5 + 2 + 8
+    assert len(plan("all", "quick", [0], {}, Path("/x"))) == 9 + 3 + 5 + 2 + 9
     names = [r.run_dir for r in plan("all", "quick", [0, 1], {}, Path("/x"))]
     assert len(names) == len(set(names))
 
@@ -53,7 +53,7 @@ def test_bad_input(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["--study", "kl_budget", "--seeds", "0.5"])
     assert main(["--study", "all", "--dry-run", "--out", str(tmp_path)]) == 0
-    assert "27 runs" in capsys.readouterr().out and not any(tmp_path.iterdir())
+    assert "28 runs" in capsys.readouterr().out and not any(tmp_path.iterdir())
 
 
 def _sweep(out: Path, *extra: str) -> list[str]:
@@ -214,7 +214,7 @@ def test_only_and_jobs_input(tmp_path: Path, capsys) -> None:
     # One change at a time: the more-steps point is its own run, next to the unchanged one.
     eighth = plan("kappa_eighth", "quick", [0], {}, tmp_path)
     names = [r.run_dir.name for r in eighth]
-    assert len(names) == len(set(names)) == 8
+    assert len(names) == len(set(names)) == 9
     assert "synthetic-quick-free-k0.125-steps3000-s0" in names
     assert {r.config.model.kappa_bits for r in eighth} == {0.125}
     assert not any(tmp_path.iterdir())

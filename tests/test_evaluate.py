@@ -120,3 +120,16 @@ def test_generated_code_needs_the_opt_in(runs: dict[str, Path], tmp_path: Path,
                           "--no-perplexity", "--out", str(tmp_path / "o")]) == 2
     assert "task ftstudy_humaneval executes model-generated code; pass --confirm-run-unsafe-code" \
         in capsys.readouterr().err
+
+
+def test_gen_kwargs_reach_the_tasks_and_the_report(runs: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "sampled"
+    argv = ["--checkpoints", str(runs["base"]), "--tasks", "ftstudy_arithmetic_2da", "--out", str(out),
+            "--limit", "3", "--no-perplexity", "--bootstrap", "99", "--gen-kwargs", "do_sample=true,temperature=0.5"]
+    assert evaluate.main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["checkpoints"][0]["settings"]["gen_kwargs"] == "do_sample=true,temperature=0.5"
+    (entry,) = [json.loads(p.read_text())["entry"] for p in (out / "lm_eval").glob("*.json")
+                if not p.name.endswith(".samples.json")]
+    gen = entry["configs"]["ftstudy_arithmetic_2da"]["generation_kwargs"]
+    assert gen["do_sample"] is True and gen["temperature"] == 0.5

@@ -25,12 +25,13 @@ from ftstudy.core.latent import MAX_LATENT_BITS
 __all__ = [
     "ConfigError", "field_error", "ModelConfig", "TaskConfig", "TrainConfig", "RunConfig",
     "PRESETS", "get_preset", "apply_overrides", "parse_set_args", "config_value", "LATENT_ONLY_FIELDS", "MAX_SEED",
+    "check_sampling",
 ]
 
 # Model fields that only a Free model reads: they change nothing in a baseline
 # (latent_bits = 0), so they neither name a baseline run nor select it.
 LATENT_ONLY_FIELDS = ("kappa_bits", "inject_layer", "post_sampler", "encoder_positions", "kl_weight_below",
-                      "free_bits_scope")
+                      "free_bits_scope", "marginal_weight")
 
 
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding and Lightning's seed_everything take 0 … 2^32 − 1
@@ -73,6 +74,7 @@ class ModelConfig:
     kappa_bits: float = 0.125  # free-bits budget κ per token, in bits (paper: 1/64 … 8 synthetic, 1/4 … 2 real)
     kl_weight_below: float = 0.0  # DEVIATION (0 = paper): extra weight on KL below κ, to pull Q towards the prior
     free_bits_scope: Literal["token", "sequence"] = "token"  # token = paper; sequence = DEVIATION: budget T·κ on Σ_t KL_t
+    marginal_weight: float = 0.0  # DEVIATION (0 = paper): weight of the aggregate-marginal penalty
 
     @property
     def is_free(self) -> bool:
@@ -133,6 +135,9 @@ class ModelConfig:
             _fail(c, "kappa_bits", self.kappa_bits, "a finite number >= 0 (bits per token)")
         if not (self.kl_weight_below >= 0 and math.isfinite(self.kl_weight_below)):
             _fail(c, "kl_weight_below", self.kl_weight_below, "a finite number >= 0")
+        if not (self.marginal_weight >= 0 and math.isfinite(self.marginal_weight)):
+            _fail(c, "marginal_weight", self.marginal_weight,
+                  "a finite number >= 0 (0 = the paper's loss; weight of the aggregate-marginal penalty, nats)")
 
 
 @dataclass(frozen=True)
@@ -148,9 +153,24 @@ class TaskConfig:
     probe_independent: int = 32  # sequences in each prompt's independent-Z group
     probe_groups: int = 4  # shared-Z groups per prompt
     probe_group_size: int = 24  # sequences per shared-Z group (8 x (32 + 4 x 24) = 1024 generations)
+    # Token sampling of every generation a run makes (samples.txt, the probe): temperature
+    # (0 = greedy), top-k and top-p (nucleus) cuts.  τ = 1 with no cut is the default; the
+    # paper's Figure 4 protocol is the named setting "paper" (ftstudy.study.protocols).
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+    @property
+    def sampling(self) -> dict[str, Any]:
+        """The sampling settings, as recorded in summaries: temperature, top_k, top_p."""
+        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
 
     def __post_init__(self) -> None:
         _check_types(self)
+        try:
+            check_sampling(self.temperature, self.top_k, self.top_p)
+        except ValueError as e:
+            raise ConfigError(f"TaskConfig: {e}") from None
         if not self.name:
             _fail("TaskConfig", "name", self.name, "the name of a registered task (ftstudy.tasks.task_names())")
         if self.val_size < 1:
@@ -265,6 +285,18 @@ def _allowed(tp: Any) -> tuple[tuple[type, ...], tuple[Any, ...] | None]:
             types += (type(None),) if arg is type(None) else _allowed(arg)[0]
         return types, None
     return (tp,), None
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """ValueError unless temperature >= 0 (0 = greedy), top_k >= 1 or None, 0 < top_p <= 1 or None."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
+            or temperature < 0:
+        raise ValueError(f"temperature = {temperature!r} must be a finite number >= 0 (0 = greedy)")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k = {top_k!r} must be an integer >= 1, or None (no top-k cut)")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
+                              or not 0 < top_p <= 1):
+        raise ValueError(f"top_p = {top_p!r} must be in (0, 1], or None (no nucleus cut)")
 
 
 def _check_types(obj: Any) -> None:

@@ -50,6 +50,7 @@ __all__ = [
     "free_bits_penalty",
     "kl_to_uniform",
     "kl_per_bit",
+    "marginal_penalty",
     "per_row",
     "prior_bits",
     "sample_bits",
@@ -193,6 +194,44 @@ def free_bits_penalty(kl: Tensor, kappa_nats: float, mask: Tensor | None = None)
         return hinge.mean()
     m = mask.to(hinge.dtype)
     return (hinge * m).sum() / m.sum().clamp_min(1.0)
+
+
+def marginal_penalty(logits: Tensor, mask: Tensor | None = None) -> Tensor:
+    """KL of the aggregate per-bit marginals to fair coins, in nats (a scalar).
+
+    DEVIATION (not in the paper; ``ModelConfig.marginal_weight``)::
+
+        penalty = sum_h KL(Bern(p_bar_h) || Bern(1/2))
+                = sum_h [p_bar_h log(2 p_bar_h) + (1 - p_bar_h) log(2 (1 - p_bar_h))],
+        p_bar_h = mean over the positions kept by ``mask`` of sigmoid(logits[..., h]).
+
+    It charges the mismatch between the aggregate posterior's bit marginals and the uniform
+    prior, which per-token free bits never pay for below κ, without charging any single
+    token's KL.  ``logits`` (..., H); ``mask`` (bool, ``logits.shape[:-1]``; default all).
+    Stable near p_bar = 0 or 1: 1 - p_bar is averaged from sigmoid(-L) (no cancellation),
+    each ``p log(2p)`` is 0 at p = 0 with a finite gradient (the log's argument is clamped),
+    and the (H,) marginals are combined in float64.  No position kept: 0.
+    """
+    _check_logits(logits)
+    x = logits.double() if logits.dtype == torch.float64 else logits.float()  # never below fp32
+    p1, p0 = torch.sigmoid(x), torch.sigmoid(-x)  # P(bit = 1), P(bit = 0) per position
+    if mask is None:
+        p_bar = p1.flatten(0, -2).mean(0).double()  # (H,)
+        q_bar = p0.flatten(0, -2).mean(0).double()
+    else:
+        if mask.shape != logits.shape[:-1]:
+            raise ValueError(f"mask shape {tuple(mask.shape)} must equal logits.shape[:-1] = "
+                             f"{tuple(logits.shape[:-1])}")
+        m = mask.to(x.dtype)[..., None]
+        n = m.sum().double().clamp_min(1.0)
+        p_bar = (p1 * m).flatten(0, -2).sum(0).double() / n
+        q_bar = (p0 * m).flatten(0, -2).sum(0).double() / n
+    tiny = torch.finfo(torch.float64).tiny
+
+    def plog2p(p: Tensor) -> Tensor:
+        return p * torch.log(2 * p.clamp_min(tiny))
+
+    return (plog2p(p_bar) + plog2p(q_bar)).sum().to(x.dtype)
 
 
 def _resolve_bits(logits: Tensor, bits: Tensor | None, generator: torch.Generator | None) -> Tensor:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ftstudy.core.config import ModelConfig
+from ftstudy.core.config import ModelConfig, check_sampling
 from ftstudy.core.latent import (
     Generators,
     binary_mapper,
@@ -43,6 +43,7 @@ from ftstudy.core.latent import (
     factored_mapper,
     free_bits_penalty,
     kl_per_bit,
+    marginal_penalty,
     per_row,
     prior_bits,
     sample_bits,
@@ -192,7 +193,8 @@ class ModelOutput:
     ce_sum: Tensor | None = None  # masked sum of cross-entropies (for exact aggregation)
     n_scored: Tensor | None = None  # number of scored targets
     kl_loss: Tensor | None = None  # the free-bits term added to the loss
-    loss: Tensor | None = None  # ce + kl_loss: what training minimises (PAPER.md §3)
+    loss: Tensor | None = None  # ce + kl_loss (+ marginal_weight x marginal_kl): what training minimises (PAPER.md §3)
+    marginal_kl: Tensor | None = None  # aggregate-marginal penalty, nats (only when ModelConfig.marginal_weight > 0)
 
 
 class FreeTransformer(nn.Module):
@@ -435,6 +437,13 @@ class FreeTransformer(nn.Module):
                 # DEVIATION (not in the paper): also charge KL below κ, pulling Q toward the prior.
                 out.kl_loss = out.kl_loss + cfg.kl_weight_below * out.kl.clamp_max(cfg.kappa_nats).mean()
         out.loss = out.ce + out.kl_loss
+        if out.kl is not None and cfg.marginal_weight > 0:
+            # DEVIATION (not in the paper): pull each bit's aggregate posterior marginal over the
+            # scored positions towards 1/2, so that the uniform prior's codes are ones the decoder
+            # saw in training; per-token KL below κ stays free.  Weight 0 skips it entirely.
+            assert out.enc_logits is not None
+            out.marginal_kl = marginal_penalty(out.enc_logits, loss_mask)
+            out.loss = out.loss + cfg.marginal_weight * out.marginal_kl
 
     # ------------------------------------------------------------------ generation
 
@@ -460,18 +469,6 @@ def _or_self(keys: Tensor) -> Tensor:
     position, so that a position with no allowed key never attends to nothing (its Z is unused)."""
     pos = torch.arange(keys.shape[1], device=keys.device)
     return keys[:, None, None, :] | (pos[:, None] == pos[None, :])[None, None]
-
-
-def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """ValueError unless temperature >= 0 (0 = greedy), top_k >= 1 or None, 0 < top_p <= 1 or None."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
-            or temperature < 0:
-        raise ValueError(f"temperature = {temperature!r} must be a finite number >= 0 (0 = greedy)")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k = {top_k!r} must be an integer >= 1, or None (no top-k cut)")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
-                              or not 0 < top_p <= 1):
-        raise ValueError(f"top_p = {top_p!r} must be in (0, 1], or None (no nucleus cut)")
 
 
 def sample_tokens(logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,

@@ -355,7 +355,7 @@ def evaluate_one(ckpt: Path, label: str, tasks: list[str], out: Path, settings: 
         res = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=task_manager, limit=settings["limit"],
                                       log_samples=True, bootstrap_iters=0, random_seed=settings["seed"],
                                       numpy_random_seed=settings["seed"], torch_random_seed=settings["seed"],
-                                      fewshot_random_seed=settings["seed"],
+                                      fewshot_random_seed=settings["seed"], gen_kwargs=settings.get("gen_kwargs"),
                                       confirm_run_unsafe_code=confirm_run_unsafe_code)
     except ValueError as e:
         if "unsafe" not in str(e) or confirm_run_unsafe_code:
@@ -415,6 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", nargs="+", default=None, help="column names (default: from each config)")
     p.add_argument("--include-path", nargs="+", type=Path, default=[],
                    help="extra lm-eval task folders (YAML), checked for missing data files first")
+    p.add_argument("--gen-kwargs", default=None, metavar="K=V,...",
+                   help="sampling of generation tasks, over each task's own (lm-eval's --gen_kwargs), e.g. "
+                        "'do_sample=true,temperature=0.5,top_p=0.9'; recorded in the report with each task's "
+                        "resulting generation_kwargs (its configs)")
     p.add_argument("--z-policy", default="posterior-context", choices=Z_POLICIES)
     p.add_argument("--z-samples", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -453,7 +457,9 @@ def main(argv: list[str] | None = None) -> int:
             labels.append(args.labels[i] if args.labels else _label(cfg, used))
         tm = _task_manager(args.tasks, args.include_path)
         settings = {"z_policy": args.z_policy, "z_samples": args.z_samples, "seed": args.seed,
-                    "batch_size": args.batch_size, "device": args.device, "limit": args.limit}
+                    "batch_size": args.batch_size, "device": args.device, "limit": args.limit,
+                    # Recorded only when given, so earlier reports' settings (and their reuse) stay as they were.
+                    **({"gen_kwargs": args.gen_kwargs} if args.gen_kwargs else {})}
         ppl = None if args.no_perplexity else {"data": args.val_data, "windows": args.ppl_windows, "k": args.ppl_k,
                                                "layout": "spread"}
         args.out.mkdir(parents=True, exist_ok=True)

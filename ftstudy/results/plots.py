@@ -29,7 +29,7 @@ import seaborn as sns  # noqa: E402
 from ftstudy.io import RunDir, StudyDir, atomic_write_text, read_metrics  # noqa: E402
 from ftstudy.results.report import (  # noqa: E402
     METRICS, NO_LATENT_FLOOR, Axis, StudyLayout, aggregate, benchmark_cell, bound_name, interval_cell, kl_collapsed,
-    label_changes, metric_label, perplexity_cell,
+    label_changes, metric_label, perplexity_cell, protocol_groups,
 )
 
 __all__ = [
@@ -37,7 +37,7 @@ __all__ = [
     "figure4_panels", "plot_study", "study_aggregates", "study_runs", "study_table", "per_seed_table", "study_figures",
     "plot_dynamics", "collapse_events", "benchmark_table", "perplexity_table", "plot_benchmark_deltas",
     "plot_perplexity", "synthetic_examples", "perf_tables", "perf_suites", "suite_tables", "plot_suite",
-    "plot_mapper",
+    "plot_mapper", "protocol_tables", "plot_agreement_by_position", "paper_figure4_panels",
 ]
 
 
@@ -128,21 +128,15 @@ def save_figure(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def read_groups(path: Path) -> list[tuple[int, bool, str]]:
-    """groups.txt rows as (group id, shared, sequence)."""
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        gid, kind, _valid, _pos, seq = line.split(maxsplit=4)
-        rows.append((int(gid), kind == "shared", seq))
-    return rows
-
-
-def figure4_text(groups_file: Path, letter: str | None = None, per_group: int = 8, shared_groups: int = 2) -> str:
+def figure4_text(groups: Path | Any, letter: str | None = None, per_group: int = 8, shared_groups: int = 2) -> str:
     """The paper's Figure 4 for one run as text: one prompt, an independent-Z group and
-    ``shared_groups`` shared-Z groups."""
-    rows = read_groups(groups_file)
+    ``shared_groups`` shared-Z groups.  ``groups``: a groups file (a run's groups.txt or a
+    measurement's) or a :class:`ftstudy.tasks.agreement.GroupTable` (e.g. the paper's own
+    panel, :meth:`ftstudy.tasks.figure4.FigurePanel.table`)."""
+    from ftstudy.tasks import agreement
+
+    table = groups if isinstance(groups, agreement.GroupTable) else agreement.read_groups(groups)
+    rows = [(int(g), bool(sh), seq) for g, sh, seq in zip(table.group, table.shared, table.strings)]
     letter = letter or rows[0][2][0]
     mine = [r for r in rows if r[2][0] == letter]
     gids = sorted({g for g, _, _ in mine})
@@ -157,11 +151,12 @@ def figure4_text(groups_file: Path, letter: str | None = None, per_group: int = 
     return "\n".join(out)
 
 
-def plot_figure4(panels: dict[str, Path], letter: str | None = None, per_group: int = 8,
+def plot_figure4(panels: dict[str, Any], letter: str | None = None, per_group: int = 8,
                  shared_groups: int = 2) -> plt.Figure:
     """Figure 4 at our scale: one column per κ; per column an independent-Z group (blue
     box) and shared-Z groups (green boxes), as in the paper.  Block letters are drawn
-    dark, noise red, underscores light."""
+    dark, noise red, underscores light.  ``panels``: title → groups file or GroupTable
+    (:func:`figure4_text`)."""
     n = len(panels)
     rows_per_col = (1 + shared_groups) * (per_group + 1)
     fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 0.16 * rows_per_col + 1), squeeze=False)
@@ -302,19 +297,32 @@ def per_seed_table(study_dir: Path, x: str) -> pd.DataFrame:
     return out.sort_values(["variant", x, "seed"], na_position="first").reset_index(drop=True)
 
 
-def figure4_panels(study_dir: Path, seed: int, kappas: tuple[float, ...]) -> dict[str, Path]:
+def figure4_panels(study_dir: Path, seed: int, kappas: tuple[float, ...], protocol: str = "") -> dict[str, Path]:
     """The groups.txt of the Free runs of ``seed`` at the budgets ``kappas`` (the paper's
-    Figure 4 columns, a study's ``figure4_kappas``), by title."""
-    runs = [r for r in StudyDir(study_dir).runs(finished=True) if r.groups_file.exists()]
+    Figure 4 columns, a study's ``figure4_kappas``), by title; with ``protocol``, their
+    re-measurement's groups under that sampling protocol (``ablate --measure``)."""
+    def groups(r: RunDir) -> Path:
+        return r.measure_file(protocol, "groups") if protocol else r.groups_file
+
+    runs = [r for r in StudyDir(study_dir).runs(finished=True) if groups(r).exists()]
     panels = {}
     configs = [(r, r.config()) for r in runs]
     for k in kappas:
         for r, cfg in configs:
             m, t = cfg["model"], cfg["train"]
             if m["latent_bits"] > 0 and m["kappa_bits"] == k and t["seed"] == seed:
-                panels[f"κ = {k:g} bit"] = r.groups_file
+                panels[f"κ = {k:g} bit" + (f" ({protocol})" if protocol else "")] = groups(r)
                 break
     return panels
+
+
+def paper_figure4_panels(kappas: tuple[float, ...] | None = None, path: Path | None = None) -> dict[str, Any]:
+    """The paper's own Figure 4 (``path``, default results/reference/paper_figure4.txt) as
+    panels for :func:`plot_figure4`, by title."""
+    from ftstudy.tasks import figure4
+
+    return {f"paper, κ = {p.kappa_bits:g} bit": p.table() for p in figure4.read_figure4(path or figure4.REFERENCE)
+            if kappas is None or any(math.isclose(p.kappa_bits, k) for k in kappas)}
 
 
 def study_figures(study_dir: Path, seed: int, layout: StudyLayout, fig_dir: Path | None = None) -> list[Path]:
@@ -337,6 +345,15 @@ def study_figures(study_dir: Path, seed: int, layout: StudyLayout, fig_dir: Path
         atomic_write_text(written[-1], text)
     if layout.dynamics:
         written.append(save_figure(plot_dynamics(study.path, layout.axis.key), study.figure(fig_dir, "dynamics")))
+    for protocol in study.protocols() if layout.figure4_kappas else ():  # ablate --measure
+        panels = figure4_panels(study.path, seed, layout.figure4_kappas, protocol)
+        if panels:
+            written.append(save_figure(plot_figure4(panels, per_group=5), study.figure4(seed, fig_dir,
+                                                                                        protocol=protocol)))
+        kappas = tuple(k for k in (1 / 8, 1.0) if protocol_tables(study.path, protocol, k))
+        if kappas:
+            written.append(save_figure(plot_agreement_by_position(study.path, protocol, kappas),
+                                       study.figure(fig_dir, f"agreement_position_{protocol}")))
     return written
 
 
@@ -593,5 +610,75 @@ def plot_mapper(tables: dict[str, pd.DataFrame]) -> plt.Figure:
     sns.barplot(long, x="case", y="seconds", hue="implementation", ax=ax)
     ax.set_yscale("log")
     ax.set_title("binary mapper (forward + backward) against its matmul floor")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- agreement against the information bound
+
+def protocol_tables(study_dir: Path, protocol: str, kappa: float, groups: str = "groups") -> list[Any]:
+    """The group tables (:class:`ftstudy.tasks.agreement.GroupTable`) of a study's Free runs at
+    ``kappa`` measured under ``protocol``, one per seed (``groups``: "groups" for prior Z,
+    "posterior" for the encoder's Z)."""
+    from ftstudy.tasks import agreement
+
+    out = []
+    for r in StudyDir(study_dir).runs(finished=True):
+        cfg = r.config()
+        if cfg["model"]["latent_bits"] > 0 and math.isclose(cfg["model"]["kappa_bits"], kappa):
+            path = protocol_groups(r, protocol, groups)
+            if path is not None:
+                out.append(agreement.read_groups(path))
+    return out
+
+
+def plot_agreement_by_position(study_dir: Path, protocol: str, kappas: tuple[float, ...] = (1 / 8, 1.0),
+                               tol: int = 0) -> plt.Figure:
+    """Agreement of shared-Z groups against their block position (one panel per κ), beside
+    the information bound: a block at body position p is placed after p + 2 tokens, so the
+    decoder can have read at most (p + 2)·κ bits of Z (per-token free bits), and two
+    sequences sharing Z then agree on the position with probability at most the ceiling of
+    :func:`ftstudy.tasks.agreement.agreement_ceiling`.  The paper's Figure 4 groups at the
+    same κ are drawn as stars."""
+    from ftstudy.tasks import agreement, figure4
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, axes = plt.subplots(1, len(kappas), figsize=(5.6 * len(kappas), 4.2), squeeze=False)
+    paper = {round(p.kappa_bits, 9): p for p in figure4.read_figure4()}
+    name = "exact" if tol == 0 else f"±{tol}"
+    for ax, kappa in zip(axes[0], kappas):
+        tables = protocol_tables(study_dir, protocol, kappa)
+        if tables:
+            rows = agreement.agreement_by_position(tables, tol=tol)
+            mid = [(r["low"] + r["high"]) / 2 for r in rows if r["groups"]]
+            m = [r["mean"] for r in rows if r["groups"]]
+            err = [[r["mean"] - r["ci_low"] for r in rows if r["groups"]],
+                   [r["ci_high"] - r["mean"] for r in rows if r["groups"]]]
+            ax.errorbar(mid, m, yerr=err, fmt="o-", color="tab:green", capsize=3,
+                        label=f"ours, shared Z ({len(tables)} seeds; 95% bootstrap)")
+            pooled = np.concatenate([t.position[t.valid & ~t.shared] for t in tables])
+            counts = np.bincount(pooled, minlength=agreement.N_POSITIONS)
+            p_marg = counts[counts > 0] / max(1, counts.sum())
+            h = float(-(p_marg * np.log2(p_marg)).sum()) if counts.sum() else None
+            if tol == 0 and counts.sum() > 0:
+                chance = float((counts / counts.sum()) @ (counts / counts.sum()))
+                ax.axhline(chance, color="tab:blue", ls=":", label=f"chance (independent Z): {chance:.3f}")
+                pos = np.arange(agreement.N_POSITIONS)
+                ceiling = agreement.agreement_ceiling(np.array([agreement.bound_bits(p, kappa) for p in pos]),
+                                                      entropy_bits=h)
+                ax.plot(pos, ceiling, color="black", ls="--", label="ceiling from (p + 2)·κ bits of Z")
+        panel = paper.get(round(kappa, 9))
+        if panel is not None:
+            t = panel.table()
+            for i, pp in enumerate(t.positions("shared")):
+                ax.plot([agreement.group_position(pp)], [agreement.group_agreement(pp, tol)], "*", ms=14,
+                        color="tab:red", label="paper Fig. 4 (groups of 5)" if i == 0 else None)
+        full = math.log2(agreement.N_POSITIONS) / kappa - 2
+        if full < agreement.N_POSITIONS:
+            ax.axvline(full, color="gray", lw=0.8)
+            ax.text(full, 1.0, f" {math.log2(agreement.N_POSITIONS):.1f} bits", fontsize=8, va="top", color="gray")
+        ax.set(xlabel="block position of the group (median member)", ylabel=f"pairs agreeing ({name})",
+               title=f"κ = {kappa:g} bit, protocol {protocol}", ylim=(0, 1.02), xlim=(-1, agreement.N_POSITIONS))
+        ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     return fig

@@ -112,6 +112,9 @@ class LitFreeTransformer(L.LightningModule):
             logs.update({"train/kl_nats": kl, "train/kl_bits": kl / LN2, "train/kl_loss": out.kl_loss.detach()})
             per_bit = kl_per_bit(out.enc_logits.detach()).flatten(0, -2).mean(0) / LN2  # (H,) bits
             logs.update({f"train/kl_bit{h:02d}": v for h, v in enumerate(per_bit)})
+        if out.marginal_kl is not None:
+            # DEVIATION's penalty (ModelConfig.marginal_weight > 0 only: no column otherwise), in bits.
+            logs["train/marginal_kl_bits"] = out.marginal_kl.detach() / LN2
         now = time.perf_counter()
         if self._t_last is not None:
             # Tokens of the whole step (all ranks) over the wall time since the previous step.

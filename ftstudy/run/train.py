@@ -407,7 +407,9 @@ def _finish(cfg: RunConfig, lit: LitFreeTransformer, run_dir: Path, trainer: L.T
         "precision": precision,
         "train_time_s": round(train_time, 2),
         "tokens_per_s_median": float(sorted(tps)[len(tps) // 2]) if tps else None,
-        "generation": {"z": "prior at every position (encoder never run)", "temperature": 1.0,
+        # Every generation of the run (samples.txt, the probe) used these sampling settings.
+        "sampling": cfg.task.sampling,
+        "generation": {"z": "prior at every position (encoder never run)", "temperature": cfg.task.temperature,
                        "time_s": round(measured.generation_time_s, 2), **measured.generation},
         "val": val,
         "prior_ce_minus_floor": measured.prior_ce_minus_floor,

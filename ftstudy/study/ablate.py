@@ -44,8 +44,9 @@ from tqdm import tqdm
 
 from ftstudy.core.config import LATENT_ONLY_FIELDS, ConfigError, RunConfig, config_value, get_preset, parse_set_args
 from ftstudy.io import RunDir, StudyDir, folder_lock, write_config_file
-from ftstudy.results.report import kl_collapsed, write_aggregate
+from ftstudy.results.report import kl_collapsed, write_aggregate, write_agreement
 from ftstudy.run.train import REPO_ROOT, RunError, check_resumable, run_name, saved_config, train
+from ftstudy.study.protocols import DEFAULT_PROTOCOLS, Protocol, protocol
 from ftstudy.study.studies import STUDIES, Study
 
 __all__ = ["STUDIES", "PRESETS", "Study", "PlannedRun", "plan", "rebuild_summary", "main"]
@@ -233,19 +234,30 @@ def rebuild_summary(study_dir: Path, study: Study) -> Path | None:
     folder = StudyDir(study_dir)
     rows = []
     for run in folder.runs(finished=True):
-        cfg, summary = run.config(), run.summary() or {}
+        # Every config field, those added since the run was made at their defaults (the
+        # values the run used), so old and new runs of a point share their grid columns.
+        cfg, summary = saved_config(run.path), run.summary() or {}
         row: dict[str, Any] = {"run": run.name}
         for section in ("model", "task", "train"):
-            row.update(cfg[section])
+            row.update(sorted(cfg[section].items()))  # by name, as config.json has them
         flat: dict[str, Any] = {}
-        _flatten("", {k: v for k, v in summary.items() if k != "run"}, flat)
+        # "sampling" repeats the config's temperature/top_k/top_p columns.
+        _flatten("", {k: v for k, v in summary.items() if k not in ("run", "sampling")}, flat)
         row.update(flat)
         row["collapsed"] = collapsed(run.path)
+        for protocol in folder.protocols():  # ablate --measure: per-run agreement (lists left out)
+            m = run.measurement(protocol)
+            if m is not None:
+                kept = {k: m[k] for k in ("agreement", "posterior", "sampling") if k in m}
+                measured: dict[str, Any] = {}
+                _flatten(f"measure.{protocol}.", kept, measured)
+                row.update({k: v for k, v in measured.items() if not (isinstance(v, str) and v.startswith("["))})
         rows.append(row)
     if not rows:
         return None
     path = folder.write_summary(rows)
     write_aggregate(folder.path, study)
+    write_agreement(folder.path, study, folder.protocols())
     return path
 
 
@@ -287,6 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", action="store_true",
                    help="train nothing: draw the figures from the committed tables and runs (the same "
                         "ftstudy.results.plots functions the notebooks call)")
+    p.add_argument("--measure", nargs="*", default=None, metavar="PROTOCOL",
+                   help="after training, re-measure every finished run under these sampling protocols (default: "
+                        f"{' '.join(DEFAULT_PROTOCOLS)}; 't1', 'paper' (the calibrated temperature of python -m "
+                        "ftstudy.calibrate) or 'temperature=0.7,top_p=0.9'), from its ckpt/model.pt or by training "
+                        "it again (deterministic; it must reproduce its summary); writes <run>/measure/ and the "
+                        "study's agreement.md")
+    p.add_argument("--overwrite-measure", action="store_true",
+                   help="with --measure: measure again the protocols a run already has")
     p.add_argument("--figures", type=Path, default=None, metavar="DIR",
                    help="where --plot/--report write figures (default: OUT/figures)")
     return p
@@ -435,15 +455,54 @@ def main(argv: list[str] | None = None) -> int:
                   f"python -m ftstudy.ablate --study {args.study} --preset {args.preset}", file=sys.stderr)
             return 3
         return 0
+    protocols = None
+    if args.measure is not None:
+        try:
+            protocols = [protocol(name) for name in (args.measure or DEFAULT_PROTOCOLS)]
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if args.dry_run:
         _print_plan(args, runs, out)
         return 0
     try:
-        with folder_lock(out, wait=args.wait, what="sweep folder", error=RunError):
-            return _sweep(args, runs, out, argv)
+        if any(r.status != "finished" for r in runs):
+            with folder_lock(out, wait=args.wait, what="sweep folder", error=RunError):
+                rc = _sweep(args, runs, out, argv)
+            if rc:
+                return rc
+        elif protocols is None:
+            _print_plan(args, runs, out)
+            return 0
+        if protocols is not None:
+            return _measure(runs, protocols, out, args)
     except RunError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    return 0
+
+
+def _measure(runs: list[PlannedRun], protocols: list[Protocol], out: Path, args: argparse.Namespace) -> int:
+    """Re-measure every run under the protocols (each run under its own lock: this may run
+    beside a sweep that trains other runs of the same folder), then rebuild the tables."""
+    from ftstudy.study.measure import measure_run  # torch and the probe, on use
+
+    t0 = time.perf_counter()
+    for i, r in enumerate(runs):
+        if r.config.task.name != "synthetic":
+            print(f"error: --measure measures the synthetic task; {r.run_dir.name} trains on {r.config.task.name!r}",
+                  file=sys.stderr)
+            return 2
+        with r.folder.lock(wait=args.wait):
+            done = measure_run(r.run_dir, protocols, overwrite=args.overwrite_measure, wait=args.wait)
+        print(f"[ftstudy.study.ablate] measured {i + 1}/{len(runs)} {r.study}/{r.run_dir.name}"
+              f"{': ' + ', '.join(done) if done else ' (already)'}; {(time.perf_counter() - t0) / 60:.1f} min",
+              flush=True)
+    for name, d in sorted({(r.study, r.run_dir.parent) for r in runs}):
+        rebuild_summary(d, STUDIES[name])
+        print(f"[ftstudy.study.ablate] wrote {StudyDir(d).agreement_md}")
+    make_figures(out, args.study, args.seeds[0], args.figures)
+    return 0
 
 
 def _print_plan(args: argparse.Namespace, runs: list[PlannedRun], out: Path) -> list[tuple[PlannedRun, int]]:

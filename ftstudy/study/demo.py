@@ -39,9 +39,10 @@ LOCAL_OUT = REPO_ROOT / "runs" / "demo"
 DEMO_POINTS = ("latent_bits=0", "kappa_bits=1/64", "kappa_bits=1/8", "kappa_bits=1", "kappa_bits=8")
 
 
-def ablate_args(seed: int, jobs: int, out: Path, overrides: list[str]) -> list[str]:
+def ablate_args(seed: int, jobs: int, out: Path, overrides: list[str], measure: list[str] | None = None) -> list[str]:
     return ["--study", "kl_budget", "--preset", "demo", "--seeds", str(seed), "--jobs", str(jobs),
-            "--out", str(out), "--only", *DEMO_POINTS, *(["--set", *overrides] if overrides else [])]
+            "--out", str(out), "--only", *DEMO_POINTS, *(["--set", *overrides] if overrides else []),
+            *(["--measure", *measure] if measure is not None else [])]
 
 
 def _runs(out: Path, seed: int, overrides: list[str]) -> list[ablate.PlannedRun]:
@@ -145,7 +146,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="committed runs to compare with (default: results/demo/)")
     p.add_argument("--overwrite", action="store_true", help="delete the demo's runs and train them again")
     p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="config overrides for every run (the tests shrink the model with them)")
+                   help="config overrides for every run (the tests shrink the model with them; "
+                        "temperature=, top_k=, top_p= set the sampling of the runs' own generations)")
+    p.add_argument("--measure", nargs="*", default=None, metavar="PROTOCOL",
+                   help="also re-measure the runs under these sampling protocols (ablate --measure; default "
+                        "t1 paper) and write kl_budget/agreement.md")
     args = p.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -161,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         except RunError as e:
             print(f"error: {e}", file=sys.stderr)
             return 3
-    rc = ablate.main(ablate_args(args.seed, args.jobs, args.out, args.overrides))
+    rc = ablate.main(ablate_args(args.seed, args.jobs, args.out, args.overrides, args.measure))
     if rc:
         return rc
     print("\n" + "=" * 78)
@@ -178,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     study = StudyDir(args.out / "kl_budget")
     print(f"Runs:    {study.path}/<run>/")
     print(f"Figures: {study.figure()}, {study.figure4(args.seed)} (and .txt: the paper's Figure 4 at this scale)")
+    if args.measure is not None and study.agreement_md.exists():
+        print(f"Agreement under the sampling protocols: {study.agreement_md}")
     return 0
 
 

@@ -19,13 +19,15 @@ from scipy import stats
 from scipy.stats import binomtest
 
 from ftstudy.tasks import synthetic
+from ftstudy.io import atomic_write_text
+from ftstudy.tasks.agreement import GroupTable, format_groups, tolerance_name
 from ftstudy.tasks.synthetic import NO_LATENT_FLOOR
 from ftstudy.core.latent import codes_from_bits, kl_per_bit, uniform_bits
 from ftstudy.core.model import FreeTransformer, generate
 
 __all__ = ["synthetic_prompts", "generate_synthetic", "valid_rate", "GroupDesign", "GroupSamples",
            "generate_groups", "group_metrics", "posterior_metrics", "PROBE_LETTERS", "NO_LATENT_FLOOR",
-           "write_groups"]
+           "write_groups", "generate_posterior_groups", "recovery_metrics"]
 
 
 def synthetic_prompts(n: int, seed: int) -> list[str]:
@@ -130,6 +132,91 @@ def generate_groups(model: FreeTransformer, design: GroupDesign, seed: int, batc
     return GroupSamples(strings, np.array(group), np.array(shared), [s[0] for s in prompts])
 
 
+@torch.no_grad()
+def generate_posterior_groups(model: FreeTransformer, sources: list[str], group_size: int, seed: int, *,
+                              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                              batch_size: int = 256) -> tuple[GroupSamples, np.ndarray]:
+    """Groups that share the encoder's Z of one held-out sequence: separates "the encoder does
+    not carry the block position" from "the uniform prior gives codes the decoder never saw".
+
+    For each source S (a valid task sequence), one Z is drawn from Q(Z | S) at every fed
+    position (the model's ``forward`` with ``z="posterior-leaky"`` on S's 65 input tokens,
+    one seeded generator), and ``group_size`` sequences are generated from S's prompt with
+    that bit pattern at every position (``generate_synthetic``, as ``generate_groups`` does
+    with a prior draw).  Returns the samples (group j = source j, every group shared) and the
+    sources' block positions (``synthetic.check_many``).
+    """
+    cfg = model.cfg
+    if not cfg.is_free:
+        raise ValueError("posterior groups need a Free model (latent_bits > 0): a baseline has no encoder Z to share")
+    if group_size < 1:
+        raise ValueError(f"group_size = {group_size} must be >= 1")
+    if batch_size < 1:
+        raise ValueError(f"batch_size = {batch_size} must be >= 1")
+    src_valid, src_pos = synthetic.check_many(sources)
+    if not src_valid.all():
+        bad = int(np.flatnonzero(~src_valid)[0])
+        raise ValueError(f"sources[{bad}] = {sources[bad]!r} is not a valid {synthetic.SEQ_LEN}-character task "
+                         f"sequence (synthetic.check)")
+    dev = model.tok_emb.weight.device
+    tok = synthetic.CharTokenizer()
+    g = torch.Generator(device=dev).manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    z = []
+    for i in range(0, len(sources), batch_size):
+        idx = synthetic.make_batch(sources[i:i + batch_size], tok)["idx"].to(dev)  # (b, 65): the fed tokens
+        out = model(idx, z="posterior-leaky", generator=g)  # Z drawn from the encoder, Q(Z | S)
+        assert out.bits is not None
+        z.append(out.bits)
+    model.train(was_training)
+    n, h = len(sources), cfg.latent_bits
+    bits = torch.cat(z) if z else torch.zeros(0, synthetic.SEQ_LEN - 1, h, dtype=torch.bool, device=dev)
+    member_bits = bits[:, None].expand(n, group_size, *bits.shape[1:]).reshape(n * group_size, *bits.shape[1:])
+    prompts = [s[:synthetic.PROMPT_LEN] for s in sources for _ in range(group_size)]
+    strings = generate_synthetic(model, prompts, seed=seed + 1, batch_size=batch_size, bits=member_bits,
+                                 temperature=temperature, top_k=top_k, top_p=top_p) if prompts else []
+    group = np.repeat(np.arange(n), group_size)
+    return GroupSamples(strings, group, np.ones(n * group_size, dtype=bool), [s[0] for s in prompts]), src_pos
+
+
+def recovery_metrics(samples: GroupSamples, source_positions: np.ndarray,
+                     tolerances: tuple[int, ...] = (0, 1, 2)) -> dict[str, float]:
+    """How often a group sharing a source's posterior Z puts the block where the source had it.
+
+    Per group (group id j = ``source_positions[j]``), the fraction of its valid members whose
+    block starts within ``tol`` of the source's position; ``recovery_exact`` /
+    ``recovery_within<tol>`` are the means over groups with at least one valid member.
+    ``recovery_chance_*``: the same rate if members' positions were drawn from the pooled
+    valid positions independently of the source, sum_x q(x) [|x - p_j| <= tol] with q the
+    pooled marginal, averaged over the same groups.  Also ``valid_rate`` (all members) and
+    ``recovery_groups`` (groups scored).
+    """
+    valid, pos = synthetic.check_many(samples.strings)
+    src = np.asarray(source_positions, dtype=np.int64)
+    out: dict[str, float] = {"valid_rate": float(valid.mean()) if len(valid) else float("nan")}
+    pool = pos[valid]
+    values, counts = np.unique(pool, return_counts=True)
+    q = counts / max(1, counts.sum())  # the pooled marginal of member positions
+    per: dict[int, list[float]] = {t: [] for t in tolerances}
+    chance: dict[int, list[float]] = {t: [] for t in tolerances}
+    for gid in np.unique(samples.group):
+        if not 0 <= gid < len(src) or src[gid] < 0:
+            raise ValueError(f"group {gid} has no valid source position (source_positions has {len(src)} entries)")
+        members = pos[(samples.group == gid) & valid]
+        if len(members) == 0:
+            continue
+        dist = np.abs(members - src[gid])
+        for t in tolerances:
+            per[t].append(float((dist <= t).mean()))
+            chance[t].append(float(q[np.abs(values - src[gid]) <= t].sum()))
+    for t in tolerances:
+        out[f"recovery_{tolerance_name(t)}"] = float(np.mean(per[t])) if per[t] else float("nan")
+        out[f"recovery_chance_{tolerance_name(t)}"] = float(np.mean(chance[t])) if chance[t] else float("nan")
+    out["recovery_groups"] = float(len(per[tolerances[0]])) if tolerances else 0.0
+    return out
+
+
 def _noise_sets(strings: list[str]) -> list[np.ndarray]:
     return [np.frombuffer(s[synthetic.PROMPT_LEN:].encode(), dtype=np.uint8) == ord("!") for s in strings]
 
@@ -216,12 +303,14 @@ def group_metrics(samples: GroupSamples, body_len: int = synthetic.BODY_LEN) -> 
 
 
 @torch.no_grad()
-def posterior_metrics(model: FreeTransformer, batches: list[dict[str, torch.Tensor]], seed: int) -> dict[str, float]:
+def posterior_metrics(model: FreeTransformer, batches: list[dict[str, torch.Tensor]],
+                      seed: int) -> dict[str, float | list[float]]:
     """How the encoder uses the latent on held-out sequences, and how far its Z is from the prior.
 
     KL per token and per bit (bits), bits carrying information, codes drawn and their
     entropy, and the aggregate per-bit marginals' KL to fair coins (the part of the
-    mismatch with the uniform prior that per-token free bits never pay for).
+    mismatch with the uniform prior that per-token free bits never pay for), and those
+    marginals themselves (``bit_marginals``: the H aggregate P(bit = 1)).
     """
     cfg = model.cfg
     if not cfg.is_free:
@@ -248,17 +337,13 @@ def posterior_metrics(model: FreeTransformer, batches: list[dict[str, torch.Tens
         "codes_drawn": int(code_counts.sum()),
         "aggregate_marginal_kl_bits": agg_kl,
         "max_bit_bias": float((p_bar - 0.5).abs().max()),
+        # The H aggregate per-bit P(bit = 1): each bit's marginal bias under the aggregate posterior.
+        "bit_marginals": [float(v) for v in p_bar],
     }
     out.update({f"kl_bit{h:02d}": float(v) for h, v in enumerate(per_bit)})
     return out
 
 
 def write_groups(samples: GroupSamples, path) -> None:
-    """The probe's generations as text: one line per sequence, ``group kind valid position``."""
-    from ftstudy.core.checkpoint import atomic_write_text
-
-    valid, pos = synthetic.check_many(samples.strings)
-    lines = ["# group  Z            valid  position  sequence"]
-    for s, gid, sh, ok, p in zip(samples.strings, samples.group, samples.shared, valid, pos):
-        lines.append(f"{gid:5d}  {'shared     ' if sh else 'independent'}  {int(ok):5d}  {int(p):8d}  {s}")
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    """The probe's generations as text (groups.txt, :func:`ftstudy.tasks.agreement.format_groups`)."""
+    atomic_write_text(path, format_groups(GroupTable.from_strings(samples.strings, samples.group, samples.shared)))

@@ -27,7 +27,7 @@ from ftstudy.tasks.synthetic import (_TRAIN_SEED_BIT, NO_LATENT_FLOOR, SEQ_LEN, 
 if TYPE_CHECKING:
     from ftstudy.core.model import FreeTransformer
 
-__all__ = ["SyntheticTask", "SyntheticDataModule", "SyntheticTrainStream", "SharedZProbe", "TASK"]
+__all__ = ["SyntheticTask", "SyntheticDataModule", "SyntheticTrainStream", "SharedZProbe", "TASK", "PROBE_SEED_OFFSET"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,6 +217,10 @@ class SyntheticDataModule(L.LightningDataModule):
 # --------------------------------------------------------------------------------------------
 
 
+#: The shared-Z probe's generations are seeded with the run's seed + this.
+PROBE_SEED_OFFSET = 17
+
+
 class SharedZProbe:
     """How much Z decides, from generations under the prior (see :mod:`ftstudy.tasks.probe`),
     at every validation; keeps its latest generations so the end of a run need not make them
@@ -226,12 +230,13 @@ class SharedZProbe:
     curve = ("valid_rate", "same_pos_independent", "same_pos_shared", "noise_overlap_independent",
              "noise_overlap_shared", "mi_position_bits", "mi_collision_bits")
 
-    def __init__(self, design: GroupDesign, seed: int) -> None:
+    def __init__(self, design: GroupDesign, seed: int, sampling: Mapping[str, Any] | None = None) -> None:
         self.design, self.seed = design, seed
+        self.sampling = dict(sampling or {})  # temperature, top_k, top_p (TaskConfig.sampling)
         self.last: GroupSamples | None = None  # generations of the latest call
 
     def generate(self, model: FreeTransformer) -> GroupSamples:
-        self.last = generate_groups(model, self.design, seed=self.seed)
+        self.last = generate_groups(model, self.design, seed=self.seed, **self.sampling)
         return self.last
 
     def __call__(self, model: FreeTransformer) -> dict[str, float]:
@@ -263,7 +268,7 @@ class SyntheticTask(BaseTask):
     def validation_probe(self, cfg: RunConfig) -> SharedZProbe | None:
         t = cfg.task
         design = GroupDesign(t.probe_independent, t.probe_groups, t.probe_group_size)
-        return SharedZProbe(design, seed=cfg.train.seed + 17) if design.total > 0 else None
+        return SharedZProbe(design, seed=cfg.train.seed + PROBE_SEED_OFFSET, sampling=t.sampling) if design.total > 0 else None
 
     def measure(self, run: FinishedRun) -> Measurements:
         cfg, model = run.cfg, run.model
@@ -277,7 +282,8 @@ class SyntheticTask(BaseTask):
         if cfg.task.n_generate > 0:
             prompts = synthetic_prompts(cfg.task.n_generate, seed=cfg.train.seed + 1)
             with autocast():
-                samples = generate_synthetic(model, prompts, seed=cfg.train.seed + 2, z_prompt="prior")
+                samples = generate_synthetic(model, prompts, seed=cfg.train.seed + 2, z_prompt="prior",
+                                             **cfg.task.sampling)
             out.generation = valid_rate(samples)
             atomic_write_text(RunDir(run.run_dir).samples_file, "\n".join(samples) + "\n")
         out.generation_time_s = time.perf_counter() - t0

@@ -1,0 +1,166 @@
+"""Re-measure a finished synthetic run under sampling protocols (``ablate --measure``).
+
+Committed runs keep no checkpoints (``ckpt/`` is git-ignored).  Training is deterministic,
+so a finished run whose ``ckpt/model.pt`` is gone is trained again from its own config
+into ``<run>/ckpt/retrain/``; the retrained run must reproduce the committed summary's
+validation figures, its probe and its valid rate (it is refused otherwise, and nothing is
+measured), and its model.pt becomes the run's.  A run with its model.pt is measured at once.
+
+Each protocol (:mod:`ftstudy.study.protocols`) gives ``<run>/measure/<protocol>.json`` and
+two generation files (:class:`ftstudy.io.RunDir`):
+
+- the run's probe made again under the protocol: the same prompts, the same Z draws and
+  the same seed as the run's own probe (so ``t1`` reproduces groups.txt), with the
+  agreement figures of :mod:`ftstudy.tasks.agreement`;
+- groups sharing the encoder's Z of one held-out sequence (posterior Z) instead of a
+  prior draw: how often they agree, and how often they put the block where the source
+  sequence had it (:func:`ftstudy.tasks.probe.recovery_metrics`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ftstudy.core.checkpoint import load_model
+from ftstudy.core.config import RunConfig
+from ftstudy.core.model import FreeTransformer
+from ftstudy.io import RunDir, RunError, atomic_write_text, clear_folder
+from ftstudy.run.train import saved_config, train
+from ftstudy.study.protocols import Protocol
+from ftstudy.tasks import agreement, synthetic
+from ftstudy.tasks.probe import (GroupDesign, generate_groups, generate_posterior_groups, group_metrics,
+                                 posterior_metrics, recovery_metrics)
+from ftstudy.tasks.synthetic_task import PROBE_SEED_OFFSET
+
+__all__ = ["load_or_retrain", "measure_run", "reproduces", "POSTERIOR_SOURCES"]
+
+#: Held-out sequences whose encoder Z the posterior groups share (each group: probe_group_size members).
+POSTERIOR_SOURCES = 32
+_POSTERIOR_SEED_OFFSET = 29
+_ENCODER_SEED_OFFSET = 23  # the seed of the run's own posterior figures (ftstudy.tasks.synthetic_task)
+
+
+def reproduces(retrained: dict[str, Any], committed: dict[str, Any], rel: float = 1e-6) -> list[str]:
+    """The figures where a retrained run's summary differs from the committed one ([] = same):
+    every number under ``val``, ``probe`` and ``generation`` but timings."""
+    diffs = []
+    for section in ("val", "probe", "generation"):
+        a, b = retrained.get(section) or {}, committed.get(section) or {}
+        for key in sorted(set(a) | set(b)):
+            if key.endswith("time_s"):
+                continue
+            x, y = a.get(key), b.get(key)
+            if isinstance(x, (int, float)) and isinstance(y, (int, float)):
+                if not (math.isclose(x, y, rel_tol=rel, abs_tol=1e-9) or (math.isnan(x) and math.isnan(y))):
+                    diffs.append(f"{section}.{key}: {y} committed, {x} retrained")
+            elif x != y:
+                diffs.append(f"{section}.{key}: {y!r} committed, {x!r} retrained")
+    return diffs
+
+
+def load_or_retrain(run_dir: Path, *, wait: bool = False) -> tuple[FreeTransformer, RunConfig, str]:
+    """A finished run's model: its ckpt/model.pt, or the run trained again (see the module
+    docstring).  Returns (model in eval mode, config, "checkpoint" or "retrained")."""
+    folder = RunDir(Path(run_dir))
+    committed = folder.summary()
+    if committed is None:
+        raise RunError(f"{folder.path} is not a finished run (no {folder.SUMMARY})")
+    how = "checkpoint"
+    if not folder.model_file.exists():
+        cfg = RunConfig.from_dict(saved_config(folder.path))
+        scratch = RunDir(folder.retrain_dir)
+        print(f"[measure] {folder.name}: no {folder.CKPT}/{folder.MODEL}; training it again into {scratch.path}",
+              flush=True)
+        retrained = train(cfg, scratch.path, wait=wait, progress=False,
+                          argv=[*(folder.record().get("argv") or [])], launcher="ftstudy.study.measure (retrain)")
+        diffs = reproduces(retrained, committed)
+        if diffs:
+            raise RunError(f"{folder.name}: the retrained run does not reproduce the committed summary "
+                           f"({len(diffs)} figures differ, e.g. {diffs[0]}); its model is left in {scratch.path} "
+                           f"and nothing is measured")
+        scratch.model_file.replace(folder.model_file)
+        clear_folder(scratch.path)  # made above by train(), a run folder of ours
+        scratch.path.rmdir()
+        how = "retrained"
+    model, cfg, _ = load_model(folder.model_file)
+    return model.eval(), cfg, how
+
+
+def _table(samples) -> agreement.GroupTable:
+    return agreement.GroupTable.from_strings(samples.strings, samples.group, samples.shared)
+
+
+@torch.no_grad()
+def measure_run(run_dir: Path, protocols: list[Protocol], *, overwrite: bool = False,
+                wait: bool = False) -> list[str]:
+    """Measure a finished run under each protocol not yet measured (all with ``overwrite``);
+    returns the protocols measured."""
+    folder = RunDir(Path(run_dir))
+    todo = [p for p in protocols if overwrite or folder.measurement(p.name) is None]
+    if not todo:
+        return []
+    model, cfg, how = load_or_retrain(folder.path, wait=wait)
+    t = cfg.task
+    design = GroupDesign(t.probe_independent, t.probe_groups, t.probe_group_size)
+    val_seed = cfg.train.seed + synthetic.VAL_SEED_OFFSET
+    sources = synthetic.sample(POSTERIOR_SOURCES, val_seed)  # the run's first held-out sequences
+    own = folder.groups_file.read_text() if folder.groups_file.exists() else None
+    encoder = None
+    if cfg.model.is_free:  # the aggregate posterior on the run's validation set (as the run's summary)
+        val = synthetic.sample(t.val_size, val_seed)
+        tok = synthetic.CharTokenizer()
+        batches = [synthetic.make_batch(val[i:i + cfg.train.batch_size], tok)
+                   for i in range(0, len(val), cfg.train.batch_size)]
+        encoder = posterior_metrics(model, batches, seed=cfg.train.seed + _ENCODER_SEED_OFFSET)
+    done = []
+    for p in todo:
+        t0 = time.perf_counter()
+        samples = generate_groups(model, design, seed=cfg.train.seed + PROBE_SEED_OFFSET, **p.sampling)
+        table = _table(samples)
+        text = agreement.format_groups(table)
+        figures: dict[str, Any] = {
+            "protocol": p.name, "sampling": p.sampling, "protocol_source": p.source,
+            "model": how, "probe_seed": cfg.train.seed + PROBE_SEED_OFFSET,
+            "probe": group_metrics(samples), "agreement": agreement.agreement_summary([table]),
+            # t1 makes the run's own probe again: the same generations, or the model is not the run's.
+            "same_as_run_groups": (text == own) if own is not None and p.sampling == t.sampling else None,
+        }
+        folder.measure_dir.mkdir(exist_ok=True)
+        atomic_write_text(folder.measure_file(p.name, "groups"), text)
+        if cfg.model.is_free:
+            post, src_pos = generate_posterior_groups(model, sources, t.probe_group_size,
+                                                      seed=cfg.train.seed + _POSTERIOR_SEED_OFFSET, **p.sampling)
+            post_table = _table(post)
+            figures["posterior"] = {"sources": len(sources), "source_seed": val_seed,
+                                    **recovery_metrics(post, src_pos),
+                                    "agreement": agreement.agreement_summary([post_table])}
+            atomic_write_text(folder.measure_file(p.name, "posterior"), agreement.format_groups(post_table))
+            # Not a generation: the same for every protocol (KL per bit, codes, per-bit marginals).
+            figures["encoder"] = encoder
+        figures["time_s"] = round(time.perf_counter() - t0, 2)
+        folder.write_measurement(p.name, _finite(figures))
+        a = figures["agreement"]
+        print(f"[measure] {folder.name} {p.name} (τ {p.temperature:g}): exact {a['exact_independent']:.3f} -> "
+              f"{a['exact_shared']:.3f}, ±2 {a['within2_independent']:.3f} -> {a['within2_shared']:.3f}"
+              + (f"; posterior Z: exact {figures['posterior']['agreement']['exact_shared']:.3f}, recovered "
+                 f"{figures['posterior']['recovery_exact']:.3f}" if "posterior" in figures else ""), flush=True)
+        done.append(p.name)
+    return done
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN: undefined figures become null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return _finite(obj.item())
+    return obj

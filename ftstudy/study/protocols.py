@@ -1,0 +1,260 @@
+"""Sampling protocols: the token-sampling settings a generation is measured under, by name,
+and the calibration that gives the paper's protocol its temperature.
+
+- ``t1``: temperature 1, no top-k or top-p cut: the model's own distribution (the default
+  of every run).
+- ``paper``: the protocol of the paper's Figure 4.  The paper does not state its sampling
+  temperature or truncation; its κ = 1/64 panel (Z unused) cannot come from temperature-1
+  sampling of a model that fits the task (7 ``!`` in 960 characters where the data has
+  1 in 16; every block at position 32 or later).  ``python -m ftstudy.calibrate`` finds the
+  temperature under which our baseline and κ = 1/64 models reproduce that panel's noise
+  rate and late-position skew (maximum likelihood of the panel's counts over a grid of
+  temperatures) and records it in ``results/ablate/calibration/calibration.json``, which
+  this protocol reads.
+- any other setting as ``temperature=0.7,top_p=0.9`` (named ``t0.7-p0.9``).
+
+This module is the one owner of the calibration file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ftstudy.core.config import check_sampling
+from ftstudy.io import REPO_ROOT, RunDir, atomic_write_text
+from ftstudy.results.report import T1, T1_SAMPLING
+
+__all__ = ["Protocol", "protocol", "CALIBRATION", "DEFAULT_PROTOCOLS", "calibrate", "calibrate_models",
+           "read_calibration", "calibration_markdown", "main"]
+
+CALIBRATION = REPO_ROOT / "results" / "ablate" / "calibration" / "calibration.json"
+#: What ``ablate --measure`` measures when given no names: the default and the paper's protocol.
+DEFAULT_PROTOCOLS = ("t1", "paper")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A named token-sampling setting (every generation of a measurement uses it)."""
+
+    name: str
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    source: str = ""  # where its values come from (the calibration file for "paper")
+
+    def __post_init__(self) -> None:
+        check_sampling(self.temperature, self.top_k, self.top_p)
+
+    @property
+    def sampling(self) -> dict[str, Any]:
+        """temperature, top_k, top_p: the keyword arguments of the generators, as recorded."""
+        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def _parse(spec: str) -> Protocol:
+    values: dict[str, Any] = {}
+    for item in spec.split(","):
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or key not in ("temperature", "top_k", "top_p"):
+            raise ValueError(f"protocol {spec!r}: 't1', 'paper' or settings like 'temperature=0.7,top_p=0.9' "
+                             f"(keys temperature, top_k, top_p); got {item!r}")
+        try:
+            values[key] = int(raw) if key == "top_k" else float(raw)
+        except ValueError:
+            raise ValueError(f"protocol {spec!r}: {key} = {raw!r} is not a number") from None
+    t = values.get("temperature", 1.0)
+    name = f"t{_fmt(t)}" + (f"-p{_fmt(values['top_p'])}" if "top_p" in values else "") \
+        + (f"-k{values['top_k']}" if "top_k" in values else "")
+    return Protocol(name, t, values.get("top_k"), values.get("top_p"), source="command line")
+
+
+def protocol(spec: str, calibration: Path = CALIBRATION) -> Protocol:
+    """The protocol a name or a ``key=value,…`` setting stands for (ValueError otherwise;
+    ``paper`` before ``python -m ftstudy.calibrate`` has run says so)."""
+    if spec == T1:
+        return Protocol(T1, **T1_SAMPLING, source="default: the model's own distribution")
+    if spec == "paper":
+        if not Path(calibration).exists():
+            raise ValueError(f"protocol 'paper' needs its calibrated temperature: {calibration} is missing "
+                             f"(run python -m ftstudy.calibrate)")
+        cal = read_calibration(calibration)
+        return Protocol("paper", cal["temperature"], source=f"{_rel(Path(calibration))} (python -m ftstudy.calibrate)")
+    return _parse(spec)
+
+
+def _rel(p: Path) -> str:
+    try:
+        return str(p.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(p)
+
+
+def read_calibration(path: Path = CALIBRATION) -> dict[str, Any]:
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("temperature"), (int, float)):
+        raise ValueError(f"{path}: not a calibration file (no temperature)")
+    return data
+
+
+# ---------------------------------------------------------------- calibration
+
+def _binomial_loglik(k: int, n: int, p: float) -> float:
+    p = min(max(p, 1e-9), 1 - 1e-9)
+    return k * math.log(p) + (n - k) * math.log(1 - p)
+
+
+def calibrate(runs: list[Path], temperatures: list[float], *, n: int = 1024, seed: int = 0,
+              panel_kappa: float = 1 / 64) -> dict[str, Any]:
+    """The temperature under which the models of ``runs`` best reproduce the paper figure's
+    κ = ``panel_kappa`` panel: for each temperature, every model generates ``n`` sequences
+    under the prior (the probe's prompts) and gives a noise rate r (``!`` per body character)
+    and a distribution q of block positions (valid generations, smoothed by adding 1/2 to
+    each of the 57 counts); the panel (k ``!`` in m characters; blocks at p_1 … p_v) has
+    log-likelihood k·log r + (m−k)·log(1−r) + Σ_i log q(p_i) under them.  The position term
+    carries the panel's late-position skew (every block at 32 or later) and also its spread
+    within the late positions, which a late/early count alone would not.  The chosen
+    temperature maximises the sum over the models; the temperatures within 1.92 of that
+    maximum (a 95% likelihood-ratio set) are recorded as its interval."""
+    from ftstudy.study.measure import load_or_retrain  # torch, on use
+
+    models = []
+    for run in runs:
+        model, _, how = load_or_retrain(run)
+        models.append((run, model, how))
+    return calibrate_models(models, temperatures, n=n, seed=seed, panel_kappa=panel_kappa)
+
+
+def calibrate_models(models: list[tuple[Path, Any, str]], temperatures: list[float], *, n: int = 1024,
+                     seed: int = 0, panel_kappa: float = 1 / 64) -> dict[str, Any]:
+    """:func:`calibrate` on loaded models: (run folder, model, "checkpoint" or "retrained") each."""
+    import numpy as np
+
+    from ftstudy.tasks import agreement, figure4, probe, synthetic
+
+    panel = next((p for p in figure4.read_figure4() if math.isclose(p.kappa_bits, panel_kappa)), None)
+    if panel is None:
+        raise ValueError(f"the paper figure has no panel at kappa_bits = {panel_kappa}")
+    stats = figure4.panel_stats(panel)
+    bodies = [s[synthetic.PROMPT_LEN:] for g in panel.groups for s in g]
+    k_noise, m_chars = sum(b.count("!") for b in bodies), sum(len(b) for b in bodies)
+    _, positions = synthetic.check_many([s for g in panel.groups for s in g])
+    valid_pos = positions[positions >= 0]
+    l_late, v_valid = int((valid_pos >= figure4.LATE_POSITION).sum()), len(valid_pos)
+    prompts = [f"{probe.PROBE_LETTERS[i % len(probe.PROBE_LETTERS)]}>" for i in range(n)]
+    curve = []
+    for t in temperatures:
+        row: dict[str, Any] = {"temperature": t, "loglik": 0.0, "models": {}}
+        for run, model, _ in models:
+            strings = probe.generate_synthetic(model, prompts, seed=seed, temperature=t)
+            valid, pos = synthetic.check_many(strings)
+            noise = sum(s[synthetic.PROMPT_LEN:].count("!") for s in strings) / (n * synthetic.BODY_LEN)
+            late = float((pos[valid] >= figure4.LATE_POSITION).mean()) if valid.any() else float("nan")
+            counts = np.bincount(pos[valid], minlength=agreement.N_POSITIONS) + 0.5
+            q = counts / counts.sum()
+            # No valid generation: no position distribution, and this temperature cannot be chosen.
+            ll_pos = float(np.log(q[valid_pos]).sum()) if valid.any() else -math.inf
+            ll = _binomial_loglik(k_noise, m_chars, noise) + ll_pos
+            row["models"][run.name] = {"noise_per_char": noise, "late_fraction": late,
+                                       "valid_rate": float(valid.mean()), "loglik": ll, "loglik_positions": ll_pos,
+                                       "position_counts": np.bincount(pos[valid], minlength=agreement.N_POSITIONS)
+                                       .tolist()}
+            row["loglik"] += ll
+        curve.append(row)
+        print(f"[calibrate] τ = {t:.3f}: " + ", ".join(
+            f"{name}: noise {m['noise_per_char']:.4f}, late {m['late_fraction']:.3f}, valid {m['valid_rate']:.3f}"
+            for name, m in row["models"].items()) + f"; log-lik {row['loglik']:.2f}", flush=True)
+    if not any(math.isfinite(r["loglik"]) for r in curve):
+        raise ValueError("no temperature of the grid gave a valid generation: these models do not do the task")
+    best = max(curve, key=lambda r: r["loglik"])
+    inside = [r["temperature"] for r in curve if best["loglik"] - r["loglik"] <= 1.92]
+    return {
+        "temperature": best["temperature"],
+        "temperature_interval": [min(inside), max(inside)],
+        "criterion": "maximum likelihood of the paper panel's noise count and block positions; interval: "
+                     "temperatures within 1.92 log-likelihood of the maximum (95% likelihood-ratio set)",
+        "panel": {"kappa_bits": panel_kappa, "noise": k_noise, "chars": m_chars, "late": l_late, "valid": v_valid,
+                  "positions": sorted(int(p) for p in valid_pos),
+                  "noise_per_char": stats["noise_per_char"], "late_fraction": stats["late_fraction"],
+                  "late_position": figure4.LATE_POSITION},
+        "runs": {run.name: {"path": _rel(run), "model": how} for run, _, how in models},
+        "sequences_per_model": n,
+        "seed": seed,
+        "top_k": None,
+        "top_p": None,
+        "curve": curve,
+    }
+
+
+def calibration_markdown(cal: dict[str, Any]) -> str:
+    p = cal["panel"]
+    names = list(cal["runs"])
+    head = ["τ", *[f"{n}: noise / late / valid" for n in names], "log-lik"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in cal["curve"]:
+        mark = " **←**" if r["temperature"] == cal["temperature"] else ""
+        cells = [f"{r['temperature']:.3g}"] + [
+            f"{r['models'][n]['noise_per_char']:.4f} / {r['models'][n]['late_fraction']:.3f} / "
+            f"{r['models'][n]['valid_rate']:.3f}" for n in names] + [f"{r['loglik']:.1f}{mark}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lo, hi = cal["temperature_interval"]
+    return (f"# Calibration of the paper protocol's temperature\n\n"
+            f"Generated by `{cal['command']}`; do not edit.\n\n"
+            f"The paper's Figure 4, κ = {p['kappa_bits']:g} panel: {p['noise']} `!` in {p['chars']} body characters "
+            f"(noise {p['noise_per_char']:.4f} per character; the task's data has 0.0625), {p['late']} of "
+            f"{p['valid']} blocks at position ≥ {p['late_position']} (positions {', '.join(map(str, p['positions']))})."
+            f"\n\n"
+            f"**Chosen: τ = {cal['temperature']:.3g}** (no top-k or top-p cut); temperatures within the 95% "
+            f"likelihood-ratio set: {lo:.3g} – {hi:.3g}.  Criterion: {cal['criterion']}.  Each model generated "
+            f"{cal['sequences_per_model']} sequences per temperature under the prior.\n\n" + "\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    default_runs = [REPO_ROOT / "results" / "ablate" / "kl_budget" / n
+                    for n in ("synthetic-quick-base-s0", "synthetic-quick-free-k0.015625-s0")]
+    p = argparse.ArgumentParser(prog="python -m ftstudy.calibrate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=Path, nargs="+", default=default_runs,
+                   help="finished runs whose models are calibrated (default: the quick baseline and κ = 1/64, "
+                        "seed 0); a run without its ckpt/model.pt is trained again (deterministic)")
+    p.add_argument("--temperatures", type=float, nargs="+",
+                   default=[round(0.3 + 0.05 * i, 2) for i in range(15)], help="the grid (default 0.30 … 1.00)")
+    p.add_argument("-n", type=int, default=1024, help="sequences per model and temperature")
+    p.add_argument("--out", type=Path, default=CALIBRATION, help=f"(default {_rel(CALIBRATION)})")
+    args = p.parse_args(argv)
+    try:
+        for t in args.temperatures:
+            check_sampling(t, None, None)
+        if args.n < 1:
+            raise ValueError(f"-n {args.n}: at least 1")
+        missing = [str(r) for r in args.runs if RunDir(r).status() != "finished"]
+        if missing:
+            raise ValueError(f"not finished runs: {', '.join(missing)}")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    cal = calibrate(list(args.runs), sorted(args.temperatures), n=args.n)
+    cal["command"] = "python -m ftstudy.calibrate" + ("" if argv is None else "") + "".join(
+        f" {a}" for a in (sys.argv[1:] if argv is None else argv))
+    cal["time_s"] = round(time.perf_counter() - t0, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, json.dumps(cal, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    atomic_write_text(args.out.with_suffix(".md"), calibration_markdown(cal))
+    print(f"[calibrate] τ = {cal['temperature']:.3g} (95% set {cal['temperature_interval']}) -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Sampling protocols, calibration and ``ablate --measure``: a finished run re-measured from its
+checkpoint or by training it again, the agreement tables, and τ reaching the sampler."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ftstudy.core.checkpoint import load_model
+from ftstudy.io import RunDir, StudyDir
+from ftstudy.study import protocols
+from ftstudy.study.ablate import main
+from ftstudy.study.measure import reproduces
+from ftstudy.tasks import agreement, synthetic
+from ftstudy.tasks.probe import generate_synthetic
+
+# The quick preset shrunk to seconds per run (as tests/test_ablate.py), with enough probe groups to pair.
+TINY = ["n_layers=2", "dim=16", "n_heads=2", "batch_size=8", "val_size=8", "n_generate=8", "probe_independent=3",
+        "probe_groups=2", "probe_group_size=3", "val_every=10", "ckpt_every=10", "log_every=5", "steps=20",
+        "warmup_steps=2", "precision=32-true"]
+
+
+def _args(out: Path, *extra: str) -> list[str]:
+    return ["--study", "kl_budget", "--preset", "quick", "--set", *TINY, "--seeds", "0", "--only", "kappa_bits=1/8",
+            "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("measure")
+    assert main(_args(out, "--measure", "t1", "temperature=0.5,top_p=0.9")) == 0
+    return out
+
+
+def _run(out: Path) -> RunDir:
+    (run,) = StudyDir(out / "kl_budget").runs(finished=True)
+    return run
+
+
+def test_protocol_names_and_errors(tmp_path: Path) -> None:
+    assert protocols.protocol("t1").sampling == {"temperature": 1.0, "top_k": None, "top_p": None}
+    p = protocols.protocol("temperature=0.5,top_p=0.9,top_k=3")
+    assert (p.name, p.temperature, p.top_p, p.top_k) == ("t0.5-p0.9-k3", 0.5, 0.9, 3)
+    for bad, words in (("tau=0.5", "keys temperature, top_k, top_p"), ("temperature=hot", "is not a number"),
+                       ("temperature=-1", "must be a finite number >= 0"), ("top_p=1.5", "must be in (0, 1]")):
+        with pytest.raises(ValueError, match=words.replace("(", r"\(").replace("]", r"\]")):
+            protocols.protocol(bad)
+    with pytest.raises(ValueError, match="run python -m ftstudy.calibrate"):
+        protocols.protocol("paper", calibration=tmp_path / "none.json")
+    cal = tmp_path / "cal.json"
+    cal.write_text(json.dumps({"temperature": 0.55}))
+    assert protocols.protocol("paper", calibration=cal).temperature == 0.55
+    cal.write_text(json.dumps({"tau": 0.55}))
+    with pytest.raises(ValueError, match="not a calibration file"):
+        protocols.protocol("paper", calibration=cal)
+
+
+def test_measure_writes_each_protocol_and_t1_reproduces_the_run(measured: Path) -> None:
+    run = _run(measured)
+    t1, sharp = run.measurement("t1"), run.measurement("t0.5-p0.9")
+    assert t1["same_as_run_groups"] is True  # the run's own probe, made again from the checkpoint
+    assert run.measure_file("t1", "groups").read_text() == run.groups_file.read_text()
+    assert sharp["sampling"] == {"temperature": 0.5, "top_k": None, "top_p": 0.9}
+    assert sharp["same_as_run_groups"] is None and t1["model"] == "checkpoint"
+    for m in (t1, sharp):
+        a = m["agreement"]
+        for key in ("exact_shared", "within2_shared", "exact_independent"):
+            if a[key] is not None:
+                assert 0 <= a[f"{key}_ci_low"] <= a[key] <= a[f"{key}_ci_high"] <= 1
+        post = m["posterior"]
+        assert post["sources"] == 32 and len(agreement.read_groups(run.measure_file(m["protocol"], "posterior"))) \
+            == 32 * 3
+    # The study's tables: one section per protocol, the paper figure's panels measured by the same code.
+    md = StudyDir(measured / "kl_budget").agreement_md.read_text()
+    assert "## Protocol `t1`: temperature 1" in md and "## Protocol `t0.5-p0.9`: temperature 0.5" in md
+    assert "| 0.125 | 1.000 |" in md  # the paper's κ = 1/8 panel: every sequence valid
+    rows = [r for r in StudyDir(measured / "kl_budget").summary()]
+    assert "measure.t1.agreement.exact_shared" in rows[0]
+
+
+def test_measure_retrains_a_run_without_its_checkpoint(measured: Path, tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(measured, out)
+    run = _run(out)
+    run.model_file.unlink()
+    before = run.measurement("t1")
+    assert main(_args(out, "--measure", "t1", "--overwrite-measure")) == 0
+    after = run.measurement("t1")
+    assert after["model"] == "retrained" and after["same_as_run_groups"] is True
+    assert after["agreement"] == before["agreement"]
+    assert run.model_file.exists() and not run.retrain_dir.exists()
+    # A retrained run that does not reproduce the committed summary is refused, and nothing is
+    # measured (a finished retrain in place, so that nothing trains again here).
+    shutil.copytree(run.path, run.retrain_dir, ignore=shutil.ignore_patterns("ckpt", "measure"))
+    shutil.copytree(run.ckpt_dir, run.retrain_dir / RunDir.CKPT, ignore=shutil.ignore_patterns("retrain"))
+    run.model_file.unlink()
+    s = run.summary()
+    s["val"]["ce_prior"] += 0.5
+    RunDir(run.retrain_dir).write_summary(s)
+    assert main(_args(out, "--measure", "t1", "--overwrite-measure")) == 3
+    assert run.measurement("t1") == after and run.retrain_dir.exists() and not run.model_file.exists()
+
+
+def test_reproduces_names_the_differences() -> None:
+    a = {"val": {"ce": 1.0}, "probe": {"x": 0.5}, "generation": {"valid": 3, "time_s": 1.0}}
+    assert reproduces(a, json.loads(json.dumps(a))) == []
+    b = {"val": {"ce": 1.1}, "probe": {"x": 0.5}, "generation": {"valid": 3, "time_s": 9.0}}
+    assert reproduces(a, b) == ["val.ce: 1.1 committed, 1.0 retrained"]
+
+
+def _fixed_model(probs: dict[str, float]):
+    """A decoder whose next-token distribution is ``probs`` at every position (the rest of
+    the mass spread evenly): every block adds nothing, the embeddings are equal, and the
+    readout's row of token i sums to log p_i."""
+    import torch
+
+    from ftstudy.core.config import ModelConfig
+    from ftstudy.core.model import FreeTransformer
+
+    model = FreeTransformer(ModelConfig(n_layers=1, dim=8, n_heads=2, max_seq_len=66))
+    rest = (1 - sum(probs.values())) / (len(synthetic.VOCAB) - len(probs))
+    logp = torch.tensor([math.log(probs.get(ch, rest)) for ch in synthetic.VOCAB])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.tok_emb.weight.fill_(1.0)
+        model.norm.weight.fill_(1.0)
+        model.lm_head.weight.copy_(logp[:, None].expand(-1, 8) / 8)
+    return model.eval(), logp
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6, 0.3])
+def test_temperature_reaches_the_sampler(temperature: float) -> None:
+    """On a fixed model, the `!` rate of generate_synthetic is softmax(log p / τ)[!]: it falls with τ."""
+    model, logp = _fixed_model({"_": 0.8, "!": 0.06})
+    strings = generate_synthetic(model, ["A>"] * 200, seed=0, temperature=temperature)
+    n = len(strings) * synthetic.BODY_LEN
+    rate = sum(s[synthetic.PROMPT_LEN:].count("!") for s in strings) / n
+    want = float((logp / temperature).softmax(0)[synthetic.VOCAB.index("!")])
+    assert abs(rate - want) < 4 * math.sqrt(want * (1 - want) / n) + 1e-4, (rate, want)
+
+
+def test_run_records_its_sampling(tmp_path: Path) -> None:
+    out = tmp_path / "sharp"
+    assert main([*_args(out)[:5], *TINY, "temperature=0.7", *_args(out)[5 + len(TINY):]]) == 0
+    run = _run(out)
+    s = run.summary()
+    assert s["sampling"] == {"temperature": 0.7, "top_k": None, "top_p": None}
+    assert s["generation"]["temperature"] == 0.7 and "temperature0.7" in run.name
+
+
+def test_calibration_picks_the_likelihood_maximum(monkeypatch, tmp_path: Path) -> None:
+    """A stand-in generator whose noise rate and block positions are known per temperature:
+    the chosen τ is the one that fits the paper's κ = 1/64 panel (7 `!` in 960, every block at
+    32 or later)."""
+    from ftstudy.tasks import probe
+
+    def fake(model, prompts, seed, *, temperature=1.0, **kw):
+        out = []
+        for i in range(len(prompts)):
+            # `!` per body: 4 of 64 at τ = 1; below, one in every other body (1/128, near the panel's 7/960)
+            noisy = 4 if temperature == 1.0 else i % 2
+            where = 32 + i % 25 if temperature == 0.6 else 10  # τ = 0.6: blocks spread over 32 … 56
+            body = ["_"] * synthetic.BODY_LEN
+            body[where:where + synthetic.BLOCK_LEN] = ["A"] * synthetic.BLOCK_LEN
+            for j in range(noisy):
+                body[j] = "!"
+            out.append("A>" + "".join(body))
+        return out
+
+    monkeypatch.setattr(probe, "generate_synthetic", fake)
+    cal = protocols.calibrate_models([(tmp_path / "run", None, "checkpoint")], [0.5, 0.6, 1.0], n=50)
+    assert cal["temperature"] == 0.6 and cal["temperature_interval"] == [0.6, 0.6]
+    lls = {r["temperature"]: r["loglik"] for r in cal["curve"]}
+    assert lls[0.6] == max(lls.values())
+    assert cal["panel"]["noise"] == 7 and cal["panel"]["chars"] == 960 and cal["panel"]["late"] == 15
+    assert np.isclose(cal["panel"]["noise_per_char"], 7 / 960)
+    assert cal["curve"][0]["models"]["run"]["late_fraction"] == 0.0
+    md = protocols.calibration_markdown({**cal, "command": "python -m ftstudy.calibrate"})
+    assert "**Chosen: τ = 0.6**" in md
+
+
+def test_t1_table_counts_runs_by_their_own_probe(tmp_path: Path) -> None:
+    """Under t1 a run not re-measured counts with its groups.txt (its probe was made at τ = 1);
+    under another protocol it does not count; a run whose own probe was sharper never stands in for t1."""
+    from ftstudy.io import CsvTable
+    from ftstudy.results.report import protocol_points
+    from ftstudy.study.studies import STUDIES
+
+    study = StudyDir(tmp_path / "kl_budget")
+    body = ["_"] * synthetic.BODY_LEN
+    body[40:48] = ["A"] * 8
+    seq = "A>" + "".join(body)
+    table = agreement.GroupTable.from_strings([seq] * 6, [0, 0, 0, 1, 1, 1], [False] * 3 + [True] * 3)
+    rows = []
+    for seed, temperature in ((0, 1.0), (1, 1.0), (2, 0.6)):
+        run = study.run(f"r{seed}")
+        run.path.mkdir(parents=True)
+        run.write_config({"config": {"model": {"latent_bits": 8, "kappa_bits": 0.125},
+                                     "task": {"temperature": temperature}, "train": {"seed": seed}}})
+        run.groups_file.write_text(agreement.format_groups(table))
+        rows.append({"run": run.name, "variant": "free", "latent_bits": 8, "kappa_bits": 0.125})
+    study.run("r0").write_measurement("t1", {"sampling": {"temperature": 1.0, "top_k": None, "top_p": None}})
+    study.run("r0").measure_file("t1", "groups").write_text(agreement.format_groups(table))
+    CsvTable(study.summary_file, rows).write()
+    (t1,) = protocol_points(study.path, STUDIES["kl_budget"], "t1")
+    assert t1["seeds"] == 2 and t1["exact_shared"] == 1.0 and t1["sampling.temperature"] == 1.0
+    assert protocol_points(study.path, STUDIES["kl_budget"], "paper") == []
