@@ -65,9 +65,14 @@ def test_compare_writes_report_and_resumes(runs: dict[str, Path], tmp_path: Path
                                            monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--checkpoints", str(runs["base"]), str(runs["free"]), "--tasks", "ftstudy_arithmetic_2da",
             "ftstudy_humaneval_bpb", "--out", str(tmp_path / "cmp"), "--limit", "6", "--ppl-windows", "4",
-            "--ppl-k", "2", "--bootstrap", "199"]
+            "--ppl-k", "2", "--bootstrap", "199", "--gen-kwargs", "do_sample=false,temperature=0.0,max_gen_toks=32"]
     assert evaluate.main(argv) == 0
     report = json.loads((tmp_path / "cmp" / "report.json").read_text())
+    # --gen-kwargs reach lm-eval's task configs and the report.
+    assert report["checkpoints"][0]["settings"]["gen_kwargs"] == "do_sample=false,temperature=0.0,max_gen_toks=32"
+    entry = json.loads(next(p for p in (tmp_path / "cmp" / "lm_eval").glob("*.json")
+                            if not p.name.endswith(".samples.json")).read_text())["entry"]
+    assert entry["configs"]["ftstudy_arithmetic_2da"]["generation_kwargs"]["max_gen_toks"] == 32
     labels = [c["label"] for c in report["checkpoints"]]
     assert labels == ["baseline", "free k=2"]
     assert sorted((r["task"], r["metric"]) for r in report["table"]) == [
@@ -121,15 +126,3 @@ def test_generated_code_needs_the_opt_in(runs: dict[str, Path], tmp_path: Path,
     assert "task ftstudy_humaneval executes model-generated code; pass --confirm-run-unsafe-code" \
         in capsys.readouterr().err
 
-
-def test_gen_kwargs_reach_the_tasks_and_the_report(runs: dict[str, Path], tmp_path: Path) -> None:
-    out = tmp_path / "sampled"
-    argv = ["--checkpoints", str(runs["base"]), "--tasks", "ftstudy_arithmetic_2da", "--out", str(out),
-            "--limit", "3", "--no-perplexity", "--bootstrap", "99", "--gen-kwargs", "do_sample=true,temperature=0.5"]
-    assert evaluate.main(argv) == 0
-    report = json.loads((out / "report.json").read_text())
-    assert report["checkpoints"][0]["settings"]["gen_kwargs"] == "do_sample=true,temperature=0.5"
-    (entry,) = [json.loads(p.read_text())["entry"] for p in (out / "lm_eval").glob("*.json")
-                if not p.name.endswith(".samples.json")]
-    gen = entry["configs"]["ftstudy_arithmetic_2da"]["generation_kwargs"]
-    assert gen["do_sample"] is True and gen["temperature"] == 0.5
