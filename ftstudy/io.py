@@ -514,17 +514,19 @@ class StudyDir(_Folder):
     def write_summary(self, rows: list[dict[str, Any]]) -> Path:
         return CsvTable(self.summary_file, rows).write()
 
+    @staticmethod
+    def _write_table(csv_path: Path, md_path: Path, rows: list[dict[str, Any]], markdown: str) -> Path:
+        CsvTable(csv_path, rows).write()
+        atomic_write_text(md_path, markdown)
+        return md_path
+
     def write_aggregate(self, rows: list[dict[str, Any]], markdown: str) -> Path:
         """aggregate.csv and aggregate.md (returned)."""
-        CsvTable(self.aggregate_csv, rows).write()
-        atomic_write_text(self.aggregate_md, markdown)
-        return self.aggregate_md
+        return self._write_table(self.aggregate_csv, self.aggregate_md, rows, markdown)
 
     def write_agreement(self, rows: list[dict[str, Any]], markdown: str) -> Path:
         """agreement.csv and agreement.md (returned)."""
-        CsvTable(self.agreement_csv, rows).write()
-        atomic_write_text(self.agreement_md, markdown)
-        return self.agreement_md
+        return self._write_table(self.agreement_csv, self.agreement_md, rows, markdown)
 
     def protocols(self) -> list[str]:
         """The sampling protocols any of its runs was re-measured under (``measure/*.json``)."""

@@ -421,17 +421,17 @@ def _finish(cfg: RunConfig, lit: LitFreeTransformer, run_dir: Path, trainer: L.T
         "replicas": {"world_size": trainer.world_size, "weight_checksums": replicas,
                      "identical": None if replicas is None else len(set(replicas)) == 1},
     }
-    summary = _finite_or_none(summary)
+    summary = finite_or_none(summary)
     RunDir(run_dir).write_summary(summary)
     return summary
 
 
-def _finite_or_none(obj: Any) -> Any:
+def finite_or_none(obj: Any) -> Any:
     """JSON has no NaN: undefined figures (e.g. no valid pair in a group) become null."""
     if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
+        return {k: finite_or_none(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite_or_none(v) for v in obj]
+        return [finite_or_none(v) for v in obj]
     if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):

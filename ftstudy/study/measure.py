@@ -30,7 +30,7 @@ from ftstudy.core.checkpoint import load_model
 from ftstudy.core.config import RunConfig
 from ftstudy.core.model import FreeTransformer
 from ftstudy.io import RunDir, RunError, atomic_write_text, clear_folder
-from ftstudy.run.train import saved_config, train
+from ftstudy.run.train import finite_or_none, saved_config, train
 from ftstudy.study.protocols import Protocol
 from ftstudy.tasks import agreement, synthetic
 from ftstudy.tasks.probe import (GroupDesign, generate_groups, generate_posterior_groups, group_metrics,
@@ -143,7 +143,7 @@ def measure_run(run_dir: Path, protocols: list[Protocol], *, overwrite: bool = F
             # Not a generation: the same for every protocol (KL per bit, codes, per-bit marginals).
             figures["encoder"] = encoder
         figures["time_s"] = round(time.perf_counter() - t0, 2)
-        folder.write_measurement(p.name, _finite(figures))
+        folder.write_measurement(p.name, finite_or_none(figures))
         a = figures["agreement"]
         print(f"[measure] {folder.name} {p.name} (τ {p.temperature:g}): exact {a['exact_independent']:.3f} -> "
               f"{a['exact_shared']:.3f}, ±2 {a['within2_independent']:.3f} -> {a['within2_shared']:.3f}"
@@ -152,15 +152,3 @@ def measure_run(run_dir: Path, protocols: list[Protocol], *, overwrite: bool = F
         done.append(p.name)
     return done
 
-
-def _finite(obj: Any) -> Any:
-    """JSON has no NaN: undefined figures become null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
-        return _finite(obj.item())
-    return obj
