@@ -4,6 +4,8 @@
 #   make demo   run `python -m ftstudy.demo` in .venv
 #   make notebooks  execute notebooks/*.ipynb against results/ and save them with outputs (figures to results/figures/)
 #   make benchmark  issue 4's comparison: code-math corpus, baseline + Free κ ∈ {1/4,1/2,1,2}, lm-eval (hours on 2 cores)
+#   make gpu-check  the device check on a GPU machine with its own python3/torch (8 minutes; results/gpu/<gpu>/)
+#   make gpu-wheels download the wheels the device check brings to a machine without them (.wheels/)
 #   make lock   regenerate constraints.txt from a fresh venv
 #   make clean  remove .venv and build/test caches
 
@@ -29,7 +31,7 @@ RUN_ENV := PYTHONHASHSEED=0 HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 TOKENIZERS_PA
 # Parallel tests only when pytest-xdist is a declared requirement.
 XDIST := $(if $(shell grep -Eiq '^pytest[-_.]xdist[[:space:]]*==' requirements.txt && echo yes),-n 2,)
 
-.PHONY: venv test demo notebooks benchmark lock clean
+.PHONY: venv test demo notebooks benchmark lock clean gpu-check gpu-wheels
 
 # make benchmark: seeds, and the tasks compared (BENCH_SEEDS="0 1" for two seeds).
 BENCH_SEEDS ?= 0
@@ -68,6 +70,18 @@ demo: venv
 	@echo "==> $(RUN_ENV) $(VPY) -m ftstudy.demo $(DEMO_ARGS)"
 	@start=$$(date +%s); $(RUN_ENV) $(VPY) -m ftstudy.demo $(DEMO_ARGS); \
 	echo "==> demo wall time (after the venv step) $$(( $$(date +%s) - start )) s"
+
+# The device check runs on the GPU machine's own python3 (its torch and Lightning), not .venv:
+# what it lacks of the performance suite's peer comes from .wheels/ (make gpu-wheels, anywhere
+# with pip). GPU_CHECK_ARGS="--budget-min 8" etc.
+GPU_PYTHON ?= python3
+
+gpu-check:
+	PYTHONPATH=$(CURDIR) PYTHONUNBUFFERED=1 $(RUN_ENV) $(GPU_PYTHON) -m ftstudy.gpucheck \
+	  $(if $(wildcard .wheels/*.whl),--wheels .wheels) $(GPU_CHECK_ARGS)
+
+gpu-wheels: venv
+	$(VPY) -m ftstudy.gpucheck --download-wheels .wheels
 
 notebooks: venv
 	$(RUN_ENV) $(VPY) -m ftstudy.notebooks run --inplace

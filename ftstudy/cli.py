@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tasks": ("ftstudy.eval.suite.__main__", "the offline lm-eval task suite: path, list, check, sandbox"),
     "data": ("ftstudy.tasks.corpus", "prepare token shards from a corpus"),
     "perf": ("ftstudy.perf.suite", "benchmarks that print figures (suite, mapper, scale)"),
+    "gpu-check": ("ftstudy.perf.device_check", "the device check: one GPU, 8 minutes, results/gpu/<gpu name>/"),
     "notebooks": ("ftstudy.results.notebooks", "execute the notebooks against results/"),
     "claims": ("ftstudy.results.claims", "the README's claims table, from the result files"),
 }

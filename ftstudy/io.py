@@ -39,10 +39,19 @@ __all__ = ["REPO_ROOT", "atomic_write_text", "read_metrics", "LOCK_NAME", "Folde
 LOCK_NAME = ".ftstudy.lock"
 
 
+def _temp_name(name: str) -> str:
+    """The temporary file an atomic write of ``name`` goes through (renamed onto it)."""
+    return f".{name}.tmp{os.getpid()}"
+
+
+def _is_temp(name: str) -> bool:
+    return name.startswith(".") and name.rpartition(".tmp")[2].isdigit()
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write text so that readers see the old file or the new one, never half of one."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(_temp_name(path.name))
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()
@@ -350,8 +359,10 @@ class RunDir(_Folder):
     def status(self) -> str:
         """new, foreign, finished, interrupted or started (see the class)."""
         p = self.path
-        if not p.exists() or (p.is_dir() and all(q.name == LOCK_NAME for q in p.iterdir())):
-            return "new"  # a lock file alone is no start: its holder may not have written anything yet
+        if not p.exists() or (p.is_dir() and all(q.name == LOCK_NAME or _is_temp(q.name) for q in p.iterdir())):
+            # A lock file alone is no start: its holder may not have written anything yet (or
+            # only the temporary file of its first atomic write, config.json, not renamed yet).
+            return "new"
         if not self.is_ftstudy():
             return "foreign"
         if self.summary_file.exists():

@@ -3,6 +3,7 @@ a lock holder in another process for the one-writer-per-folder tests."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -10,6 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+
+# Under pytest-xdist (make test runs `-n 2` on two cores) each worker, and every process it
+# starts, computes on one thread: two workers of two threads each would oversubscribe the CPU.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from ftstudy.study.ablate import main, plan
 from ftstudy.study.studies import KAPPAS
@@ -262,3 +263,29 @@ def test_parallel_sweep_sigkill_takes_its_children_and_resumes(tmp_path: Path, c
         steps = [int(r["step"]) for r in csv.DictReader(open(run / "metrics.csv")) if r["split"] == "train"]
         assert steps == list(range(1, 41))  # resumed, not restarted, and no step twice
     assert "resuming" in "".join(p.read_text() for p in (study / "logs").iterdir())
+
+
+def test_device_cuda_plans_gpu_runs_and_prices_them_from_the_device_check(tmp_path: Path, capsys) -> None:
+    """--device cuda on a machine without one: the plan names GPU runs and prices them from
+    the committed device check; training refuses with the reason; --set must agree."""
+    from ftstudy.study.ablate import default_out, gpu_timings
+
+    runs = plan("kl_budget", "paper", [0], parse_set_args(["accelerator=gpu"]), tmp_path, only=["kappa_bits=1/8"])
+    assert runs[0].run_dir.name == "synthetic-paper-free-k0.125-acceleratorgpu-s0"
+    assert default_out("paper", "cuda").relative_to(REPO_ROOT).parts[:2] == ("results", "gpu")
+    assert default_out("paper", "cuda").parts[-2:] == ("ablate", "paper")
+    assert default_out("quick") == REPO_ROOT / "results" / "ablate"
+    checked = gpu_timings(tmp_path)
+    if checked is not None:  # results/gpu/<gpu>/ladder.json committed: the paper rung is priced
+        assert main(["--study", "kl_budget", "--preset", "paper", "--device", "cuda", "--only", "kappa_bits=1/8",
+                     "--seeds", "0", "1", "2", "--jobs", "3", "--out", str(tmp_path), "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        assert f"measured alone on {checked[0]}" in out and "3 runs" in out and "min of training left" in out
+    assert main(["--study", "kl_budget", "--preset", "quick", "--device", "cuda", "--only", "kappa_bits=1/8",
+                 "--set", "accelerator=cpu", "--out", str(tmp_path), "--dry-run"]) == 2
+    assert "--device cuda and --set accelerator=cpu disagree" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["--study", "kl_budget", "--preset", "quick", "--device", "cuda", "--only", "kappa_bits=1/8",
+                     "--set", *TINY, "steps=2", "--out", str(tmp_path)]) == 3
+        assert "sees no CUDA device here; allowed here: --device cpu" in capsys.readouterr().err
+        assert not list(tmp_path.glob("kl_budget/synthetic-*"))  # refused before any run folder

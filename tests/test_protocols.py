@@ -107,6 +107,25 @@ def test_measure_retrains_a_run_without_its_checkpoint(measured: Path, tmp_path:
     assert run.measurement("t1") == after and run.retrain_dir.exists() and not run.model_file.exists()
 
 
+def test_a_copied_twin_takes_its_sources_measurements(measured: Path, tmp_path: Path) -> None:
+    """ablate copies a run that another study already finished (COPIED_FROM, no checkpoint):
+    its measurements are the source's, copied rather than trained again."""
+    from ftstudy.study.measure import measure_run
+
+    src = _run(measured)
+    twin = RunDir(tmp_path / "latent_bits" / src.name)
+    twin.path.mkdir(parents=True)
+    (tmp_path / "kl_budget").symlink_to(measured / "kl_budget")
+    for p in src.path.iterdir():  # the run's files, without its ckpt/ and measure/ folders
+        if p.is_file():
+            (twin.path / p.name).write_bytes(p.read_bytes())
+    (twin.path / RunDir.COPIED_FROM).write_text(f"kl_budget/{src.name}\n")
+    assert measure_run(twin.path, [protocols.protocol("t1")]) == ["t1"]
+    assert twin.measurement("t1")["model"] == f"copied from kl_budget/{src.name}"
+    assert twin.measure_file("t1", "groups").read_text() == src.measure_file("t1", "groups").read_text()
+    assert not twin.model_file.exists()  # nothing was trained
+
+
 def test_reproduces_names_the_differences() -> None:
     a = {"val": {"ce": 1.0}, "probe": {"x": 0.5}, "generation": {"valid": 3, "time_s": 1.0}}
     assert reproduces(a, json.loads(json.dumps(a))) == []

@@ -30,6 +30,9 @@ def test_run_status_from_new_to_extendable_and_foreign(tmp_path: Path) -> None:
     run.path.mkdir()
     (run.path / LOCK_NAME).write_text("123\n")
     assert run.status() == "new"  # a lock alone is no start
+    (run.path / ".config.json.tmp4567").write_text("{")
+    assert run.status() == "new"  # nor its holder's first atomic write, not renamed yet (ablate --jobs 9 saw it)
+    (run.path / ".config.json.tmp4567").unlink()
     (run.path / "notes.txt").write_text("mine\n")
     assert run.status() == "foreign"
     with pytest.raises(RunError, match="not an ftstudy run folder"):

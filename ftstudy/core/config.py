@@ -442,6 +442,20 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "task": dict(val_size=2048, n_generate=1000),
         "train": dict(steps=3000, batch_size=64, warmup_steps=200, val_every=500, ckpt_every=250),
     },
+    # The GPU ladder (issue 16), after synthetic-paper: sizes a 2-core CPU cannot train in a
+    # session (`ablate --preset gpu-mid|gpu --device cuda`; `--dry-run --device cuda` prices
+    # them from the step times make gpu-check measured).  D 256, 8 layers, H 8 (H 16 is the
+    # latent_bits study's point): 5,000 steps, then 20,000 steps at batch 128.
+    "synthetic-gpu-mid": {
+        "model": dict(n_layers=8, dim=256, n_heads=8, latent_bits=8, max_seq_len=66),
+        "task": dict(val_size=2048, n_generate=1000),
+        "train": dict(steps=5000, batch_size=64, warmup_steps=300, val_every=1000, ckpt_every=500),
+    },
+    "synthetic-gpu": {
+        "model": dict(n_layers=8, dim=256, n_heads=8, latent_bits=8, max_seq_len=66),
+        "task": dict(val_size=2048, n_generate=1000),
+        "train": dict(steps=20000, batch_size=128, warmup_steps=500, val_every=2000, ckpt_every=1000),
+    },
     # Issue 4's benchmark models on the code-math corpus (python -m ftstudy.data prepare
     # --corpus code-math --out data/code-math), byte-level.  Sized for a 2-core AVX2 CPU in
     # fp32: D 128, 4 layers, 256-byte context, batch 32, 800 steps = 6.6M tokens per model.

@@ -21,8 +21,8 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import importlib.util
 import json
-import os
 import resource
 import statistics
 import sys
@@ -40,7 +40,7 @@ from ftstudy.core.config import ModelConfig
 from ftstudy.io import REPO_ROOT, atomic_write_text
 from ftstudy.results.report import targets_table  # the table the README's claims print too
 from ftstudy.core.latent import binary_mapper, binary_mapper_reference
-from ftstudy.run.lit import cpu_has_native_bf16
+from ftstudy.run.lit import cpu_has_native_bf16, machine_name
 from ftstudy.core.model import FreeTransformer, generate
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -453,15 +453,6 @@ def bench_loglikelihood(shape: Shape, latent_bits: int, device: torch.device, n_
             "requests_per_s": n_requests / t}
 
 
-def machine_name(device: torch.device) -> str:
-    """A file-name-safe label of the hardware: cpu-<cores>c-<isa> or cuda-<gpu name>."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = f"cpu-{os.cpu_count()}c-{torch.backends.cpu.get_cpu_capability()}"
-    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
-
-
 # Targets of issue 6, as (name, row selector, ratio function, threshold, direction).
 def evaluate_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each target's measured ratio, met or missed, and by how much (side by side in one run)."""
@@ -539,6 +530,9 @@ def run_suite(shapes: list[str], dtypes: list[str] | None, device: torch.device,
         rows.append(g)
         log(f"generate {first.name} {g['impl']}: cache {g['cache_tokens_per_s']:.0f} tok/s, recompute "
             f"{g['recompute_tokens_per_s']:.0f} tok/s: {g['speedup']:.1f}x")
+        if importlib.util.find_spec("lm_eval") is None:  # a GPU machine's own environment may lack it
+            log(f"lm-eval loglikelihood {first.name}: skipped, lm-eval is not installed")
+            continue
         ll = bench_loglikelihood(first, bits, device, n_requests=16 if tiny else 512, batch_size=8 if tiny else 32)
         rows.append(ll)
         log(f"lm-eval loglikelihood {first.name} {ll['impl']}: {ll['requests_per_s']:.1f} requests/s")

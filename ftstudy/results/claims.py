@@ -28,6 +28,7 @@ from ftstudy.results.report import targets_table
 BEGIN, END = "<!-- claims:begin -->", "<!-- claims:end -->"
 PERF_BEGIN, PERF_END = "<!-- perf:begin -->", "<!-- perf:end -->"
 PERF_DIR = "results/perf"
+GPU_DIR = "results/gpu"  # python -m ftstudy.gpucheck
 
 # The result files the claims cite, relative to the repository.
 QUICK = StudyDir("results/ablate/kl_budget").aggregate_csv.as_posix()
@@ -285,12 +286,14 @@ def claims_table(root: Path = REPO_ROOT) -> str:
 
 
 def perf_tables(root: Path = REPO_ROOT) -> str:
-    """The targets table of every committed ``python -m ftstudy.perf suite`` result, by machine."""
+    """The targets table of every committed ``python -m ftstudy.perf suite`` result, by machine:
+    ``results/perf/*.json``, then the device checks' ``results/gpu/<gpu>/perf.json``."""
     parts = []
-    for path in sorted((Path(root) / PERF_DIR).glob("*.json")):
+    root = Path(root)
+    for path in [*sorted((root / PERF_DIR).glob("*.json")), *sorted((root / GPU_DIR).glob("*/perf.json"))]:
         data = json.loads(path.read_text())
         if isinstance(data, dict) and "targets" in data:
-            parts.append(f"`{PERF_DIR}/{path.name}` ({data['machine']}, torch {data['torch']}, "
+            parts.append(f"`{path.relative_to(root).as_posix()}` ({data['machine']}, torch {data['torch']}, "
                          f"{data['threads']} threads):\n\n{targets_table(data)}")
     if not parts:
         raise ClaimError(f"no suite result in {PERF_DIR}/; make one with python -m ftstudy.perf suite")

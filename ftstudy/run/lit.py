@@ -22,6 +22,7 @@ synthetic task's shared-Z probe: valid rate, position agreement, mutual informat
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any
 
@@ -47,6 +48,17 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def machine_name(device: torch.device | str = "cpu") -> str:
+    """A file-name-safe label of the hardware: cpu-<cores>c-<isa> or the GPU's name
+    (``nvidia-h200``); ``cuda`` when torch sees no CUDA device (a plan made on a CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device) if torch.cuda.is_available() else "cuda"
+    else:
+        name = f"cpu-{os.cpu_count()}c-{torch.backends.cpu.get_cpu_capability()}"
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:

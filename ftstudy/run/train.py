@@ -274,6 +274,9 @@ def train(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, wait: bool 
     """
     run_dir = Path(run_dir)
     folder = RunDir(run_dir)
+    if cfg.train.accelerator in ("gpu", "cuda") and not torch.cuda.is_available() and folder.status() != "finished":
+        raise RunError(f"{run_dir.name}: accelerator={cfg.train.accelerator} (--device cuda), but torch "
+                       f"{torch.__version__} sees no CUDA device here; allowed here: --device cpu")
     if _launch_rank(cfg) != 0:
         # Rank 0 holds the lock and has already checked, cleared or created the directory
         # (it launches us, or starts with us and waits for us at the first collective).
@@ -301,6 +304,24 @@ def train(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, wait: bool 
         return _fit(cfg, run_dir, status, argv, progress, launcher, extra_callbacks)
 
 
+DEVICES = ("cpu", "cuda")
+
+
+def device_overrides(device: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` with ``--device`` applied: cuda is accelerator=gpu (one GPU; several runs of
+    ``ablate --jobs`` share it), cpu is accelerator=cpu; None leaves them as they are.  A
+    ``--set accelerator=…`` that says otherwise is a ConfigError."""
+    if device is None:
+        return overrides
+    if device not in DEVICES:
+        raise ConfigError(f"--device {device!r}: allowed: {', '.join(DEVICES)}")
+    accelerator = "gpu" if device == "cuda" else "cpu"
+    given = overrides.get("accelerator")
+    if given is not None and str(given) not in ((accelerator, "cuda") if device == "cuda" else (accelerator,)):
+        raise ConfigError(f"--device {device} and --set accelerator={given} disagree; give one of them")
+    return {**overrides, "accelerator": accelerator}
+
+
 def _resume_step(run_dir: Path, last: Path) -> int:
     """The step of the resumable checkpoint (loaded with weights_only=True), or a RunError
     that says how to recover from a file that cannot be read."""
@@ -318,7 +339,10 @@ def _fit(cfg: RunConfig, run_dir: Path, status: str, argv: list[str] | None, pro
     last = folder.last_ckpt
     run_dir.mkdir(parents=True, exist_ok=True)
     t = cfg.train
+    on_gpu = t.accelerator in ("gpu", "cuda")
     precision = resolve_precision(t.precision, t.accelerator)
+    if on_gpu:  # the same command gives the same numbers on the same GPU (cuBLAS needs this set first)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     L.seed_everything(t.seed, workers=True, verbose=False)
     lit = LitFreeTransformer(cfg)
     world = t.devices * t.num_nodes
@@ -336,6 +360,9 @@ def _fit(cfg: RunConfig, run_dir: Path, status: str, argv: list[str] | None, pro
         gradient_clip_val=t.grad_clip if t.grad_clip > 0 else None, num_sanity_val_steps=0,
         enable_model_summary=False, enable_progress_bar=progress and sys.stdout.isatty(), default_root_dir=str(run_dir),
         use_distributed_sampler=False, log_every_n_steps=t.log_every,
+        # Deterministic kernels where CUDA has them (a warning names any op without one);
+        # the CPU kernels are deterministic already.
+        deterministic="warn" if on_gpu else None,
     )
     ckpt_path = None
     if status == "interrupted":
@@ -449,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override any config field, e.g. kappa_bits=1/8 n_layers=8 precision=32-true")
     p.add_argument("--seed", type=int, default=None, help="shorthand for --set seed=N")
     p.add_argument("--baseline", action="store_true", help="shorthand for --set latent_bits=0")
+    p.add_argument("--device", default=None, choices=DEVICES,
+                   help="cuda: train on the GPU (shorthand for --set accelerator=gpu; bf16-mixed there, "
+                        "deterministic kernels); cpu: --set accelerator=cpu")
     p.add_argument("--out", type=Path, default=DEFAULT_RESULTS, help="parent folder of run directories")
     p.add_argument("--name", default=None, help="run directory name (default: deterministic from the config)")
     p.add_argument("--overwrite", action="store_true",
@@ -471,7 +501,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         overrides["seed"] = str(args.seed)
     if args.baseline:
         overrides["latent_bits"] = "0"
-    return get_preset(args.preset or DEFAULT_PRESET, overrides)
+    return get_preset(args.preset or DEFAULT_PRESET, device_overrides(args.device, overrides))
 
 
 def config_and_command(args: argparse.Namespace, argv: list[str] | None) -> tuple[RunConfig, list[str] | None]:
@@ -484,8 +514,8 @@ def config_and_command(args: argparse.Namespace, argv: list[str] | None) -> tupl
     """
     if args.config is None:
         return config_from_args(args), argv
-    if args.preset is not None or args.overrides or args.seed is not None or args.baseline:
-        raise ConfigError("--config FILE gives the whole config: drop --preset, --set, --seed and --baseline")
+    if args.preset is not None or args.overrides or args.seed is not None or args.baseline or args.device:
+        raise ConfigError("--config FILE gives the whole config: drop --preset, --set, --seed, --baseline and --device")
     try:
         saved, train_args = read_config_file(args.config)
         cfg = RunConfig.from_dict(saved)

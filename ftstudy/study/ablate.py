@@ -45,7 +45,9 @@ from tqdm import tqdm
 from ftstudy.core.config import LATENT_ONLY_FIELDS, ConfigError, RunConfig, config_value, get_preset, parse_set_args
 from ftstudy.io import RunDir, StudyDir, folder_lock, write_config_file
 from ftstudy.results.report import kl_collapsed, write_aggregate, write_agreement
-from ftstudy.run.train import REPO_ROOT, RunError, check_resumable, run_name, saved_config, train
+from ftstudy.run.lit import machine_name
+from ftstudy.run.train import (DEVICES, REPO_ROOT, RunError, check_resumable, device_overrides, run_name,
+                               saved_config, train)
 from ftstudy.study.protocols import DEFAULT_PROTOCOLS, Protocol, protocol
 from ftstudy.study.studies import STUDIES, Study
 
@@ -54,9 +56,19 @@ __all__ = ["STUDIES", "PRESETS", "Study", "PlannedRun", "plan", "rebuild_summary
 DEFAULT_OUT = REPO_ROOT / "results" / "ablate"
 # --preset → (config preset, default results folder)
 PRESETS = {"quick": "synthetic-quick", "paper": "synthetic-paper", "demo": "synthetic-demo",
-           "code-math": "code-math-small"}
+           "code-math": "code-math-small", "gpu-mid": "synthetic-gpu-mid", "gpu": "synthetic-gpu"}
 PRESET_OUT = {"quick": DEFAULT_OUT, "paper": DEFAULT_OUT / "paper", "demo": REPO_ROOT / "results" / "demo",
-              "code-math": REPO_ROOT / "results" / "benchmarks" / "code-math-small" / "runs"}
+              "code-math": REPO_ROOT / "results" / "benchmarks" / "code-math-small" / "runs",
+              "gpu-mid": DEFAULT_OUT / "gpu-mid", "gpu": DEFAULT_OUT / "gpu"}
+
+
+def default_out(preset: str, device: str = "cpu") -> Path:
+    """A preset's results folder: GPU runs go under results/gpu/<gpu name>/ (their numbers are
+    not the CPU's, so their tables never pool with CPU runs)."""
+    out = PRESET_OUT[preset]
+    if device == "cpu":
+        return out
+    return REPO_ROOT / "results" / "gpu" / machine_name(device) / out.relative_to(REPO_ROOT / "results")
 
 
 @dataclass
@@ -132,9 +144,12 @@ def plan(study: str, preset: str, seeds: list[int], overrides: dict[str, str], o
     return runs
 
 
-def _shape(cfg: dict[str, Any]) -> tuple:
+def run_shape(cfg: dict[str, Any]) -> tuple:
+    """What a run's step time depends on (a config dict): model and batch shape, accelerator
+    and precision."""
     m, t = cfg["model"], cfg["train"]
-    return m["n_layers"], m["dim"], m["latent_bits"], m["post_sampler"], t["batch_size"], m["max_seq_len"]
+    return (m["n_layers"], m["dim"], m["latent_bits"], m["post_sampler"], t["batch_size"], m["max_seq_len"],
+            t["accelerator"], t["precision"])
 
 
 def measured_step_times(out: Path) -> dict[tuple, float]:
@@ -147,18 +162,21 @@ def measured_step_times(out: Path) -> dict[tuple, float]:
         except (OSError, ValueError, RunError):
             continue
         if s.get("step") and s.get("train_time_s"):
-            times.setdefault(_shape(cfg), []).append(s["train_time_s"] / s["step"])
+            times.setdefault(run_shape(cfg), []).append(s["train_time_s"] / s["step"])
     return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
 
 
-def seconds_per_step(cfg: RunConfig, measured: dict[tuple, float]) -> float:
-    """A finished run of the same shape if there is one, else a rough model fitted on a
-    2-core CPU in fp32 (D 64/4 layers/batch 32/66 tokens: 0.095 s; D 128/batch 64: 0.34 s;
-    D 128/batch 32/256 tokens: about 1 s)."""
-    key = _shape(cfg.to_dict())
+def seconds_per_step(cfg: RunConfig, measured: dict[tuple, float]) -> float | None:
+    """A finished run of the same shape (and accelerator) if there is one, else on a CPU a
+    rough model fitted on a 2-core CPU in fp32 (D 64/4 layers/batch 32/66 tokens: 0.095 s;
+    D 128/batch 64: 0.34 s; D 128/batch 32/256 tokens: about 1 s); None on a GPU with no
+    measured run of that shape (``make gpu-check`` measures the GPU presets)."""
+    key = run_shape(cfg.to_dict())
     if key in measured:
         return measured[key]
     m, t = cfg.model, cfg.train
+    if t.accelerator != "cpu":
+        return None
     units = (t.batch_size / 32) * (m.dim / 64) * (m.n_layers / 4)  # 1 = the demo's shape
     units *= (m.max_seq_len / 66) ** 1.5  # longer windows: more tokens, and attention grows as T^2
     base = 0.095 * units ** 0.73  # fitted: bigger matmuls run closer to peak
@@ -167,6 +185,29 @@ def seconds_per_step(cfg: RunConfig, measured: dict[tuple, float]) -> float:
     # Encoder block + mapper bookkeeping (~+37% at the demo's shape), plus the mapper's
     # (tokens x D) @ (D x 2^H) backward product, which dominates at H = 16.
     return 1.37 * base + t.batch_size * 65 * m.dim * (1 << m.latent_bits) * 4.7e-11
+
+
+GPU_RESULTS = REPO_ROOT / "results" / "gpu"
+
+
+def gpu_timings(out: Path) -> tuple[str, dict[tuple, float], dict[int, float]] | None:
+    """What the device check measured on a GPU (``results/gpu/<gpu>/ladder.json`` and
+    ``concurrency.json``): the GPU's name, seconds per step alone by run shape, and the
+    throughput of N runs at once over one.  The GPU that ``out`` lies under if it has them,
+    else the first checked GPU; None if no GPU was checked."""
+    folders = [f for f in sorted(GPU_RESULTS.glob("*")) if (f / "ladder.json").exists()]
+    mine = [f for f in folders if f in out.resolve().parents or f == out.resolve()]
+    if not (mine or folders):
+        return None
+    folder = (mine or folders)[0]
+    try:
+        ladder = json.loads((folder / "ladder.json").read_text())
+        conc = json.loads((folder / "concurrency.json").read_text()) if (folder / "concurrency.json").exists() else {}
+    except (OSError, ValueError):
+        return None
+    alone = {tuple(r["shape"]): r["s_per_step"] for r in ladder.get("rows", []) if r.get("shape")}
+    scale = {int(r["jobs"]): float(r["throughput_vs_one"]) for r in conc.get("rows", [])}
+    return folder.name, alone, scale
 
 
 class _Progress(L.Callback):
@@ -286,10 +327,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", default=None, metavar="KEY=VALUE",
                    help="keep only the grid points that set one of these, e.g. kappa_bits=1/8 latent_bits=0")
     p.add_argument("--jobs", type=int, default=1,
-                   help="runs trained at once, one process each with cpu_count/jobs threads (default 1)")
+                   help="runs trained at once, one process each with cpu_count/jobs threads (default 1); with "
+                        "--device cuda they share the one GPU")
+    p.add_argument("--device", default="cpu", choices=DEVICES,
+                   help="where every run trains: cpu, or cuda (the GPU that CUDA_VISIBLE_DEVICES names first; "
+                        "shorthand for --set accelerator=gpu, which names the runs ...-acceleratorgpu-...); "
+                        "default folder results/gpu/<gpu name>/...")
     p.add_argument("--out", type=Path, default=None,
-                   help="results folder (default: results/ablate/ for quick, results/ablate/paper/ for paper, "
-                        "results/demo/ for demo)")
+                   help="results folder (default: results/ablate/ for quick, results/ablate/<preset>/ for paper, "
+                        "gpu-mid and gpu, results/demo/ for demo; under results/gpu/<gpu name>/ with --device cuda)")
     p.add_argument("--dry-run", action="store_true", help="print the grid and the estimated time, train nothing")
     p.add_argument("--wait", action="store_true",
                    help="if another sweep holds the results folder (or another process a run), wait for it "
@@ -421,9 +467,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         print(f"error: --jobs must be an integer >= 1, got {args.jobs}", file=sys.stderr)
         return 2
-    out = args.out if args.out is not None else PRESET_OUT[args.preset]
+    out = args.out if args.out is not None else default_out(args.preset, args.device)
     try:
-        overrides = parse_set_args(args.overrides)
+        overrides = device_overrides(None if args.device == "cpu" else args.device, parse_set_args(args.overrides))
         runs = plan(args.study, args.preset, args.seeds, overrides, out, only=args.only)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -509,11 +555,31 @@ def _print_plan(args: argparse.Namespace, runs: list[PlannedRun], out: Path) -> 
     """Print the grid, each run's status and the estimated time; the runs with their steps left."""
     left = [(r, r.steps_left()) for r in runs]
     measured = measured_step_times(out)
-    est = sum(n * seconds_per_step(r.config, measured) for r, n in left)
+    on_gpu = any(r.config.train.accelerator != "cpu" for r in runs)
+    how = "rough, 2-core CPU"
     speedup = min(args.jobs, os.cpu_count() or 1) * (0.9 if args.jobs > 1 else 1.0)
+    if on_gpu:
+        gpu = gpu_timings(out)
+        if gpu is not None:
+            name, alone, scale = gpu
+            measured = {**alone, **measured}
+            near = min(scale, key=lambda n: (abs(n - args.jobs), n)) if scale else None
+            speedup = scale[near] if near is not None else 1.0
+            how = (f"GPU step times measured alone on {name} by make gpu-check, times the throughput of "
+                   f"{near} runs at once there ({speedup:.2f}x one)" if near else f"GPU step times of {name}")
+        else:
+            how = "no GPU measured yet: make gpu-check on the GPU measures its step times"
+    per = [seconds_per_step(r.config, measured) for r, _ in left]
+    known = [n * p for (r, n), p in zip(left, per) if p is not None]
+    unknown = sum(1 for (r, n), p in zip(left, per) if p is None and n)
+    if unknown and not known:
+        est = f"training time unknown ({unknown} runs of a shape not measured on this device)"
+    else:
+        est = f"about {sum(known) / speedup / 60:.0f} min of training left" + (
+            f" for the runs of a measured shape ({unknown} runs of an unmeasured shape not priced)" if unknown else "")
     print(f"{args.study} × preset {args.preset} ({PRESETS[args.preset]}) × seeds {args.seeds}: {len(runs)} runs, "
-          f"{sum(1 for r in runs if r.status == 'finished')} finished; about {est / speedup / 60:.0f} min of "
-          f"training left with --jobs {args.jobs} (rough, 2-core CPU); results in {out}")
+          f"{sum(1 for r in runs if r.status == 'finished')} finished; {est} with --jobs {args.jobs} ({how}); "
+          f"results in {out}")
     for r, n in left:
         print(f"  {r.status:11s} {r.study}/{r.run_dir.name}  ({n} steps left)")
     return left

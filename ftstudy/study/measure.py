@@ -95,6 +95,24 @@ def _table(samples) -> agreement.GroupTable:
     return agreement.GroupTable.from_strings(samples.strings, samples.group, samples.shared)
 
 
+def _copy_from_twin(folder: RunDir, todo: list[Protocol]) -> bool:
+    """A run that ablate copied from an identical run of another study (COPIED_FROM) has that
+    run's model, so its measurements are that run's: copied when the twin has every protocol
+    of ``todo`` measured (the same files; the JSON says where they came from)."""
+    name = folder.copied_from()
+    twin = RunDir(folder.path.parent.parent / name) if name else None
+    if twin is None or any(twin.measurement(p.name) is None for p in todo):
+        return False
+    folder.measure_dir.mkdir(exist_ok=True)
+    for p in todo:
+        for kind in ("groups", "posterior"):
+            if twin.measure_file(p.name, kind).exists():
+                atomic_write_text(folder.measure_file(p.name, kind), twin.measure_file(p.name, kind).read_text())
+        folder.write_measurement(p.name, {**twin.measurement(p.name), "model": f"copied from {name}"})
+        print(f"[measure] {folder.name} {p.name}: copied from its twin {name}", flush=True)
+    return True
+
+
 @torch.no_grad()
 def measure_run(run_dir: Path, protocols: list[Protocol], *, overwrite: bool = False,
                 wait: bool = False) -> list[str]:
@@ -104,7 +122,11 @@ def measure_run(run_dir: Path, protocols: list[Protocol], *, overwrite: bool = F
     todo = [p for p in protocols if overwrite or folder.measurement(p.name) is None]
     if not todo:
         return []
+    if _copy_from_twin(folder, todo):
+        return [p.name for p in todo]
     model, cfg, how = load_or_retrain(folder.path, wait=wait)
+    if cfg.train.accelerator in ("gpu", "cuda") and torch.cuda.is_available():
+        model = model.cuda()  # a GPU run is measured where it trained (its generators are CUDA's)
     t = cfg.task
     design = GroupDesign(t.probe_independent, t.probe_groups, t.probe_group_size)
     val_seed = cfg.train.seed + synthetic.VAL_SEED_OFFSET
