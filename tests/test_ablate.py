@@ -225,7 +225,7 @@ def test_parallel_sweep_sigkill_takes_its_children_and_resumes(tmp_path: Path, c
     """--jobs 2: SIGKILL of the sweep process alone ends its training processes too (no orphan
     keeps writing a run that the rerun resumes), and the rerun finishes every run."""
     out = tmp_path / "ablate"
-    cmd = [*_sweep(out, "steps=40"), "--jobs", "2"]
+    cmd = [*_sweep(out, "steps=40", "val_every=20"), "--jobs", "2"]  # two probes per run, not twenty
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     study = out / "free_bits_scope"
     deadline = time.time() + 240
@@ -239,7 +239,7 @@ def test_parallel_sweep_sigkill_takes_its_children_and_resumes(tmp_path: Path, c
     from ftstudy.run.train import main as train_main
 
     assert main(cmd[3:]) == 3  # in this process, while the sweep process trains
-    r = plan("free_bits_scope", "quick", [0], parse_set_args([*TINY, "steps=40"]), out)[0]
+    r = plan("free_bits_scope", "quick", [0], parse_set_args([*TINY, "steps=40", "val_every=20"]), out)[0]
     child = (r.run_dir / LOCK_NAME).read_text().strip()
     assert train_main([*r.argv, "--out", str(r.run_dir.parent), "--name", r.run_dir.name, "--no-progress"]) == 3
     os.kill(proc.pid, signal.SIGKILL)  # the parent only, not its process group
@@ -268,13 +268,14 @@ def test_parallel_sweep_sigkill_takes_its_children_and_resumes(tmp_path: Path, c
 def test_device_cuda_plans_gpu_runs_and_prices_them_from_the_device_check(tmp_path: Path, capsys) -> None:
     """--device cuda on a machine without one: the plan names GPU runs and prices them from
     the committed device check; training refuses with the reason; --set must agree."""
-    from ftstudy.study.ablate import default_out, gpu_timings
+    from ftstudy.study.ablate import default_jobs, default_out, gpu_timings
 
     runs = plan("kl_budget", "paper", [0], parse_set_args(["accelerator=gpu"]), tmp_path, only=["kappa_bits=1/8"])
     assert runs[0].run_dir.name == "synthetic-paper-free-k0.125-acceleratorgpu-s0"
     assert default_out("paper", "cuda").relative_to(REPO_ROOT).parts[:2] == ("results", "gpu")
     assert default_out("paper", "cuda").parts[-2:] == ("ablate", "paper")
     assert default_out("quick") == REPO_ROOT / "results" / "ablate"
+    assert default_jobs("cpu") == 1 and 1 <= default_jobs("cuda") <= (os.cpu_count() or 1)
     checked = gpu_timings(tmp_path)
     if checked is not None:  # results/gpu/<gpu>/ladder.json committed: the paper rung is priced
         assert main(["--study", "kl_budget", "--preset", "paper", "--device", "cuda", "--only", "kappa_bits=1/8",

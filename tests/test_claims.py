@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ftstudy.results.claims import CLAIMS, PERF_DIR, QUICK, REPO_ROOT, ClaimError, claims_table, main, perf_tables
+from ftstudy.results.claims import (CLAIMS, GPU_DIR, PERF_DIR, QUICK, REPO_ROOT, ClaimError, claims_table, main,
+                                    perf_tables)
 
 
 def test_readme_quotes_the_results() -> None:
@@ -20,6 +21,9 @@ def _copy_results(root: Path) -> Path:
         (root / c.source).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO_ROOT / c.source, root / c.source)
     shutil.copytree(REPO_ROOT / PERF_DIR, root / PERF_DIR, dirs_exist_ok=True)
+    for suite in (REPO_ROOT / GPU_DIR).glob("*/perf.json"):  # the device checks' suites
+        (root / suite.relative_to(REPO_ROOT)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(suite, root / suite.relative_to(REPO_ROOT))
     return root
 
 

@@ -101,6 +101,10 @@ PAPER_AGREE = StudyDir("results/ablate/paper/kl_budget").agreement_csv.as_posix(
 QUICK_MEASURE_CMD = "`python -m ftstudy.ablate --study kl_budget --preset quick --seeds 0 1 2 3 4 --measure`"
 PAPER_MEASURE_CMD = ("`python -m ftstudy.ablate --study kl_budget --preset paper --seeds 0 1 2 --only kappa_bits=1/8 "
                      "--measure`")
+GPU_PAPER_AGREE = StudyDir("results/gpu/nvidia-h200/ablate/paper/kl_budget").agreement_csv.as_posix()
+GPU_PAPER_CMD = ("`python -m ftstudy.ablate --study kl_budget --preset paper --device cuda --seeds 0 1 2 --only "
+                 "kappa_bits=1/8 kappa_bits=1/64 latent_bits=0 --jobs 9 --out results/gpu/nvidia-h200/ablate/paper "
+                 "--measure t1 paper` (on one H200)")
 #: The verdict rule of the position claims (the README says it): under the paper's protocol,
 #: "holds" when the 95% interval of the ±2 agreement difference (shared − independent Z) is
 #: above 0 and its estimate reaches half of the paper figure's own difference at that κ;
@@ -263,6 +267,8 @@ CLAIMS = (
           lambda root: _position_both(root, QUICK_AGREE, 1 / 8), QUICK_AGREE, QUICK_MEASURE_CMD),
     Claim("κ = 1/8 bit, same claim, longer training (D 128, 3,000 steps)",
           lambda root: _position_both(root, PAPER_AGREE, 1 / 8), PAPER_AGREE, PAPER_MEASURE_CMD),
+    Claim("κ = 1/8 bit, the same longer training on one H200 GPU (bf16)",
+          lambda root: _position_both(root, GPU_PAPER_AGREE, 1 / 8), GPU_PAPER_AGREE, GPU_PAPER_CMD),
     Claim("κ = 1 bit: Z decides the position", lambda root: _position_both(root, QUICK_AGREE, 1.0), QUICK_AGREE,
           QUICK_MEASURE_CMD),
     Claim("κ = 1 bit: … and the noise (τ = 1 probe)", _noise, QUICK, QUICK_CMD),

@@ -210,6 +210,20 @@ def gpu_timings(out: Path) -> tuple[str, dict[tuple, float], dict[int, float]] |
     return folder.name, alone, scale
 
 
+def default_jobs(device: str) -> int:
+    """--jobs when not given: 1 on the CPU; on a GPU, the number of runs at once that the
+    device check found best for this GPU (``concurrency.json``), at most the CPU count, else
+    half the CPU count."""
+    cores = os.cpu_count() or 1
+    if device == "cpu":
+        return 1
+    conc = GPU_RESULTS / machine_name(device) / "concurrency.json"
+    try:
+        return max(1, min(cores, int(json.loads(conc.read_text())["jobs_default"])))
+    except (OSError, ValueError, KeyError, TypeError):
+        return max(1, cores // 2)
+
+
 class _Progress(L.Callback):
     """Moves the sweep's step bar from inside each run."""
 
@@ -326,9 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override any config field for every run, e.g. steps=3000 n_layers=8")
     p.add_argument("--only", nargs="+", default=None, metavar="KEY=VALUE",
                    help="keep only the grid points that set one of these, e.g. kappa_bits=1/8 latent_bits=0")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="runs trained at once, one process each with cpu_count/jobs threads (default 1); with "
-                        "--device cuda they share the one GPU")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="runs trained at once, one process each with cpu_count/jobs threads (default 1; with "
+                        "--device cuda, where they share the one GPU: the default make gpu-check measured for "
+                        "this GPU, else cpu_count/2)")
     p.add_argument("--device", default="cpu", choices=DEVICES,
                    help="where every run trains: cpu, or cuda (the GPU that CUDA_VISIBLE_DEVICES names first; "
                         "shorthand for --set accelerator=gpu, which names the runs ...-acceleratorgpu-...); "
@@ -464,6 +479,8 @@ def _run_parallel(left: list[tuple[PlannedRun, int]], out: Path, bar: tqdm, laun
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.jobs is None:
+        args.jobs = default_jobs(args.device)
     if args.jobs < 1:
         print(f"error: --jobs must be an integer >= 1, got {args.jobs}", file=sys.stderr)
         return 2
