@@ -50,7 +50,7 @@ from ftstudy.core.config import get_preset
 from ftstudy.io import REPO_ROOT, RunDir, StudyDir, atomic_write_text
 from ftstudy.run.lit import machine_name
 from ftstudy.run.train import build_parser as train_parser, config_from_args, train
-from ftstudy.study.ablate import PRESETS as ABLATE_PRESETS, run_shape
+from ftstudy.study.ablate import GPU_RESULTS, PRESETS as ABLATE_PRESETS, run_shape
 
 STAGES = ("env", "perf", "concurrency", "ladder", "kappa")
 LADDER = ("quick", "paper", "gpu-mid", "gpu")  # ablate presets, smallest first
@@ -88,7 +88,7 @@ def download_wheels(folder: Path) -> list[str]:
 
 
 def default_out(device: str) -> Path:
-    return REPO_ROOT / "results" / "gpu" / machine_name(device)
+    return GPU_RESULTS / machine_name(device)
 
 
 def _versions() -> dict[str, str | None]:

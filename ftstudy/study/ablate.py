@@ -54,6 +54,7 @@ from ftstudy.study.studies import STUDIES, Study
 __all__ = ["STUDIES", "PRESETS", "Study", "PlannedRun", "plan", "rebuild_summary", "main"]
 
 DEFAULT_OUT = REPO_ROOT / "results" / "ablate"
+GPU_RESULTS = REPO_ROOT / "results" / "gpu"  # results/gpu/<gpu name>/: device checks and GPU sweeps
 # --preset → (config preset, default results folder)
 PRESETS = {"quick": "synthetic-quick", "paper": "synthetic-paper", "demo": "synthetic-demo",
            "code-math": "code-math-small", "gpu-mid": "synthetic-gpu-mid", "gpu": "synthetic-gpu"}
@@ -68,7 +69,7 @@ def default_out(preset: str, device: str = "cpu") -> Path:
     out = PRESET_OUT[preset]
     if device == "cpu":
         return out
-    return REPO_ROOT / "results" / "gpu" / machine_name(device) / out.relative_to(REPO_ROOT / "results")
+    return GPU_RESULTS / machine_name(device) / out.relative_to(REPO_ROOT / "results")
 
 
 @dataclass
@@ -185,9 +186,6 @@ def seconds_per_step(cfg: RunConfig, measured: dict[tuple, float]) -> float | No
     # Encoder block + mapper bookkeeping (~+37% at the demo's shape), plus the mapper's
     # (tokens x D) @ (D x 2^H) backward product, which dominates at H = 16.
     return 1.37 * base + t.batch_size * 65 * m.dim * (1 << m.latent_bits) * 4.7e-11
-
-
-GPU_RESULTS = REPO_ROOT / "results" / "gpu"
 
 
 def gpu_timings(out: Path) -> tuple[str, dict[tuple, float], dict[int, float]] | None:
