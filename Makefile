@@ -3,7 +3,9 @@
 #   make test   run the test suite in .venv (prints wall time)
 #   make demo   run `python -m ftstudy.demo` in .venv
 #   make notebooks  execute notebooks/*.ipynb against results/ and save them with outputs (figures to results/figures/)
-#   make benchmark  issue 4's comparison: code-math corpus, baseline + Free κ ∈ {1/4,1/2,1,2}, lm-eval (hours on 2 cores)
+#   make benchmark  issue 15's comparison on the CPU-scale suite: baseline, matched baseline, Free κ ∈ {1/4,1/2,1},
+#                   3 seeds, lm-eval, pooled report (about 2 h on 2 cores; resumable; BENCH_ARGS=--dry-run prices it)
+#   make benchmark-code-math  issue 4's comparison: code-math corpus, real-code/math tasks (hours on 2 cores)
 #   make gpu-check  the device check on a GPU machine with its own python3/torch (8 minutes; results/gpu/<gpu>/)
 #   make gpu-wheels download the wheels the device check brings to a machine without them (.wheels/)
 #   make lock   regenerate constraints.txt from a fresh venv
@@ -31,12 +33,15 @@ RUN_ENV := PYTHONHASHSEED=0 HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 TOKENIZERS_PA
 # Parallel tests only when pytest-xdist is a declared requirement.
 XDIST := $(if $(shell grep -Eiq '^pytest[-_.]xdist[[:space:]]*==' requirements.txt && echo yes),-n 2,)
 
-.PHONY: venv test demo notebooks benchmark lock clean gpu-check gpu-wheels
+.PHONY: venv test demo notebooks benchmark benchmark-code-math lock clean gpu-check gpu-wheels
 
-# make benchmark: seeds, and the tasks compared (BENCH_SEEDS="0 1" for two seeds).
-BENCH_SEEDS ?= 0
-BENCH_TASKS ?= ftstudy_arithmetic ftstudy_gsm ftstudy_humaneval ftstudy_humaneval_bpb
-BENCH_RUNS  := results/benchmarks/code-math-small/runs/kl_budget/code-math-small
+# make benchmark: the seeds (BENCH_SEEDS="0 1 2 3 4" for five) and extra options (BENCH_ARGS="--dry-run").
+BENCH_SEEDS ?= 0 1 2
+BENCH_ARGS  ?=
+# make benchmark-code-math: seeds and the tasks compared (CODEMATH_SEEDS="0 1" for two seeds).
+CODEMATH_SEEDS ?= 0
+CODEMATH_TASKS ?= ftstudy_arithmetic ftstudy_gsm ftstudy_humaneval ftstudy_humaneval_bpb
+CODEMATH_RUNS  := results/benchmarks/code-math-small/runs/kl_budget/code-math-small
 
 venv:
 	@want=$$(sha256sum $(ENV_FILES) | sha256sum | cut -d' ' -f1); \
@@ -87,13 +92,16 @@ notebooks: venv
 	$(RUN_ENV) $(VPY) -m ftstudy.notebooks run --inplace
 
 benchmark: venv
+	$(RUN_ENV) $(VPY) -m ftstudy.benchmark --seeds $(BENCH_SEEDS) --jobs 2 $(BENCH_ARGS)
+
+benchmark-code-math: venv
 	$(RUN_ENV) $(VPY) -m ftstudy.data prepare --corpus code-math --out data/code-math --val-percent 2
-	$(RUN_ENV) $(VPY) -m ftstudy.ablate --study kl_budget --preset code-math --seeds $(BENCH_SEEDS) --jobs 2 \
+	$(RUN_ENV) $(VPY) -m ftstudy.ablate --study kl_budget --preset code-math --seeds $(CODEMATH_SEEDS) --jobs 2 \
 	  --only latent_bits=0 kappa_bits=1/4 kappa_bits=1/2 kappa_bits=1 kappa_bits=2
-	for s in $(BENCH_SEEDS); do \
-	  $(RUN_ENV) $(VPY) -m ftstudy.evaluate --confirm-run-unsafe-code --tasks $(BENCH_TASKS) --out results/benchmarks/code-math-small/s$$s \
-	    --checkpoints $(BENCH_RUNS)-base-s$$s $(BENCH_RUNS)-free-k0.25-s$$s $(BENCH_RUNS)-free-k0.5-s$$s \
-	      $(BENCH_RUNS)-free-k1-s$$s $(BENCH_RUNS)-free-k2-s$$s; \
+	for s in $(CODEMATH_SEEDS); do \
+	  $(RUN_ENV) $(VPY) -m ftstudy.evaluate --confirm-run-unsafe-code --tasks $(CODEMATH_TASKS) --out results/benchmarks/code-math-small/s$$s \
+	    --checkpoints $(CODEMATH_RUNS)-base-s$$s $(CODEMATH_RUNS)-free-k0.25-s$$s $(CODEMATH_RUNS)-free-k0.5-s$$s \
+	      $(CODEMATH_RUNS)-free-k1-s$$s $(CODEMATH_RUNS)-free-k2-s$$s; \
 	done
 
 lock:

@@ -44,6 +44,19 @@ def test_perplexity_bounds_are_ordered(runs: dict[str, Path]) -> None:
     assert base["nll_prior"] == pytest.approx(base["elbo"]) == pytest.approx(base["iwae_8"])
 
 
+def test_text_perplexity_of_held_out_problems(runs: dict[str, Path]) -> None:
+    """The honest bounds on given documents (a task's held-out problems), joined by EOT."""
+    from ftstudy.eval.evaluate import text_perplexity
+    texts = [f"Question: What is {a} plus {b}?\nAnswer: {a + b}" for a, b in ((12, 30), (45, 51), (77, 19))] * 4
+    free = text_perplexity(runs["free"] / "ckpt" / "model.pt", texts, k=8)
+    assert free["windows"] == len("".join(t + "x" for t in texts)) // 33 and free["documents"] == 12
+    assert free["iwae_8"] <= free["elbo"] + 1e-6 and free["kl_per_token"] >= 0
+    base = text_perplexity(runs["base"] / "ckpt" / "model.pt", texts, k=8)
+    assert base["nll_prior"] == pytest.approx(base["elbo"]) == pytest.approx(base["iwae_8"])
+    with pytest.raises(evaluate.EvalError, match="fewer than one window"):
+        text_perplexity(runs["base"] / "ckpt" / "model.pt", ["hi"], k=2)
+
+
 def test_paired_stats() -> None:
     a = {i: float(i % 2) for i in range(200)}
     same = paired_stats(a, dict(a))

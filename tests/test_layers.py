@@ -18,7 +18,8 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "ftstudy"
 LAYERS = ["io", "core", "tasks", "run", "results", "study", "eval", "perf", "cli"]
 # The `python -m ftstudy.<cmd>` modules belong to the command line, the top layer.
-COMMAND_MODULES = {"train", "ablate", "demo", "evaluate", "harness", "data", "notebooks", "claims", "calibrate", "gpucheck"}
+COMMAND_MODULES = {"train", "ablate", "demo", "evaluate", "benchmark", "harness", "data", "notebooks", "claims", "calibrate",
+                   "gpucheck"}
 
 
 def layer_of(module: str) -> int:

@@ -52,7 +52,7 @@ def test_notebooks_run_on_the_committed_results(tmp_path: Path) -> None:
         assert proc.returncode == 0, f"{nb.name}:\n{proc.stderr[-3000:]}"
     names = {p.name for p in figs.glob("*.png")}
     assert any(n.startswith("06_suite_") for n in names), sorted(names)
-    for prefix in ("01_figure4_quick_s0", "02_kl_budget", "03_injection_depth", "04_benchmarks_s0",
+    for prefix in ("01_figure4_quick_s0", "02_kl_budget", "03_injection_depth", "04_benchmarks_s0", "04_bench_suite",
                    "05_dynamics_kl_budget", "06_mapper"):
         assert f"{prefix}.png" in names, sorted(names)
 

@@ -470,6 +470,20 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                      probe_groups=0),
         "train": dict(steps=800, batch_size=32, lr=2e-3, warmup_steps=50, val_every=200, ckpt_every=100),
     },
+    # Issue 15's benchmark suite (python -m ftstudy.data prepare --corpus bench --out data/bench):
+    # generated code, arithmetic, word problems and graph paths, byte-level, a 192-byte context
+    # (the longest problem is 145 bytes), D 96, 4 layers, 1,200 steps of 16 x 192 bytes.
+    # Calibrated so that the baseline scores 0.2-0.8 on every task: results/benchmarks/bench/
+    # CALIBRATION.md (about 9 min per baseline with one thread while another run uses the other
+    # core).  H = 8, not the paper's 16: at D = 96 a dense Linear(2^16 -> D) post-sampler would
+    # hold 6.3M weights, 13x the rest of the model.
+    "bench-small": {
+        "model": dict(vocab_size=258, n_layers=4, dim=96, n_heads=4, latent_bits=8, kappa_bits=1.0,
+                      max_seq_len=192),
+        "task": dict(name="tokens", data_dir="data/bench", val_size=64, n_generate=0, probe_independent=0,
+                     probe_groups=0),
+        "train": dict(steps=1200, batch_size=16, lr=2e-3, warmup_steps=50, val_every=400, ckpt_every=100),
+    },
     # Tests: the same task on a tiny model (with a shard folder given by --set data_dir=...).
     "tokens-tiny": {
         "model": dict(vocab_size=258, n_layers=2, dim=32, n_heads=2, latent_bits=4, kappa_bits=1.0, max_seq_len=32),

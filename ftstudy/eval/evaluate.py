@@ -55,13 +55,16 @@ from ftstudy.io import RunDir
 from ftstudy.eval.harness import Z_POLICIES, FTStudyLM, HarnessError
 from ftstudy.results.report import benchmark_cell, bound_name, metric_label, perplexity_cell
 
-__all__ = ["resolve_checkpoint", "perplexity", "paired_stats", "build_report", "main"]
+__all__ = ["resolve_checkpoint", "perplexity", "text_perplexity", "paired_stats", "entry_paths", "label_slug", "build_report", "main"]
 
 LN2 = math.log(2.0)
 # Row groups of the report, in the paper's order (Table 2: generative code/math first).
 GROUPS = (
-    ("Generative code", ("ftstudy_humaneval", "humaneval", "mbpp", "humaneval_plus", "mbpp_plus")),
-    ("Generative math", ("ftstudy_gsm", "ftstudy_arithmetic", "gsm8k", "gsm8k_cot")),
+    ("Generative code", ("ftstudy_humaneval", "ftstudy_bench_code", "humaneval", "mbpp", "humaneval_plus",
+                         "mbpp_plus")),
+    ("Generative math", ("ftstudy_gsm", "ftstudy_arithmetic", "ftstudy_bench_arith", "ftstudy_bench_gsm", "gsm8k",
+                         "gsm8k_cot")),
+    ("Decision (many valid outputs)", ("ftstudy_bench_path",)),
     ("Likelihood (lower is better)", ("ftstudy_humaneval_bpb",)),
     ("Synthetic task", ("ftstudy_synthetic",)),
 )
@@ -93,22 +96,12 @@ def _label(cfg: Any, used: set[str]) -> str:
 # ---------------------------------------------------------------- perplexity
 
 @torch.no_grad()
-def perplexity(ckpt: Path, data_dir: str | Path | None, n_windows: int, k: int, seed: int = 0,
-               batch_size: int = 16) -> dict[str, Any]:
-    """Honest per-token figures on the first n_windows windows of a validation split."""
-    from ftstudy.tasks.corpus import TokenDataModule
-    model, cfg, raw = load_model(ckpt)
-    model.eval()
-    folder = data_dir or cfg.task.data_dir
-    if folder is None:
-        raise EvalError(f"{ckpt}: no validation data (a synthetic-task model); pass --val-data or --no-perplexity")
-    dm = TokenDataModule(folder, batch_size=batch_size, seq_len=cfg.model.max_seq_len, val_size=n_windows,
-                         seed=0, vocab_size=cfg.model.vocab_size, val_layout="spread")
-    g = torch.Generator().manual_seed(seed)
+def _bounds(model: Any, batches: Any, k: int, g: torch.Generator, tok: Any = None) -> dict[str, float]:
+    """Sums over ``batches`` (dicts with ``idx`` and ``targets``) of the honest figures: NLL under
+    prior Z, the ELBO's CE (Z from the encoder on the window) and KL, and the IWAE bound with
+    ``k`` posterior draws; with ``tok``, the UTF-8 bytes of the targets as well."""
     sums = {"nll_prior": 0.0, "ce_post": 0.0, "kl": 0.0, "iwae": 0.0, "tokens": 0, "bytes": 0}
-    from ftstudy.tasks.corpus import tokenizer_from_spec
-    tok = tokenizer_from_spec(raw["tokenizer"]) if "tokenizer" in raw else None
-    for batch in dm.val_dataloader():
+    for batch in batches:
         idx, tgt = batch["idx"], batch["targets"]
         n = tgt.numel()
         sums["tokens"] += n
@@ -135,18 +128,65 @@ def perplexity(ckpt: Path, data_dir: str | Path | None, n_windows: int, k: int, 
                 sums["kl"] += float(out.kl.sum())
         lw = torch.stack(logw)  # (K, B)
         sums["iwae"] += float(-(torch.logsumexp(lw, 0) - math.log(k)).sum())
+    return sums
+
+
+def _per_token(sums: dict[str, float], k: int, is_free: bool) -> dict[str, Any]:
     n = sums["tokens"]
-    res: dict[str, Any] = {"windows": dm.val_size, "layout": "evenly spaced over the validation split",
-                           "tokens": n, "window": cfg.model.max_seq_len,
-                           "data": str(folder), "k": k if model.cfg.is_free else None,
-                           "nll_prior": sums["nll_prior"] / n, "elbo": (sums["ce_post"] + sums["kl"]) / n,
-                           f"iwae_{k}": sums["iwae"] / n, "kl_per_token": sums["kl"] / n}
-    if model.cfg.is_free:
+    res: dict[str, Any] = {"tokens": n, "k": k if is_free else None, "nll_prior": sums["nll_prior"] / n,
+                           "elbo": (sums["ce_post"] + sums["kl"]) / n, f"iwae_{k}": sums["iwae"] / n,
+                           "kl_per_token": sums["kl"] / n}
+    if is_free:
         res["ce_posterior_LEAKY"] = sums["ce_post"] / n  # diagnostic only: Z has seen the targets
     if sums["bytes"]:
         for key in ("nll_prior", "elbo", f"iwae_{k}"):
             res[f"{key}_bits_per_byte"] = res[key] * n / sums["bytes"] / LN2
     return res
+
+
+@torch.no_grad()
+def perplexity(ckpt: Path, data_dir: str | Path | None, n_windows: int, k: int, seed: int = 0,
+               batch_size: int = 16) -> dict[str, Any]:
+    """Honest per-token figures on the first n_windows windows of a validation split."""
+    from ftstudy.tasks.corpus import TokenDataModule, tokenizer_from_spec
+    model, cfg, raw = load_model(ckpt)
+    model.eval()
+    folder = data_dir or cfg.task.data_dir
+    if folder is None:
+        raise EvalError(f"{ckpt}: no validation data (a synthetic-task model); pass --val-data or --no-perplexity")
+    dm = TokenDataModule(folder, batch_size=batch_size, seq_len=cfg.model.max_seq_len, val_size=n_windows,
+                         seed=0, vocab_size=cfg.model.vocab_size, val_layout="spread")
+    g = torch.Generator().manual_seed(seed)
+    tok = tokenizer_from_spec(raw["tokenizer"]) if "tokenizer" in raw else None
+    sums = _bounds(model, dm.val_dataloader(), k, g, tok)
+    return {"windows": dm.val_size, "layout": "evenly spaced over the validation split",
+            "window": cfg.model.max_seq_len, "data": str(folder), **_per_token(sums, k, model.cfg.is_free)}
+
+
+@torch.no_grad()
+def text_perplexity(ckpt: Path, texts: list[str], k: int, seed: int = 0, batch_size: int = 16) -> dict[str, Any]:
+    """The same honest figures on ``texts`` (e.g. a task's held-out problems with their reference
+    answers): the documents joined by the end-of-text token, as in the training shards, and cut
+    into consecutive windows of the model's length (the last, partial one dropped)."""
+    from ftstudy.tasks.corpus import tokenizer_from_spec
+    model, cfg, raw = load_model(ckpt)
+    model.eval()
+    if "tokenizer" not in raw:
+        raise EvalError(f"{ckpt}: no tokenizer in the checkpoint (a synthetic-task model): no text likelihood")
+    tok = tokenizer_from_spec(raw["tokenizer"])
+    ids: list[int] = []
+    for t in texts:
+        ids += tok.encode(t) + [tok.eot_id]
+    w = cfg.model.max_seq_len + 1
+    n_win = len(ids) // w
+    if n_win < 1:
+        raise EvalError(f"{len(ids)} tokens of text are fewer than one window of {w}")
+    windows = torch.tensor(ids[:n_win * w], dtype=torch.long).view(n_win, w)
+    batches = [{"idx": windows[i:i + batch_size, :-1], "targets": windows[i:i + batch_size, 1:]}
+               for i in range(0, n_win, batch_size)]
+    sums = _bounds(model, batches, k, torch.Generator().manual_seed(seed), tok)
+    return {"windows": n_win, "window": cfg.model.max_seq_len, "documents": len(texts),
+            **_per_token(sums, k, model.cfg.is_free)}
 
 
 # ---------------------------------------------------------------- statistics
@@ -330,15 +370,25 @@ def _task_manager(tasks: list[str], include: list[Path] | None = None) -> Any:
     return tm
 
 
+def label_slug(label: str) -> str:
+    """A column label as a file name: a short hash (labels may differ only in punctuation) and
+    the label's letters and digits."""
+    return hashlib.sha256(label.encode()).hexdigest()[:6] + "-" + "".join(c if c.isalnum() else "_" for c in label)
+
+
+def entry_paths(out: Path, label: str) -> tuple[Path, Path]:
+    """Where :func:`evaluate_one` keeps a checkpoint's lm-eval entry and its per-document samples."""
+    slug = label_slug(label)
+    return out / "lm_eval" / f"{slug}.json", out / "lm_eval" / f"{slug}.samples.json"
+
+
 def evaluate_one(ckpt: Path, label: str, tasks: list[str], out: Path, settings: dict[str, Any],
                  task_manager: Any, ppl: dict[str, Any] | None, *,
                  confirm_run_unsafe_code: bool = False) -> dict[str, Any]:
     """lm-eval + perplexity for one checkpoint, reused when already done with the same settings."""
     import lm_eval
 
-    slug = hashlib.sha256(label.encode()).hexdigest()[:6] + "-" + "".join(c if c.isalnum() else "_" for c in label)
-    path = out / "lm_eval" / f"{slug}.json"
-    samples_path = out / "lm_eval" / f"{slug}.samples.json"
+    path, samples_path = entry_paths(out, label)
     sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
     from ftstudy.eval import suite as ft_tasks
     key = {"settings": settings, "tasks": tasks, "checkpoint_sha256": sha, "perplexity": ppl,

@@ -33,6 +33,7 @@ from ftstudy.results.report import (  # noqa: E402
 )
 
 __all__ = [
+    "bench_table", "bench_likelihood_table", "plot_bench",
     "NO_LATENT_FLOOR", "read_metrics", "have", "show", "plot_training_curves", "save_figure", "figure4_text", "plot_figure4",
     "figure4_panels", "plot_study", "study_aggregates", "study_runs", "study_table", "per_seed_table", "study_figures",
     "plot_dynamics", "collapse_events", "benchmark_table", "perplexity_table", "plot_benchmark_deltas",
@@ -507,6 +508,81 @@ def plot_perplexity(report: Path | dict[str, Any]) -> plt.Figure:
     if data:
         sns.barplot(pd.DataFrame(data), x="model", y="bits per byte", hue="bound", ax=ax)
     ax.set_title("validation perplexity: prior Z, ELBO, importance-weighted bound")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- the CPU-scale suite (issue 15)
+
+def _bench_cell(row: dict[str, Any], label: str, metric: str) -> str:
+    m = row["models"].get(label)
+    if m is None:
+        return "—"
+    cell = f"{m[metric]:.3f}"
+    for ref in ("baseline", "matched"):
+        c = next((v for k, v in row.get("comparisons", {}).items()
+                  if k.startswith(f"{label} vs {ref}")), None)
+        if c is not None:
+            c = c[metric]
+            rel = "" if c["rel"] != c["rel"] else f" {c['rel']:+.0%} [{c['rel_low']:+.0%}, {c['rel_high']:+.0%}]"
+            cell += f"; vs {ref}:{rel} p {c['p']:.2g}"
+    return cell
+
+
+def bench_table(report: Path | dict[str, Any], metric: str = "pass@1") -> pd.DataFrame:
+    """The suite's report (``python -m ftstudy.benchmark``) in the paper's Table 1 layout: a row
+    per task, a column per model (mean over seeds and problems; relative change to the baseline
+    and to the matched baseline with the hierarchical-bootstrap interval and p-value), and the
+    design's detectable effect."""
+    r = _report(report)
+    rows = []
+    for row in r["rows"]:
+        d = {"group": row["group"], "task": row["task"].removeprefix("ftstudy_bench_")}
+        d.update({lab: _bench_cell(row, lab, metric) for lab in r["labels"]})
+        if "mde" in row:
+            d["detectable (z / bootstrap)"] = " / ".join("—" if v != v else f"{v:+.0%}"
+                                                         for v in (row["mde"]["mde_rel"], row["mde_test"]["mde_rel"]))
+            d["verdict"] = row["verdict"]
+        rows.append(d)
+    return pd.DataFrame(rows).set_index(["group", "task"])
+
+
+def bench_likelihood_table(report: Path | dict[str, Any]) -> pd.DataFrame:
+    """Bits per byte of each task's held-out problems (mean over seeds): NLL under prior Z, ELBO, IWAE."""
+    r = _report(report)
+    k = r["settings"]["likelihood_k"]
+    rows = []
+    lk = r["likelihood"]
+    for fam in sorted({f for lab in lk for f in lk[lab]}):
+        for key, name in (("nll_prior_bits_per_byte", "NLL, prior Z"), ("elbo_bits_per_byte", "ELBO"),
+                          (f"iwae_{k}_bits_per_byte", f"IWAE-{k}")):
+            rows.append({"task": fam, "bound": name,
+                         **{lab: lk.get(lab, {}).get(fam, {}).get(key, {}).get("mean") for lab in r["labels"]}})
+    return pd.DataFrame(rows, columns=["task", "bound", *r["labels"]]).set_index(["task", "bound"])
+
+
+def plot_bench(report: Path | dict[str, Any]) -> plt.Figure:
+    """pass@1 and distinct correct answers per task and model: the mean over seeds and each
+    seed's value (dots)."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    r = _report(report)
+    rows = [row for row in r["rows"] if row["models"]]
+    fig, axes = plt.subplots(2, len(rows), figsize=(3.3 * len(rows) + 0.5, 6.4), squeeze=False)
+    for j, row in enumerate(rows):
+        labels = [lab for lab in r["labels"] if lab in row["models"]]
+        for i, metric in enumerate(("pass@1", "distinct_correct")):
+            ax = axes[i][j]
+            means = [row["models"][lab][metric] for lab in labels]
+            ax.bar(range(len(labels)), means, color=["tab:gray", "tab:brown"] + ["tab:blue"] * (len(labels) - 2))
+            if metric == "pass@1":
+                for x, lab in enumerate(labels):
+                    ys = row["models"][lab]["pass@1_by_seed"]
+                    ax.plot([x] * len(ys), ys, "k.", ms=5)
+                ax.axhspan(0.2, 0.8, color="tab:green", alpha=0.06)
+            ax.set_xticks(range(len(labels)), [lab.replace("free k=", "κ ").replace("matched ", "matched\n")
+                                               for lab in labels], fontsize=8)
+            ax.set_title(f"{row['task'].removeprefix('ftstudy_bench_')}: {metric}", fontsize=10)
+    fig.suptitle("CPU-scale suite: mean over seeds (dots: each seed; band: the calibration target)", fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -57,9 +57,11 @@ DEFAULT_OUT = REPO_ROOT / "results" / "ablate"
 GPU_RESULTS = REPO_ROOT / "results" / "gpu"  # results/gpu/<gpu name>/: device checks and GPU sweeps
 # --preset → (config preset, default results folder)
 PRESETS = {"quick": "synthetic-quick", "paper": "synthetic-paper", "demo": "synthetic-demo",
-           "code-math": "code-math-small", "gpu-mid": "synthetic-gpu-mid", "gpu": "synthetic-gpu"}
+           "code-math": "code-math-small", "bench": "bench-small", "gpu-mid": "synthetic-gpu-mid",
+           "gpu": "synthetic-gpu"}
 PRESET_OUT = {"quick": DEFAULT_OUT, "paper": DEFAULT_OUT / "paper", "demo": REPO_ROOT / "results" / "demo",
               "code-math": REPO_ROOT / "results" / "benchmarks" / "code-math-small" / "runs",
+              "bench": REPO_ROOT / "results" / "benchmarks" / "bench" / "runs",
               "gpu-mid": DEFAULT_OUT / "gpu-mid", "gpu": DEFAULT_OUT / "gpu"}
 
 
@@ -106,6 +108,11 @@ class PlannedRun:
         return self.config.train.steps
 
 
+def study_names(study: str) -> list[str]:
+    """The studies ``--study`` names: one, or for ``all`` every study marked ``in_all``."""
+    return [n for n, s in STUDIES.items() if s.in_all] if study == "all" else [study]
+
+
 def plan(study: str, preset: str, seeds: list[int], overrides: dict[str, str], out: Path,
          only: list[str] | None = None) -> list[PlannedRun]:
     """Every run of a study (or of all of them), in a deterministic order.
@@ -114,7 +121,7 @@ def plan(study: str, preset: str, seeds: list[int], overrides: dict[str, str], o
     keys to its value: ``["kappa_bits=1/8", "latent_bits=0"]`` keeps κ = 1/8 and the baseline.
     """
     base = get_preset(PRESETS[preset], overrides)
-    names = list(STUDIES) if study == "all" else [study]
+    names = study_names(study)
     # Values are parsed and validated as config values (so "1/8" == "0.125").
     wanted = []
     for item in only or []:
@@ -320,7 +327,7 @@ def make_figures(out: Path, study: str, seed: int, fig_dir: Path | None = None) 
     """Figures of every finished study under ``out`` (see ftstudy.results.plots.study_figures)."""
     from ftstudy.results.plots import study_figures
 
-    names = list(STUDIES) if study == "all" else [study]
+    names = study_names(study)
     return [p for name in names for p in study_figures(out / name, seed, STUDIES[name], fig_dir)]
 
 

@@ -19,7 +19,7 @@ from ftstudy.results.report import Axis, StudyLayout
 if TYPE_CHECKING:
     from ftstudy.core.config import RunConfig
 
-__all__ = ["Study", "Times", "EachBelow", "STUDIES", "KAPPAS", "STUDY_KAPPA", "FIGURE4_KAPPAS", "GRID_KEYS",
+__all__ = ["Study", "Times", "Plus", "EachBelow", "BENCH_KAPPAS", "STUDIES", "KAPPAS", "STUDY_KAPPA", "FIGURE4_KAPPAS", "GRID_KEYS",
            "ROW_ORDER"]
 
 # κ in bits: the paper's synthetic values 1/64, 1/8, 1, 8 and the real-data ones between.
@@ -55,6 +55,16 @@ class Times:
 
 
 @dataclass(frozen=True)
+class Plus:
+    """A grid value relative to the preset: its value of the same field + ``offset``."""
+
+    offset: int
+
+    def values(self, key: str, base: RunConfig) -> tuple[Any, ...]:
+        return (_preset_value(base, key) + self.offset,)
+
+
+@dataclass(frozen=True)
 class EachBelow:
     """Every value 1 … n − 1, n the preset's value of ``field``: one grid point each."""
 
@@ -64,7 +74,10 @@ class EachBelow:
         return tuple(range(1, _preset_value(base, self.field)))
 
 
-GridValue = int | float | str | Times | EachBelow
+GridValue = int | float | str | Times | Plus | EachBelow
+
+# The benchmark study's κ (bits): the paper's real-data range without its largest value.
+BENCH_KAPPAS = (1 / 4, 1 / 2, 1.0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,6 +91,7 @@ class Study(StudyLayout):
     baseline: bool = False  # add the no-latent decoder as a reference point
     keys: tuple[str, ...] = GRID_KEYS
     order: tuple[str, ...] = ROW_ORDER
+    in_all: bool = True  # part of ``--study all`` (the synthetic-task studies; not the benchmark models)
 
     def grid(self, base: RunConfig) -> list[dict[str, Any]]:
         """The grid points on the preset ``base`` (with its overrides), in run order: the
@@ -87,7 +101,7 @@ class Study(StudyLayout):
         for point in self.points:
             expanded: list[dict[str, Any]] = [{}]
             for key, value in {**self.fixed, **point}.items():
-                values = value.values(key, base) if isinstance(value, (Times, EachBelow)) else (value,)
+                values = value.values(key, base) if isinstance(value, (Times, Plus, EachBelow)) else (value,)
                 expanded = [{**p, key: v} for p in expanded for v in values]
             out += expanded
         return out
@@ -121,4 +135,10 @@ STUDIES: dict[str, Study] = {s.name: s for s in (
                   {"marginal_weight": 1.0}),
           fixed={"kappa_bits": STUDY_KAPPA}, axis=Axis("change", categorical=True),
           keys=(*GRID_KEYS, "marginal_weight")),
+    # Issue 15: the benchmark suite's models.  The baseline, a parameter-matched baseline (one
+    # more block: the Free model's encoder block and post-sampler add about as many weights
+    # and training FLOPs), and Free models at κ = 1/4, 1/2, 1 bit.
+    Study(name="benchmark", description="baseline, parameter-matched baseline (one more block), Free at κ = 1/4, 1/2, 1",
+          points=({"latent_bits": 0, "n_layers": Plus(1)}, *({"kappa_bits": k} for k in BENCH_KAPPAS)),
+          baseline=True, axis=Axis("kappa_bits", log=True), in_all=False),
 )}

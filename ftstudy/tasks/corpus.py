@@ -67,7 +67,7 @@ from tqdm import tqdm
 from ftstudy.tasks import distributed_rank_world
 
 __all__ = ["FORMAT", "EOT", "ByteTokenizer", "FileTokenizer", "tokenizer_from_spec", "DataError", "Document",
-           "Undecodable", "stdlib_documents", "sympy_documents", "math_documents", "text_documents", "prepare",
+           "Undecodable", "stdlib_documents", "sympy_documents", "math_documents", "bench_documents", "text_documents", "prepare",
            "read_manifest", "is_shard_folder", "TokenDataModule", "tokenizer_spec", "load_tokenizer", "main"]
 
 FORMAT = "ftstudy-shards"
@@ -77,7 +77,7 @@ PAD = "<|pad|>"
 SYMPY_VERSION = "1.14.0"  # the version constraints.txt pins (torch depends on it)
 DEFAULT_CACHE = Path(os.environ.get("FTSTUDY_CACHE", Path.home() / ".cache" / "ftstudy"))
 SHARD_TOKENS = 1 << 27  # tokens per shard file (256 MiB at uint16)
-CORPORA = ("code-math", "text")
+CORPORA = ("code-math", "bench", "text")
 CODE_MATH_SOURCES = ("stdlib", "sympy", "math")
 MAX_SKIPPED_EXAMPLES = 10  # undecodable files named in the manifest (all are counted)
 
@@ -263,6 +263,14 @@ def math_documents(n_arithmetic: int, n_word: int, seed: int = 0) -> Iterator[Do
             yield Document("math", f"{kind}/{i:06d}", text)
 
 
+def bench_documents(n: int, seed: int = 0) -> Iterator[Document]:
+    """The benchmark suite's training problems (ftstudy.tasks.benchgen, training split only),
+    one problem per document."""
+    from ftstudy.tasks import benchgen
+    for i, p in enumerate(benchgen.training_documents(n, seed)):
+        yield Document("bench", f"{p.family}/{i:07d}", benchgen.document(p))
+
+
 def text_documents(inputs: Sequence[str]) -> Iterator[Document | Undecodable]:
     """A user's corpus: files, folders (every file inside) or globs; .jsonl lines need "text"."""
     files: list[Path] = []
@@ -347,6 +355,9 @@ class _ShardWriter:
 def _gather(corpus: str, args: argparse.Namespace) -> Iterator[Document | Undecodable]:
     if corpus == "text":
         yield from text_documents(args.input)
+        return
+    if corpus == "bench":
+        yield from bench_documents(args.bench_docs, args.seed)
         return
     sources = args.sources
     if "stdlib" in sources:
@@ -646,6 +657,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generated arithmetic documents, 40 problems each (default 4000, ~7.5 MB)")
     q.add_argument("--math-word-docs", type=int, default=3000,
                    help="generated word-problem documents, 10 problems each (default 3000, ~6.3 MB)")
+    q.add_argument("--bench-docs", type=int, default=100_000,
+                   help="--corpus bench: generated training problems, one per document (default 100000, ~7.7 MB)")
     q.add_argument("--sympy-version", default=SYMPY_VERSION)
     q.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where pip downloads wheels")
     q.add_argument("--val-percent", type=float, default=1.0, help="percent of documents in validation")
@@ -665,12 +678,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.corpus == "text" and not args.input:
             raise DataError("--corpus text needs --input PATH ...")
-        for name in ("math_arithmetic_docs", "math_word_docs"):
+        for name in ("math_arithmetic_docs", "math_word_docs", "bench_docs"):
             if getattr(args, name) < 0:
                 raise DataError(f"--{name.replace('_', '-')} = {getattr(args, name)} must be >= 0")
         if args.shard_tokens < 1:
             raise DataError(f"--shard-tokens = {args.shard_tokens} must be >= 1")
         desc = {"corpus": args.corpus}
+        if args.corpus == "bench":
+            from ftstudy.tasks import benchgen
+            desc.update(seed=args.seed, bench_docs=args.bench_docs, mix=benchgen.MIX,
+                        heldout_mod=benchgen.HELDOUT_MOD)
         if args.corpus == "code-math":
             desc.update(sources=args.sources, seed=args.seed, stdlib=sysconfig.get_paths()["stdlib"],
                         math_arithmetic_docs=args.math_arithmetic_docs, math_word_docs=args.math_word_docs)

@@ -25,9 +25,12 @@ import hashlib
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 __all__ = ["ARITH_KINDS", "HELDOUT_MOD", "RESERVED_DIGIT", "TRAIN_TEMPLATES", "EVAL_TEMPLATES", "Problem",
-           "arithmetic", "word_problem", "arithmetic_document", "word_problem_document", "format_problem"]
+           "arithmetic", "word_problem", "distinct", "arithmetic_document", "word_problem_document", "format_problem"]
 
 HELDOUT_MOD = 10
 RESERVED_DIGIT = 7
@@ -40,6 +43,21 @@ class Problem:
     answer: str  # full answer text (steps and "#### n" for word problems, the number for arithmetic)
     target: str  # the final number, as a string
     kind: str  # arithmetic kind or template name
+
+
+def distinct(draw: Callable[[], T], key: Callable[[T], str], n: int, what: str, tries: int = 500) -> list[T]:
+    """``n`` results of ``draw()`` with distinct ``key``, in draw order; ValueError naming
+    ``what`` if ``tries * n`` draws do not give that many."""
+    seen: set[str] = set()
+    out: list[T] = []
+    for _ in range(tries * n):
+        p = draw()
+        if key(p) not in seen:
+            seen.add(key(p))
+            out.append(p)
+            if len(out) == n:
+                return out
+    raise ValueError(f"could not draw {n} distinct {what} problems (found {len(out)})")
 
 
 def format_problem(p: Problem) -> str:

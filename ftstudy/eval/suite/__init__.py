@@ -7,7 +7,10 @@
 - ``ftstudy_humaneval``: HumanEval pass@1, completions executed in a separate, resource-limited
   process (:mod:`ftstudy.eval.suite.execution`); marked ``unsafe_code`` like lm-eval's humaneval;
 - ``ftstudy_humaneval_bpb``: bits per byte of HumanEval's canonical solutions given the prompts;
-- ``ftstudy_synthetic``: the paper's synthetic task as generation, scored by validity.
+- ``ftstudy_synthetic``: the paper's synthetic task as generation, scored by validity;
+- ``ftstudy_bench`` (group of ``ftstudy_bench_{code,arith,gsm,path}``): the CPU-scale suite of
+  issue 15 (:mod:`ftstudy.tasks.benchgen`), 10 samples per held-out problem, pass@1/5/10 and
+  the number of distinct correct answers; its code is executed in the sandbox (``unsafe_code``).
 
 ``dataset_path: json`` needs absolute ``data_files``, so the YAML files in ``templates/`` carry a
 ``@DATA_DIR@`` placeholder and :func:`materialize` writes the data (deterministically) and the
@@ -34,9 +37,12 @@ YAML files reference as ``!function ftstudy.eval.suite.metrics.<name>``.
 
 from ftstudy.eval.suite.build import (
     ARITHMETIC_TASKS,
+    BENCH_REPEATS,
+    BENCH_TASKS,
     GROUPS,
     METRIC_KEYS,
     N_ARITHMETIC,
+    N_BENCH,
     N_GSM,
     SYNTHETIC_PER_LETTER,
     TASKS,
@@ -52,9 +58,12 @@ from ftstudy.eval.suite.build import (
 
 __all__ = [
     "ARITHMETIC_TASKS",
+    "BENCH_REPEATS",
+    "BENCH_TASKS",
     "GROUPS",
     "METRIC_KEYS",
     "N_ARITHMETIC",
+    "N_BENCH",
     "N_GSM",
     "SYNTHETIC_PER_LETTER",
     "TASKS",

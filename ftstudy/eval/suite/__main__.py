@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 from ftstudy.eval.suite.build import METRIC_KEYS, check_data_files, materialize, task_names
 
+GROUP_ONLY = "(a group: see its tasks' scores)"
+
 
 def sandbox_check(samples: Sequence[str], workers: int = 4) -> dict:
     """Run HumanEval's canonical solutions, and the stored completions of each samples file, in
@@ -83,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "list":
         width = max(map(len, task_names()))
         for name in task_names():
-            print(f"{name:<{width}}  {', '.join(METRIC_KEYS[name])}")
+            print(f"{name:<{width}}  {', '.join(METRIC_KEYS[name]) or GROUP_ONLY}")
     elif args.command == "sandbox":
         import json
 

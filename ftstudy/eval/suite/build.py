@@ -22,10 +22,13 @@ from typing import Any
 
 import yaml
 
-from ftstudy.tasks import mathgen
+from ftstudy.tasks import benchgen, mathgen
 
 __all__ = [
     "ARITHMETIC_TASKS",
+    "BENCH_TASKS",
+    "N_BENCH",
+    "BENCH_REPEATS",
     "GROUPS",
     "TASKS",
     "METRIC_KEYS",
@@ -54,9 +57,18 @@ N_GSM_FEWSHOT = 16
 SYNTHETIC_LETTERS = string.ascii_uppercase
 SYNTHETIC_SEPARATOR = ">"
 
+#: The benchmark suite (issue 15): held-out problems per family and samples per problem.
+N_BENCH = {"code": 160, "arith": 200, "gsm": 200, "path": 200}
+BENCH_REPEATS = 10
+#: Stop strings and generation lengths (bytes) per family: the longest reference answer is
+#: 49 bytes (code), 38 (arith), 25 (gsm) and 11 (path).
+_BENCH_GEN = {"code": (["\ndef", "\nclass", "\nif", "\nprint", "\n#", "\n\n"], 80),
+              "arith": (["\n", "Question:"], 48), "gsm": (["\n", "Question:"], 48), "path": (["\n"], 24)}
+
 ARITHMETIC_TASKS: tuple[str, ...] = tuple(f"ftstudy_arithmetic_{k}" for k in mathgen.ARITH_KINDS)
-GROUPS: tuple[str, ...] = ("ftstudy_arithmetic",)
-TASKS: tuple[str, ...] = ARITHMETIC_TASKS + (
+BENCH_TASKS: tuple[str, ...] = tuple(f"ftstudy_bench_{f}" for f in benchgen.FAMILIES)
+GROUPS: tuple[str, ...] = ("ftstudy_arithmetic", "ftstudy_bench")
+TASKS: tuple[str, ...] = ARITHMETIC_TASKS + BENCH_TASKS + (
     "ftstudy_gsm",
     "ftstudy_humaneval",
     "ftstudy_humaneval_bpb",
@@ -70,6 +82,8 @@ METRIC_KEYS: dict[str, tuple[str, ...]] = {
     "ftstudy_humaneval": ("pass@1,none",),
     "ftstudy_humaneval_bpb": ("bits_per_byte,none",),
     "ftstudy_synthetic": ("valid,none",),
+    **{t: ("pass@1,samples", "pass@10,samples", "distinct_correct,samples") for t in BENCH_TASKS},
+    "ftstudy_bench": (),  # a group without an aggregate: its tasks carry the scores
 }
 
 _DATA_DIR = "@DATA_DIR@"
@@ -96,20 +110,6 @@ def _jsonl(rows: Iterable[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode("utf-8")
 
 
-def _unique(draw, n: int, what: str) -> list[mathgen.Problem]:
-    """``n`` problems with distinct questions from ``draw()``."""
-    seen: set[str] = set()
-    out: list[mathgen.Problem] = []
-    for _ in range(200 * n):
-        p = draw()
-        if p.question not in seen:
-            seen.add(p.question)
-            out.append(p)
-            if len(out) == n:
-                return out
-    raise RuntimeError(f"could not draw {n} distinct {what} problems")
-
-
 def _context(p: mathgen.Problem) -> str:
     ctx = f"Question: {p.question}\nAnswer:"
     # The prompt plus " " plus the answer is exactly the corpus format, so few-shot examples
@@ -121,7 +121,8 @@ def _context(p: mathgen.Problem) -> str:
 def _arithmetic_rows(kind: str, split: str, n: int) -> list[dict[str, Any]]:
     tag = "eval" if split == "eval" else "fewshot"
     rng = random.Random(f"{tag}:arithmetic:{kind}")
-    problems = _unique(lambda: mathgen.arithmetic(kind, rng, split), n, f"{split} {kind}")
+    problems = mathgen.distinct(lambda: mathgen.arithmetic(kind, rng, split), lambda p: p.question, n,
+                                f"{split} {kind}", tries=200)
     return [
         {"id": f"{kind}-{tag}-{i}", "kind": kind, "question": p.question, "context": _context(p),
          "answer": p.answer}
@@ -132,7 +133,8 @@ def _arithmetic_rows(kind: str, split: str, n: int) -> list[dict[str, Any]]:
 def _gsm_rows(split: str, n: int) -> list[dict[str, Any]]:
     tag = "eval" if split == "eval" else "fewshot"
     rng = random.Random(f"{tag}:gsm")
-    problems = _unique(lambda: mathgen.word_problem(rng, split), n, f"{split} word")
+    problems = mathgen.distinct(lambda: mathgen.word_problem(rng, split), lambda p: p.question, n,
+                                f"{split} word", tries=200)
     return [
         {"id": f"gsm-{tag}-{i}", "template": p.kind, "question": p.question, "context": _context(p),
          "answer": p.answer, "target_number": p.target}
@@ -156,6 +158,10 @@ def _synthetic_rows() -> list[dict[str, Any]]:
     ]
 
 
+def _bench_rows(family: str) -> list[dict[str, Any]]:
+    return [benchgen.eval_row(p, i) for i, p in enumerate(benchgen.eval_problems(family, N_BENCH[family]))]
+
+
 def _template(name: str) -> str:
     return (importlib.resources.files(__package__) / "templates" / name).read_text(encoding="utf-8")
 
@@ -174,6 +180,15 @@ def render() -> dict[str, bytes]:
         files[f"ftstudy_arithmetic_{kind}.yaml"] = subtask.replace("@KIND@", kind)
         files[f"arithmetic_{kind}.test.jsonl"] = _jsonl(_arithmetic_rows(kind, "eval", N_ARITHMETIC))
         files[f"arithmetic_{kind}.train.jsonl"] = _jsonl(_arithmetic_rows(kind, "train", N_ARITHMETIC_FEWSHOT))
+    files["ftstudy_bench.yaml"] = _template("ftstudy_bench.yaml")
+    bench = _template("bench_task.yaml")
+    for family in benchgen.FAMILIES:
+        until, max_gen = _BENCH_GEN[family]
+        files[f"ftstudy_bench_{family}.yaml"] = (
+            bench.replace("@FAMILY@", family).replace("@REPEATS@", str(BENCH_REPEATS))
+            .replace("@UNTIL@", json.dumps(until)).replace("@MAX_GEN@", str(max_gen))
+            .replace("@UNSAFE@", "true" if family == "code" else "false"))
+        files[f"bench_{family}.test.jsonl"] = _jsonl(_bench_rows(family))
     for name in ("ftstudy_gsm", "ftstudy_humaneval", "ftstudy_humaneval_bpb", "ftstudy_synthetic"):
         files[f"{name}.yaml"] = _template(f"{name}.yaml")
     files["gsm.test.jsonl"] = _jsonl(_gsm_rows("eval", N_GSM))
@@ -184,7 +199,8 @@ def render() -> dict[str, bytes]:
     for name, data in out.items():
         if name.endswith("yaml"):
             text = data.decode("utf-8")
-            if "@KIND@" in text or _DATA_DIR in _DATA_REF.sub("", text):
+            if any(p in text for p in ("@KIND@", "@FAMILY@", "@REPEATS@", "@UNTIL@", "@MAX_GEN@", "@UNSAFE@")) \
+                    or _DATA_DIR in _DATA_REF.sub("", text):
                 raise AssertionError(f"template {name}: placeholder outside a quoted data path")
             for ref in _DATA_REF.findall(text):
                 if ref not in out:

@@ -26,8 +26,17 @@ import lm_eval.api.metrics  # noqa: F401
 from lm_eval.api.registry import metric_registry, register_metric
 
 from ftstudy.eval.suite import execution
+from ftstudy.results.benchstats import pass_at_k
+from ftstudy.tasks import benchgen
+
+#: pass@k reported by the benchmark suite's tasks (each needs at least k samples per problem).
+BENCH_K = (1, 5, 10)
 
 __all__ = [
+    "bench_code",
+    "bench_arith",
+    "bench_gsm",
+    "bench_path",
     "humaneval_program",
     "humaneval_pass_at_1",
     "humaneval_bits_per_byte",
@@ -40,7 +49,7 @@ def _per_doc_score(items: Any) -> Any:
     return items
 
 
-for _name in ("pass@1", "valid"):
+for _name in ("pass@1", "valid", *(f"pass@{k}" for k in BENCH_K if k != 1), "distinct_correct"):
     if _name not in metric_registry:
         register_metric(metric=_name, higher_is_better=True, aggregation="mean")(_per_doc_score)
 
@@ -91,3 +100,49 @@ def synthetic_valid(doc: dict[str, Any], results: Sequence[str]) -> dict[str, fl
         raise TypeError(f"ftstudy_synthetic: expected a generated str, got {type(generation).__name__}")
     valid, _position = check(doc["prompt"] + generation)
     return {"valid": float(valid)}
+
+
+# ------------------------------------------------------------------ the benchmark suite (issue 15)
+
+_code_results: dict[tuple[str, str], bool] = {}
+
+
+def _passes(program: str, tests: str) -> bool:
+    """Sandboxed run of a program and its tests, remembered: samples repeat programs (the same
+    completion of the same problem), and each run starts a sandbox (about 0.1 s)."""
+    key = (program, tests)
+    if key not in _code_results:
+        if len(_code_results) > 200_000:
+            _code_results.clear()
+        _code_results[key] = execution.run_program(program, execution.DEFAULT_TIMEOUT, tests=tests).passed
+    return _code_results[key]
+
+
+def bench_scores(family: str, doc: dict[str, Any], samples: Sequence[str]) -> dict[str, float]:
+    """Per-problem scores of ``n`` sampled completions: ``pass@k`` for every k <= n in
+    :data:`BENCH_K` (the unbiased estimator of Chen et al. 2021, so pass@1 is the fraction
+    correct) and ``distinct_correct``, the number of distinct correct answers among them
+    (programs compared after normalising their syntax, paths as node sequences)."""
+    if not samples or not all(isinstance(x, str) for x in samples):
+        raise TypeError(f"ftstudy_bench_{family}: expected a list of generated str, got {samples!r:.200}")
+    ok = [benchgen.score_text(family, doc, x, run_code=_passes) for x in samples]
+    n, c = len(samples), sum(ok)
+    out = {f"pass@{k}": pass_at_k(n, c, k) for k in BENCH_K if k <= n}
+    out["distinct_correct"] = float(len({benchgen.canonical_output(family, x) for x, good in zip(samples, ok)
+                                         if good}))
+    return out
+
+
+def _bench_task(family: str):
+    def process(doc: dict[str, Any], results: Sequence[Any]) -> dict[str, float]:
+        return bench_scores(family, doc, _single(results, f"ftstudy_bench_{family}"))
+
+    process.__name__ = f"bench_{family}"
+    process.__doc__ = f"Scores of ftstudy_bench_{family}: see :func:`bench_scores`."
+    return process
+
+
+bench_code = _bench_task("code")
+bench_arith = _bench_task("arith")
+bench_gsm = _bench_task("gsm")
+bench_path = _bench_task("path")

@@ -1,0 +1,414 @@
+"""``python -m ftstudy.benchmark``: issue 15's comparison on the CPU-scale benchmark suite, end
+to end and resumable.
+
+    python -m ftstudy.benchmark --seeds 0 1 2 --jobs 2             (make benchmark)
+    python -m ftstudy.benchmark --seeds 0 1 2 --dry-run            (the plan and its time)
+    python -m ftstudy.benchmark --stage report                     (tables from what is done)
+
+Stages, each skipping what is already done:
+
+1. ``data``: ``python -m ftstudy.data prepare --corpus bench --out data/bench`` (training
+   problems of :mod:`ftstudy.tasks.benchgen`; the held-out ones never enter);
+2. ``train``: ``python -m ftstudy.ablate --study benchmark --preset bench`` (baseline,
+   parameter-matched baseline, Free at κ = 1/4, 1/2, 1 bit), every seed;
+3. ``eval``: per seed and model, the lm-eval group ``ftstudy_bench`` through
+   :func:`ftstudy.eval.evaluate.evaluate_one` (10 samples per held-out problem, encoder Z on
+   the prompt only, prior Z on every generated token; code runs in the sandbox), and the
+   honest likelihood (NLL under prior Z, ELBO, IWAE) of each task's held-out problems with
+   their reference answers; ``--jobs`` of them at once, one thread each;
+4. ``report``: ``<out>/report.md`` and ``report.json``: per task, the five models pooled over
+   seeds, paired over problems, with a hierarchical bootstrap over seeds and problems
+   (:mod:`ftstudy.results.benchstats`), relative changes with intervals and p-values, the
+   minimum detectable effect of the design beside every comparison, the diversity of the
+   samples and the likelihoods; and the calibration check (baseline pass@1 in [0.2, 0.8]).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from ftstudy.core.checkpoint import atomic_write_text
+from ftstudy.core.config import get_preset
+from ftstudy.eval.evaluate import (EvalError, _check_sandbox, _task_manager, entry_paths, evaluate_one, label_slug,
+                                   text_perplexity)
+from ftstudy.io import RunDir
+from ftstudy.results import benchstats
+from ftstudy.run.train import REPO_ROOT
+
+__all__ = ["STAGES", "model_label", "pooled_report", "main"]
+
+STAGES = ("data", "train", "eval", "report")
+STUDY, PRESET = "benchmark", "bench"
+DEFAULT_OUT = REPO_ROOT / "results" / "benchmarks" / "bench"
+TASK_GROUP = "ftstudy_bench"
+#: The settings of every evaluation: one draw of Z (encoder on the prompt, prior on generated
+#: tokens), sampling seed 0 for every model (common random numbers: the comparison is paired).
+EVAL_SETTINGS = {"z_policy": "posterior-context", "z_samples": 1, "seed": 0, "batch_size": 64, "device": "cpu",
+                 "limit": None}
+LIKELIHOOD_K = 16
+#: Compared metrics: pass@1 (the score), pass@10 and the diversity of correct samples.
+METRICS = ("pass@1", "pass@10", "distinct_correct")
+CALIBRATION_RANGE = (0.2, 0.8)
+TARGET_MDE_REL = 0.25
+FAMILY_GROUP = {"code": "Generative code", "arith": "Generative math", "gsm": "Generative math",
+                "path": "Decision (many valid outputs)"}
+
+
+def model_label(cfg: Any, base_layers: int) -> str:
+    """Column name of a benchmark model: baseline, matched baseline, or Free at its κ."""
+    m = cfg.model
+    if m.is_free:
+        return f"free k={m.kappa_bits:g}"
+    return "baseline" if m.n_layers == base_layers else f"matched (L={m.n_layers})"
+
+
+def _planned(seeds: list[int], out: Path) -> list[tuple[int, str, Path, Any]]:
+    from ftstudy.study.ablate import PRESETS, plan
+    base_layers = get_preset(PRESETS[PRESET]).model.n_layers
+    return [(r.config.train.seed, model_label(r.config, base_layers), r.run_dir, r.config)
+            for r in plan(STUDY, PRESET, seeds, {}, out / "runs")]
+
+
+def _tasks() -> list[str]:
+    from ftstudy.eval.suite import BENCH_TASKS
+    return list(BENCH_TASKS)
+
+
+def _likelihood(ckpt: Path, label: str, out: Path) -> dict[str, Any]:
+    """Honest likelihood of each family's held-out problems (reused when the checkpoint is the same)."""
+    from ftstudy.eval.suite import N_BENCH
+    from ftstudy.tasks import benchgen
+    path = out / "likelihood" / f"{label_slug(label)}.json"
+    sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    key = {"checkpoint_sha256": sha, "k": LIKELIHOOD_K, "n": N_BENCH}
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            return saved["likelihood"]
+    res = {f: text_perplexity(ckpt, [p.text for p in benchgen.eval_problems(f, N_BENCH[f])], LIKELIHOOD_K, seed=0)
+           for f in benchgen.FAMILIES}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"key": key, "label": label, "checkpoint": str(ckpt), "likelihood": res},
+                                       indent=2))
+    return res
+
+
+def _eval_job(seed: int, label: str, ckpt: str, out: str) -> tuple[int, str, float]:
+    """One model of one seed: lm-eval tasks and likelihood (in a worker process, one thread)."""
+    import torch
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    folder = Path(out) / f"s{seed}"
+    tm = _task_manager(_tasks())
+    evaluate_one(Path(ckpt), label, _tasks(), folder, dict(EVAL_SETTINGS), tm, None, confirm_run_unsafe_code=True)
+    _likelihood(Path(ckpt), label, folder)
+    return seed, label, time.perf_counter() - t0
+
+
+def _eval_stage(planned: list[tuple[int, str, Path, Any]], out: Path, jobs: int) -> None:
+    todo = [(s, label, str(RunDir(d).model_file), str(out)) for s, label, d, _ in planned]
+    missing = [t[2] for t in todo if not Path(t[2]).is_file()]
+    if missing:
+        raise EvalError(f"{len(missing)} model(s) not trained yet, e.g. {missing[0]}; run the train stage first")
+    print(f"[ftstudy.eval.benchmark] evaluating {len(todo)} models, {jobs} at a time", flush=True)
+    if jobs == 1:
+        for t in todo:
+            print(f"[ftstudy.eval.benchmark] s{t[0]} {t[1]}: done in {_eval_job(*t)[2]:.0f} s", flush=True)
+        return
+    env_threads = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            for s, label, secs in pool.map(_eval_job, *zip(*todo)):
+                print(f"[ftstudy.eval.benchmark] s{s} {label}: done in {secs:.0f} s", flush=True)
+    finally:
+        if env_threads is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = env_threads
+
+
+# ---------------------------------------------------------------- pooled report
+
+def _read_scores(out: Path, seed: int, label: str) -> dict[str, dict[str, dict[Any, float]]] | None:
+    """``{task: {metric: {doc_id: value}}}`` of one seed's model, from evaluate's samples file."""
+    path = entry_paths(out / f"s{seed}", label)[1]
+    if not path.is_file():
+        return None
+    samples = json.loads(path.read_text())
+    res: dict[str, dict[str, dict[Any, float]]] = {}
+    for task, rows in samples.items():
+        res[task] = {m: {r["doc_id"]: float(r[m]) for r in rows if m in r} for m in METRICS}
+    return res
+
+
+def _read_likelihood(out: Path, seed: int, label: str) -> dict[str, Any] | None:
+    path = out / f"s{seed}" / "likelihood" / f"{label_slug(label)}.json"
+    return json.loads(path.read_text())["likelihood"] if path.is_file() else None
+
+
+def pooled_report(out: Path, seeds: list[int], n_boot: int = 4000) -> dict[str, Any]:
+    """report.json and report.md of ``out`` from every finished evaluation of ``seeds``."""
+    from ftstudy.eval.suite import BENCH_REPEATS
+    planned = _planned(seeds, out)
+    labels = list(dict.fromkeys(label for _, label, _, _ in planned))
+    params = {}
+    for _, label, _, cfg in planned:
+        params.setdefault(label, _param_count(cfg))
+    scores = {(s, lab): _read_scores(out, s, lab) for s in seeds for lab in labels}
+    have = {lab: [s for s in seeds if scores[(s, lab)] is not None] for lab in labels}
+    tasks = _tasks()
+    rows = []
+    for task in tasks:
+        family = task.removeprefix("ftstudy_bench_")
+        row: dict[str, Any] = {"task": task, "family": family, "group": FAMILY_GROUP[family], "models": {}}
+        mats: dict[tuple[str, str], Any] = {}
+        for lab in labels:
+            per_seed = [scores[(s, lab)][task] for s in have[lab] if task in scores[(s, lab)]]
+            if not per_seed:
+                continue
+            for m in METRICS:
+                keys, x = benchstats.stack([p[m] for p in per_seed])
+                mats[(lab, m)] = x
+            row["models"][lab] = {"seeds": len(per_seed), "problems": int(mats[(lab, "pass@1")].shape[1]),
+                                  **{m: float(mats[(lab, m)].mean()) for m in METRICS},
+                                  "pass@1_by_seed": [float(v) for v in mats[(lab, "pass@1")].mean(1)]}
+        if ("baseline", "pass@1") in mats:
+            comp = benchstats.variance_components(mats[("baseline", "pass@1")], BENCH_REPEATS)
+            row["components"] = comp.to_dict()
+            if comp.n_seeds >= 2:
+                row["mde"] = benchstats.mde(comp)
+                # the bootstrap test's own detectable effect, simulated from the same components
+                row["mde_test"] = benchstats.bootstrap_mde(comp)
+            else:  # the seed variance needs two seeds or more
+                row["mde"] = row["mde_test"] = {"mde_abs": math.nan, "mde_rel": math.nan}
+            row["detects_target"] = max(row["mde"]["mde_rel"], row["mde_test"]["mde_rel"]) <= TARGET_MDE_REL
+            row["calibrated"] = all(CALIBRATION_RANGE[0] <= v <= CALIBRATION_RANGE[1]
+                                    for v in row["models"]["baseline"]["pass@1_by_seed"])
+            row["comparisons"] = {}
+            for ref in ("baseline", next((lab for lab in labels if lab.startswith("matched")), None)):
+                if ref is None or (ref, "pass@1") not in mats:
+                    continue
+                for lab in labels:
+                    if lab == ref or (lab, "pass@1") not in mats or (ref.startswith("matched") and
+                                                                     not lab.startswith("free")):
+                        continue
+                    row["comparisons"][f"{lab} vs {ref}"] = {
+                        m: benchstats.paired_bootstrap(mats[(ref, m)], mats[(lab, m)], n_boot=n_boot, seed=0)
+                        for m in METRICS}
+            row["verdict"] = _verdict(row)
+        rows.append(row)
+    likelihood = _pooled_likelihood(out, seeds, labels, have)
+    report = {"labels": labels, "seeds": seeds, "params": params, "rows": rows, "likelihood": likelihood,
+              "settings": {**EVAL_SETTINGS, "samples_per_problem": BENCH_REPEATS, "temperature": 0.8, "top_p": 0.95,
+                           "likelihood_k": LIKELIHOOD_K},
+              "design": {"alpha": 0.05, "power": 0.8, "target_mde_rel": TARGET_MDE_REL,
+                         "calibration_range": list(CALIBRATION_RANGE)},
+              "command": "python -m ftstudy.benchmark --seeds " + " ".join(map(str, seeds))}
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=True))
+    atomic_write_text(out / "report.md", _markdown(report))
+    return report
+
+
+def _param_count(cfg: Any) -> int:
+    from ftstudy.core.model import FreeTransformer
+    return sum(p.numel() for p in FreeTransformer(cfg.model).parameters())
+
+
+def _pooled_likelihood(out: Path, seeds: list[int], labels: list[str], have: dict[str, list[int]]) -> dict[str, Any]:
+    res: dict[str, Any] = {}
+    for lab in labels:
+        per = [lk for s in have[lab] if (lk := _read_likelihood(out, s, lab)) is not None]
+        if not per:
+            continue
+        res[lab] = {}
+        for fam in per[0]:
+            entry = {}
+            for key in per[0][fam]:
+                if key.endswith("_bits_per_byte"):
+                    vals = [p[fam][key] for p in per]
+                    entry[key] = {"mean": sum(vals) / len(vals), "by_seed": vals}
+            res[lab][fam] = entry
+    return res
+
+
+def _verdict(row: dict[str, Any]) -> str:
+    """One line per task: whether any Free model beats both baselines, and what a null rules out."""
+    comps = row.get("comparisons", {})
+    mde_rel = max(row["mde"]["mde_rel"], row["mde_test"]["mde_rel"])
+    if not row["calibrated"]:
+        return "not calibrated: a baseline seed scores outside [0.2, 0.8]"
+    wins, losses = [], []
+    for name, c in comps.items():
+        if not name.startswith("free") or not name.endswith("vs baseline"):
+            continue
+        lab = name.removesuffix(" vs baseline")
+        vs_matched = next((v for k, v in comps.items() if k.startswith(lab + " vs matched")), None)
+        p1 = c["pass@1"]
+        if p1["ci_low"] > 0 and (vs_matched is None or vs_matched["pass@1"]["ci_low"] > 0):
+            wins.append(f"{lab} {p1['rel']:+.0%}")
+        elif p1["ci_high"] < 0:
+            losses.append(f"{lab} {p1['rel']:+.0%}")
+    if wins:
+        return "Free gain beyond both baselines: " + ", ".join(wins)
+    text = "no Free gain detected; " + (f"the design detects a {mde_rel:+.0%} relative change (80% power)"
+                                          if mde_rel == mde_rel else "one seed: no detectable effect computed")
+    if losses:
+        text += "; worse than the baseline: " + ", ".join(losses)
+    return text
+
+
+def _pct(x: float) -> str:
+    return "—" if x != x else f"{x:+.0%}"
+
+
+def _fmt_cmp(c: dict[str, Any]) -> str:
+    rel = "" if math.isnan(c["rel"]) else f" ({c['rel']:+.0%} [{c['rel_low']:+.0%}, {c['rel_high']:+.0%}])"
+    return f"Δ {c['diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]{rel}, p {c['p']:.2g}"
+
+
+def _markdown(rep: dict[str, Any]) -> str:
+    labels = rep["labels"]
+    st = rep["settings"]
+    lines = ["# Benchmark suite at CPU scale (issue 15)", "",
+             f"Seeds {', '.join(map(str, rep['seeds']))}; {st['samples_per_problem']} samples per problem at "
+             f"temperature {st['temperature']}, top-p {st['top_p']}; Z: encoder on the prompt only, prior on every "
+             "generated token (one draw). Cells: mean over seeds and problems; below the baseline's column, Δ to "
+             "the baseline with the 95% interval of a hierarchical bootstrap (problems paired, seeds resampled "
+             "per model), the relative change with its interval, and the bootstrap p-value. MDE: the smallest "
+             "relative change this design detects (two-sided α = 0.05, power 0.8), from the baseline's variance "
+             "components: (z) for a z-test with the design's standard error, (bootstrap) for the bootstrap interval "
+             "used here, by simulation (it is conservative: it resamples the residual at both levels).",
+             "", "Parameters: " + ", ".join(f"{lab} {rep['params'][lab]:,}" for lab in labels), ""]
+    for metric, title in (("pass@1", "pass@1 (fraction of correct samples)"), ("pass@10", "pass@10"),
+                          ("distinct_correct", "distinct correct answers among the samples (diversity)")):
+        lines += [f"## {title}", "", "| group | task | baseline MDE | " + " | ".join(labels) + " | verdict |",
+                  "|" + "---|" * (4 + len(labels))]
+        for row in rep["rows"]:
+            cells = []
+            for lab in labels:
+                m = row["models"].get(lab)
+                if m is None:
+                    cells.append("—")
+                    continue
+                cell = f"{m[metric]:.3f}"
+                c = row.get("comparisons", {}).get(f"{lab} vs baseline")
+                if c is not None:
+                    cell += "<br>" + _fmt_cmp(c[metric])
+                cm = next((v for k, v in row.get("comparisons", {}).items() if k.startswith(f"{lab} vs matched")),
+                          None)
+                if cm is not None:
+                    cell += "<br>vs matched: " + _fmt_cmp(cm[metric])
+                cells.append(cell)
+            mde = (f"{_pct(row['mde']['mde_rel'])} (z), {_pct(row['mde_test']['mde_rel'])} (bootstrap)"
+                   if "mde" in row and metric == "pass@1" else "—")
+            verdict = row.get("verdict", "—") if metric == "pass@1" else ""
+            lines.append(f"| {row['group']} | {row['task']} | {mde} | " + " | ".join(cells) + f" | {verdict} |")
+        lines.append("")
+    lines += ["## Calibration: baseline pass@1 by seed (target 0.2-0.8)", "", "| task | by seed | in range |",
+              "|---|---|---|"]
+    for row in rep["rows"]:
+        b = row["models"].get("baseline")
+        if b:
+            lines.append(f"| {row['task']} | {', '.join(f'{v:.3f}' for v in b['pass@1_by_seed'])} | "
+                         f"{'yes' if row.get('calibrated') else 'NO'} |")
+    lines += ["", "## Honest likelihood of the held-out problems (bits per byte, mean over seeds; lower is better)",
+              "", "Reference answers given the prompts, documents joined as in training. NLL under prior Z; "
+              f"ELBO and IWAE (K = {st['likelihood_k']}) are upper bounds on the true −log p(x).", "",
+              "| task | bound | " + " | ".join(labels) + " |", "|" + "---|" * (2 + len(labels))]
+    lk = rep["likelihood"]
+    fams = sorted({f for lab in lk for f in lk[lab]})
+    for fam in fams:
+        for key, name in (("nll_prior_bits_per_byte", "NLL, prior Z"), ("elbo_bits_per_byte", "ELBO"),
+                          (f"iwae_{st['likelihood_k']}_bits_per_byte", f"IWAE-{st['likelihood_k']}")):
+            vals = [lk.get(lab, {}).get(fam, {}).get(key) for lab in labels]
+            lines.append(f"| {fam} | {name} | " + " | ".join("—" if v is None else f"{v['mean']:.4f}"
+                                                              for v in vals) + " |")
+    lines += ["", f"Command: `{rep['command']}`", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- CLI
+
+def _dry_run(planned: list[tuple[int, str, Path, Any]], out: Path, seeds: list[int], jobs: int) -> None:
+    from ftstudy.study import ablate
+    ablate.main(["--study", STUDY, "--preset", PRESET, "--seeds", *map(str, seeds), "--out", str(out / "runs"),
+                 "--jobs", str(jobs), "--dry-run"])
+    done, times = [], []
+    for s, label, _, _ in planned:
+        path = entry_paths(out / f"s{s}", label)[0]
+        if path.is_file():
+            done.append(s)
+            try:
+                times.append(float(json.loads(path.read_text())["entry"]["eval_time_s"]))
+            except (OSError, ValueError, KeyError):
+                pass
+    per = sorted(times)[len(times) // 2] if times else None
+    left = len(planned) - len(done)
+    est = "no evaluation measured yet" if per is None else \
+        f"about {left * per / jobs / 60:.0f} min ({per:.0f} s per model, the median of {len(times)} measured)"
+    print(f"evaluation: {len(planned)} model evaluations, {len(done)} done, {left} left; {est}, {jobs} at a time")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ftstudy.benchmark", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="SEED")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained and models evaluated at once (one thread each)")
+    p.add_argument("--stage", nargs="+", default=list(STAGES), choices=STAGES, help="stages to run (default all)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--data", type=Path, default=REPO_ROOT / "data" / "bench", help="the bench corpus (made if missing)")
+    p.add_argument("--bootstrap", type=int, default=4000, help="bootstrap resamples of the pooled report")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated time, run nothing")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    try:
+        if args.jobs < 1:
+            raise EvalError(f"--jobs = {args.jobs} is not allowed: an integer >= 1")
+        planned = _planned(args.seeds, args.out)
+        if args.dry_run:
+            _dry_run(planned, args.out, args.seeds, args.jobs)
+            return 0
+        if "data" in args.stage:
+            from ftstudy.tasks import corpus
+            if not corpus.is_shard_folder(args.data):
+                rc = corpus.main(["prepare", "--corpus", "bench", "--out", str(args.data), "--val-percent", "1",
+                                  "--no-progress"])
+                if rc:
+                    return rc
+        if "train" in args.stage:
+            from ftstudy.study import ablate
+            rc = ablate.main(["--study", STUDY, "--preset", PRESET, "--seeds", *map(str, args.seeds),
+                              "--out", str(args.out / "runs"), "--jobs", str(args.jobs)])
+            if rc:
+                return rc
+        if "eval" in args.stage:
+            _check_sandbox(False)
+            _eval_stage(planned, args.out, args.jobs)
+        if "report" in args.stage:
+            pooled_report(args.out, args.seeds, n_boot=args.bootstrap)
+            atomic_write_text(args.out / "command.txt", "python -m ftstudy.benchmark " + shlex.join(argv) + "\n")
+            print((args.out / "report.md").read_text())
+    except EvalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The CPU-scale benchmark suite's problems (issue 15): splits never overlap, every reference
+answer is correct by its own checker, code runs in the sandbox, the lm-eval tasks score
+samples end to end."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from ftstudy.eval.suite import BENCH_REPEATS, BENCH_TASKS, N_BENCH, execution, materialize, metrics, render
+from ftstudy.tasks import benchgen
+
+SANDBOX = execution.sandbox_problem() is None
+
+
+def _trusted_run(program: str, tests: str) -> bool:
+    """Runs *our own* reference programs in-process (never a model's output)."""
+    namespace: dict = {}
+    try:
+        exec(compile(program, "<reference>", "exec"), namespace)  # noqa: S102 - generator's own code
+        exec(compile(tests, "<tests>", "exec"), namespace)  # noqa: S102
+    except AssertionError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("family", benchgen.FAMILIES)
+def test_train_and_eval_never_overlap(family: str) -> None:
+    evals = benchgen.eval_problems(family, N_BENCH[family])
+    assert len({p.key for p in evals}) == N_BENCH[family]
+    assert all(benchgen.heldout(p.key, family) for p in evals)
+    rng = random.Random(1)
+    train = [benchgen.draw(family, rng, "train") for _ in range(5000)]
+    assert not {p.key for p in train} & {p.key for p in evals}
+    # Not even the text: no training document starts with an evaluation prompt.
+    prompts = {p.prompt for p in evals}
+    assert not any(p.prompt in prompts for p in train)
+
+
+def test_corpus_documents_are_training_problems() -> None:
+    from ftstudy.tasks.corpus import bench_documents
+    evals = {p.prompt for f in benchgen.FAMILIES for p in benchgen.eval_problems(f, N_BENCH[f])}
+    docs = list(bench_documents(3000, seed=0))
+    fams = {d.path.split("/")[0] for d in docs}
+    assert fams == set(benchgen.FAMILIES)
+    for d in docs:
+        fam = d.path.split("/")[0]
+        assert not any(d.text.startswith(p) for p in evals)
+        assert d.text.endswith("\n") or fam in ("arith", "gsm")
+
+
+@pytest.mark.parametrize("family", benchgen.FAMILIES)
+def test_reference_answers_pass_their_checker(family: str) -> None:
+    rng = random.Random(2)
+    for split in ("train", "eval"):
+        for _ in range(150):
+            p = benchgen.draw(family, rng, split)
+            row = benchgen.eval_row(p, 0)
+            assert benchgen.score_text(family, row, p.answer, run_code=_trusted_run), p
+
+
+@pytest.mark.parametrize("template", benchgen.CODE_TEMPLATES, ids=lambda t: t.name)
+def test_every_equivalent_body_passes(template: benchgen.CodeTemplate) -> None:
+    rng = random.Random(template.name)
+    for _ in range(5):
+        while True:
+            p = benchgen.draw("code", rng, "train")
+            if p.meta["template"] == template.name:
+                break
+        fill_line = p.answer.strip().removeprefix("return ")
+        assert fill_line  # one of the bodies, filled in
+        consts = p.key.split(":")[2:]
+        args = p.prompt.split("(")[1].split(")")[0].split(", ")
+        names = {"x": args[0], "y": args[1] if len(args) > 1 else "y", "l": args[0]}
+        fill = {**names, **dict(zip(template.consts, consts))}
+        for body in template.bodies:
+            program = benchgen.code_program(p.prompt, "    return " + body.format(**fill))
+            assert _trusted_run(program, p.meta["tests"]), (template.name, body)
+        assert not _trusted_run(benchgen.code_program(p.prompt, "    return None"), p.meta["tests"])
+
+
+def test_checkers_reject_wrong_answers() -> None:
+    meta = {"edges": ["AB", "BC", "AD", "DC"], "source": "A", "target": "C"}
+    assert benchgen.path_valid(meta, " A B C\n") and benchgen.path_valid(meta, " A D C")
+    for bad in (" A C", " A B A D C", " B C", " A B", "", " A B C D", " AB C"):
+        assert not benchgen.path_valid(meta, bad), bad
+    assert benchgen.gsm_answer(" 3*4=12. 12+8=20. #### 20") == "20"
+    assert benchgen.gsm_answer(" 3*4=12. 20") is None
+    assert benchgen.arith_answer(" 8+6=14. 4+7+1=12. #### 124\n") == "124"
+    assert benchgen.arith_answer(" 124") is None  # the sum alone is not the answer format
+    # distinct answers: the same program spelled twice is one answer, a different one another
+    assert benchgen.canonical_output("code", "    return x+3\n") == benchgen.canonical_output("code", "    return x + 3")
+    assert benchgen.canonical_output("code", "    return 3 + x") != benchgen.canonical_output("code", "    return x + 3")
+    with pytest.raises(ValueError, match="allowed"):
+        benchgen.draw("poetry", random.Random(0), "train")
+    with pytest.raises(ValueError, match="split"):
+        benchgen.draw("code", random.Random(0), "test")
+    with pytest.raises(ValueError, match="mix"):
+        list(benchgen.training_documents(1, mix={"code": -1}))
+
+
+def test_decision_problems_have_several_answers() -> None:
+    for p in benchgen.eval_problems("path", 50):
+        assert p.meta["n_paths"] >= 2
+        assert p.meta["target"] not in {e.replace(p.meta["source"], "") for e in p.meta["edges"]
+                                        if p.meta["source"] in e}  # never the direct edge
+
+
+def test_task_files_render() -> None:
+    files = render()
+    for t in BENCH_TASKS:
+        fam = t.removeprefix("ftstudy_bench_")
+        text = files[f"{t}.yaml"].decode()
+        assert f"repeats: {BENCH_REPEATS}" in text and f"bench_{fam}" in text
+        assert ("unsafe_code: true" in text) == (fam == "code")
+        rows = [json.loads(line) for line in files[f"bench_{fam}.test.jsonl"].decode().splitlines()]
+        assert len(rows) == N_BENCH[fam] and all(benchgen.heldout(r["key"], fam) for r in rows)
+
+
+@pytest.mark.skipif(not SANDBOX, reason="no bubblewrap sandbox on this machine")
+def test_code_scores_run_in_the_sandbox() -> None:
+    p = benchgen.eval_problems("code", 1)[0]
+    row = benchgen.eval_row(p, 0)
+    wrong = "    return None\n"
+    scores = metrics.bench_scores("code", row, [p.answer] * 3 + [wrong] * 7)
+    assert scores["pass@1"] == pytest.approx(0.3)
+    assert scores["pass@10"] == 1.0 and scores["pass@5"] == pytest.approx(1 - (7 * 6 * 5 * 4 * 3) / (10 * 9 * 8 * 7 * 6))
+    assert scores["distinct_correct"] == 1.0
+    assert metrics.bench_scores("code", row, [wrong] * 10)["pass@10"] == 0.0
+    # A completion that escapes its function is still only a program in the sandbox: it fails.
+    evil = "    return open('/etc/hostname').read()\n"
+    assert metrics.bench_scores("code", row, [evil])["pass@1"] == 0.0
+
+
+def test_path_scores_count_distinct_valid_paths() -> None:
+    row = {"edges": ["AB", "BC", "AD", "DC"], "source": "A", "target": "C"}
+    s = metrics.bench_scores("path", row, [" A B C", " A D C", " A B C", " A C"])
+    assert s["pass@1"] == 0.75 and s["distinct_correct"] == 2.0 and "pass@5" not in s
+
+
+@pytest.mark.skipif(not SANDBOX, reason="no bubblewrap sandbox on this machine")
+def test_lm_eval_tasks_end_to_end(tmp_path: Path) -> None:
+    """A tiny untrained model through lm-eval: every task runs with 10 samples per problem."""
+    import lm_eval
+
+    from ftstudy.core.config import get_preset
+    from ftstudy.core.model import FreeTransformer
+    from ftstudy.eval.harness import FTStudyLM
+    from ftstudy.eval.suite import task_manager
+    from ftstudy.tasks.corpus import ByteTokenizer
+
+    cfg = get_preset("tokens-tiny", {"max_seq_len": "192"})
+    lm = FTStudyLM(model=FreeTransformer(cfg.model), tokenizer=ByteTokenizer(), batch_size=32)
+    res = lm_eval.simple_evaluate(model=lm, tasks=list(BENCH_TASKS), task_manager=task_manager(), limit=2,
+                                  log_samples=True, bootstrap_iters=0, confirm_run_unsafe_code=True)
+    for t in BENCH_TASKS:
+        r = res["results"][t]
+        assert 0 <= r["pass@1,samples"] <= r["pass@5,samples"] <= r["pass@10,samples"] <= 1
+        sample = res["samples"][t][0]
+        assert len(sample["filtered_resps"][0]) == BENCH_REPEATS
+        # every repeat is its own draw: an untrained model's 10 samples are not all equal
+        assert len(set(sample["filtered_resps"][0])) > 1
+    assert materialize()  # the default folder works too
+
+
+def test_column_addition_steps() -> None:
+    assert benchgen._column_steps(48, 76) == "8+6=14. 4+7+1=12."
+    assert benchgen._column_steps(345, 278) == "5+8=13. 4+7+1=12. 3+2+1=6."
+    assert benchgen._column_steps(48, 7) == "8+7=15. 4+1=5."
+    rng = random.Random(3)
+    for _ in range(500):
+        a, b = rng.randint(10, 999), rng.randint(1, 999)
+        steps = benchgen._column_steps(a, b).split()
+        digits = [int(s.split("=")[1].rstrip(".")) % 10 for s in steps]
+        carry = int(steps[-1].split("=")[1].rstrip(".")) // 10
+        assert int(str(carry) * bool(carry) + "".join(map(str, digits[::-1]))) == a + b

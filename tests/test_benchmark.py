@@ -1,0 +1,87 @@
+"""python -m ftstudy.benchmark (issue 15): the parameter-matched control, the pooled report
+from per-seed evaluations, the dry run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ftstudy.core.config import get_preset
+from ftstudy.core.model import FreeTransformer
+from ftstudy.eval import benchmark
+from ftstudy.eval.evaluate import entry_paths
+from ftstudy.eval.suite import BENCH_TASKS, N_BENCH
+from ftstudy.study.ablate import PRESETS, plan
+
+
+def _params(cfg) -> int:
+    return sum(p.numel() for p in FreeTransformer(cfg.model).parameters())
+
+
+def test_parameter_matched_control(tmp_path: Path) -> None:
+    runs = plan("benchmark", "bench", [0], {}, tmp_path)
+    base_layers = get_preset(PRESETS["bench"]).model.n_layers
+    by_label = {benchmark.model_label(r.config, base_layers): r.config for r in runs}
+    assert list(by_label) == ["baseline", f"matched (L={base_layers + 1})", "free k=0.25", "free k=0.5", "free k=1"]
+    base, matched = by_label["baseline"], by_label[f"matched (L={base_layers + 1})"]
+    free = by_label["free k=1"]
+    assert not matched.model.is_free and matched.model.n_layers == base.model.n_layers + 1
+    # everything else as the baseline: one more block is the only change
+    assert matched.replace(n_layers=base.model.n_layers) == base
+    p_base, p_matched, p_free = _params(base), _params(matched), _params(free)
+    block = sum(p.numel() for p in FreeTransformer(base.model).blocks[0].parameters())
+    assert p_matched - p_base == block
+    # the Free model's extra weights (encoder block, post-sampler): within 5% of the matched model
+    assert abs(p_matched - p_free) / p_free < 0.05
+    assert p_base < p_matched < p_free
+
+
+def _fake_evaluations(out: Path, seeds: list[int], gain: dict[str, float]) -> None:
+    """Samples files in evaluate's format: per doc pass@1, pass@10, distinct_correct."""
+    rng = np.random.default_rng(0)
+    labels = [benchmark.model_label(r.config, 4) for r in plan("benchmark", "bench", [0], {}, out / "runs")]
+    for s in seeds:
+        for label in labels:
+            samples = {}
+            for task in BENCH_TASKS:
+                fam = task.removeprefix("ftstudy_bench_")
+                n = N_BENCH[fam]
+                p = np.clip(np.linspace(0.1, 0.7, n) + rng.normal(0, 0.05, n) + gain.get(f"{label}:{fam}", 0.0), 0, 1)
+                c = rng.binomial(10, p)
+                samples[task] = [{"doc_id": i, "filter": "samples", "pass@1": c[i] / 10,
+                                  "pass@10": float(c[i] > 0), "distinct_correct": float(min(c[i], 2)),
+                                  "response": "x"} for i in range(n)]
+            path = entry_paths(out / f"s{s}", label)[1]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(samples))
+
+
+def test_pooled_report(tmp_path: Path) -> None:
+    _fake_evaluations(tmp_path, [0, 1, 2], {"free k=1:path": 0.2})
+    rep = benchmark.pooled_report(tmp_path, [0, 1, 2], n_boot=500)
+    rows = {r["family"]: r for r in rep["rows"]}
+    assert set(rows) == {"code", "arith", "gsm", "path"}
+    path = rows["path"]
+    assert path["models"]["baseline"]["seeds"] == 3 and path["calibrated"]
+    c = path["comparisons"]["free k=1 vs baseline"]["pass@1"]
+    assert c["ci_low"] > 0 and c["rel"] > 0.25
+    assert "free k=1 vs matched (L=5)" in path["comparisons"]
+    assert path["verdict"].startswith("Free gain") and "free k=1" in path["verdict"]
+    assert rows["code"]["verdict"].startswith("no Free gain detected")
+    assert 0 < path["mde"]["mde_rel"] < 1 and path["mde_test"]["mde_rel"] >= path["mde"]["mde_rel"] * 0.8
+    md = (tmp_path / "report.md").read_text()
+    assert "| Decision (many valid outputs) | ftstudy_bench_path |" in md and "matched (L=5)" in md
+    assert json.loads((tmp_path / "report.json").read_text())["settings"]["temperature"] == 0.8
+
+
+def test_dry_run_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert benchmark.main(["--seeds", "0", "--out", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "5 runs" in out and "evaluation: 5 model evaluations, 0 done" in out
+    assert benchmark.main(["--seeds", "0", "--out", str(tmp_path), "--jobs", "0"]) == 2
+    assert "--jobs = 0" in capsys.readouterr().err
+    assert benchmark.main(["--seeds", "0", "--out", str(tmp_path), "--stage", "eval"]) == 2
+    assert "not trained yet" in capsys.readouterr().err
