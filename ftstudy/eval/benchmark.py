@@ -104,10 +104,14 @@ def _likelihood(ckpt: Path, label: str, out: Path) -> dict[str, Any]:
     return res
 
 
-def _eval_job(seed: int, label: str, ckpt: str, out: str) -> tuple[int, str, float]:
-    """One model of one seed: lm-eval tasks and likelihood (in a worker process, one thread)."""
+def _one_thread() -> None:
+    """Initializer of the --jobs worker processes: one thread each."""
     import torch
     torch.set_num_threads(1)
+
+
+def _eval_job(seed: int, label: str, ckpt: str, out: str) -> tuple[int, str, float]:
+    """One model of one seed: lm-eval tasks and likelihood."""
     t0 = time.perf_counter()
     folder = Path(out) / f"s{seed}"
     tm = _task_manager(_tasks())
@@ -129,7 +133,7 @@ def _eval_stage(planned: list[tuple[int, str, Path, Any]], out: Path, jobs: int)
     env_threads = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"
     try:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_one_thread) as pool:
             for s, label, secs in pool.map(_eval_job, *zip(*todo)):
                 print(f"[ftstudy.eval.benchmark] s{s} {label}: done in {secs:.0f} s", flush=True)
     finally:
@@ -174,13 +178,14 @@ def pooled_report(out: Path, seeds: list[int], n_boot: int = 4000) -> dict[str, 
         family = task.removeprefix("ftstudy_bench_")
         row: dict[str, Any] = {"task": task, "family": family, "group": FAMILY_GROUP[family], "models": {}}
         mats: dict[tuple[str, str], Any] = {}
-        for lab in labels:
-            per_seed = [scores[(s, lab)][task] for s in have[lab] if task in scores[(s, lab)]]
-            if not per_seed:
-                continue
+        per_model = {lab: [scores[(s, lab)][task] for s in have[lab] if task in scores[(s, lab)]] for lab in labels}
+        per_model = {lab: runs for lab, runs in per_model.items() if runs}
+        # The problems every seed of every model answered: one column order for all (paired).
+        common = sorted(set.intersection(*(set(r[METRICS[0]]) for runs in per_model.values() for r in runs)),
+                        key=str) if per_model else []
+        for lab, per_seed in per_model.items():
             for m in METRICS:
-                keys, x = benchstats.stack([p[m] for p in per_seed])
-                mats[(lab, m)] = x
+                mats[(lab, m)] = benchstats.stack([p[m] for p in per_seed], common)[1]
             row["models"][lab] = {"seeds": len(per_seed), "problems": int(mats[(lab, "pass@1")].shape[1]),
                                   **{m: float(mats[(lab, m)].mean()) for m in METRICS},
                                   "pass@1_by_seed": [float(v) for v in mats[(lab, "pass@1")].mean(1)]}

@@ -213,9 +213,14 @@ def bootstrap_mde(c: Components, *, power: float = 0.8, reps: int = 200, n_boot:
     return {"mde_abs": float("inf"), "mde_rel": float("inf"), "power_at_z_mde": float("nan")}
 
 
-def stack(per_seed: Sequence[dict[Any, float]]) -> tuple[list[Any], NDArray[np.float64]]:
-    """Problems present in every seed's ``{problem: score}`` and the (seeds, problems) matrix."""
+def stack(per_seed: Sequence[dict[Any, float]], keys: Sequence[Any] | None = None
+          ) -> tuple[list[Any], NDArray[np.float64]]:
+    """The (seeds, problems) matrix of per-seed ``{problem: score}`` dicts, over ``keys`` (default:
+    the problems present in every seed), in that order: pass the same keys for every model so
+    that their columns are the same problems (paired)."""
     if not per_seed:
         raise ValueError("no seeds")
-    keys = sorted(set.intersection(*(set(d) for d in per_seed)), key=str)
+    if keys is None:
+        keys = sorted(set.intersection(*(set(d) for d in per_seed)), key=str)
+    keys = list(keys)
     return keys, np.array([[float(d[k]) for k in keys] for d in per_seed])
