@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gpu-check": ("ftstudy.perf.device_check", "the device check: one GPU, 8 minutes, results/gpu/<gpu name>/"),
     "notebooks": ("ftstudy.results.notebooks", "execute the notebooks against results/"),
     "claims": ("ftstudy.results.claims", "the README's claims table, from the result files"),
+    "verdicts": ("ftstudy.results.verdicts", "seed-level verdicts of the synthetic claims (results/ablate/verdicts.csv)"),
 }
 
 

@@ -227,7 +227,8 @@ class RunDir(_Folder):
                        ckpt/retrain/: the run trained again (same config) to re-measure it
         measure/       re-measurements of the finished model under a sampling protocol:
                        <protocol>.json, <protocol>.groups.txt (prior-Z groups, as groups.txt)
-                       and <protocol>.posterior.txt (groups sharing the encoder's Z)
+                       and <protocol>.posterior.txt (groups sharing the encoder's Z); and
+                       codes.encoder.json, the aggregate posterior over whole codes (no protocol)
         tb/            git-ignored: the TensorBoard log of the same figures
         COPIED_FROM    a run copied from an identical one of another study
         .ftstudy.lock  held by the one process writing the folder
@@ -266,6 +267,8 @@ class RunDir(_Folder):
     #: Where a finished run is trained again when its model.pt is gone (git-ignored, in ckpt/).
     retrain_dir = _File(CKPT, RETRAIN)
     measure_dir = _File(MEASURE)
+    #: The aggregate posterior over whole codes (protocol-free; not a protocol's .json).
+    codes_file = _File(MEASURE, "codes.encoder.json")
 
     def measure_file(self, protocol: str, kind: str = "json") -> Path:
         """A re-measurement's file: ``kind`` "json" (its figures), "groups" (prior-Z groups)
@@ -542,7 +545,7 @@ class StudyDir(_Folder):
     def protocols(self) -> list[str]:
         """The sampling protocols any of its runs was re-measured under (``measure/*.json``)."""
         names = {p.name.removesuffix(".json") for r in self.runs(finished=True) if r.measure_dir.is_dir()
-                 for p in r.measure_dir.glob("*.json")}
+                 for p in r.measure_dir.glob("*.json") if p != r.codes_file}
         return sorted(names, key=lambda n: (n != "t1", n != "paper", n))
 
     # ------------------------------------------------------------ figures

@@ -270,15 +270,15 @@ def test_device_cuda_plans_gpu_runs_and_prices_them_from_the_device_check(tmp_pa
     the committed device check; training refuses with the reason; --set must agree."""
     from ftstudy.study.ablate import default_jobs, default_out, gpu_timings
 
-    runs = plan("kl_budget", "paper", [0], parse_set_args(["accelerator=gpu"]), tmp_path, only=["kappa_bits=1/8"])
-    assert runs[0].run_dir.name == "synthetic-paper-free-k0.125-acceleratorgpu-s0"
-    assert default_out("paper", "cuda").relative_to(REPO_ROOT).parts[:2] == ("results", "gpu")
-    assert default_out("paper", "cuda").parts[-2:] == ("ablate", "paper")
+    runs = plan("kl_budget", "long", [0], parse_set_args(["accelerator=gpu"]), tmp_path, only=["kappa_bits=1/8"])
+    assert runs[0].run_dir.name == "synthetic-long-free-k0.125-acceleratorgpu-s0"
+    assert default_out("long", "cuda").relative_to(REPO_ROOT).parts[:2] == ("results", "gpu")
+    assert default_out("long", "cuda").parts[-2:] == ("ablate", "long")
     assert default_out("quick") == REPO_ROOT / "results" / "ablate"
     assert default_jobs("cpu") == 1 and 1 <= default_jobs("cuda") <= (os.cpu_count() or 1)
     checked = gpu_timings(tmp_path)
-    if checked is not None:  # results/gpu/<gpu>/ladder.json committed: the paper rung is priced
-        assert main(["--study", "kl_budget", "--preset", "paper", "--device", "cuda", "--only", "kappa_bits=1/8",
+    if checked is not None:  # results/gpu/<gpu>/ladder.json committed: the long rung is priced
+        assert main(["--study", "kl_budget", "--preset", "long", "--device", "cuda", "--only", "kappa_bits=1/8",
                      "--seeds", "0", "1", "2", "--jobs", "3", "--out", str(tmp_path), "--dry-run"]) == 0
         out = capsys.readouterr().out
         assert f"measured alone on {checked[0]}" in out and "3 runs" in out and "min of training left" in out
@@ -290,3 +290,15 @@ def test_device_cuda_plans_gpu_runs_and_prices_them_from_the_device_check(tmp_pa
                      "--set", *TINY, "steps=2", "--out", str(tmp_path)]) == 3
         assert "sees no CUDA device here; allowed here: --device cpu" in capsys.readouterr().err
         assert not list(tmp_path.glob("kl_budget/synthetic-*"))  # refused before any run folder
+
+
+def test_the_old_preset_name_still_works_with_a_warning(tmp_path, capsys):
+    from ftstudy.core.config import get_preset
+
+    assert get_preset("synthetic-paper").preset == "synthetic-long"
+    assert "now called 'synthetic-long'" in capsys.readouterr().err
+    assert main(["--study", "kl_budget", "--preset", "paper", "--seeds", "0", "--only", "kappa_bits=1/8",
+                 "--out", str(tmp_path), "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert "preset 'paper' is now called 'long'" in captured.err
+    assert "synthetic-long-free-k0.125-s0" in captured.out

@@ -244,6 +244,11 @@ def test_agreement_by_position():
     assert by_low[24]["groups"] == 1 and by_low[24]["mean"] == 0.0
     assert by_low[8]["groups"] == 0 and math.isnan(by_low[8]["mean"]) and math.isnan(by_low[8]["ci_low"])
     assert by_low[0]["ci_low"] <= 0.5 <= by_low[0]["ci_high"]
+    # chance: members shuffled among a prompt's shared groups; seed b has one group, so its
+    # shuffles are the group itself; seed a's three groups mix
+    assert all("chance" in r for r in rows)
+    (whole,) = agreement_by_position([b], bins=((0, 56),), n_boot=50)
+    assert whole["chance"] == pytest.approx(whole["mean"])
     (row,) = agreement_by_position([a, b], tol=2, bins=((0, 56),), n_boot=50)
     assert row["groups"] == 4 and row["mean"] == pytest.approx(((1 + 1 + 1) / 3 + 1) / 2)
     with pytest.raises(ValueError, match="bin"):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ftstudy.results.claims import (CLAIMS, GPU_DIR, PERF_DIR, QUICK, REPO_ROOT, ClaimError, claims_table, main,
+from ftstudy.results.claims import (CLAIMS, GPU_DIR, PERF_DIR, REPO_ROOT, VERDICTS, ClaimError, claims_table, main,
                                     perf_tables)
 
 
@@ -31,19 +31,20 @@ def test_a_changed_result_changes_the_table_and_fails_the_check(tmp_path: Path, 
     root = _copy_results(tmp_path / "repo")
     assert claims_table(root) == claims_table(REPO_ROOT) and perf_tables(root) == perf_tables(REPO_ROOT)
     assert main(["--check", str(REPO_ROOT / "README.md"), "--root", str(root)]) == 0
-    agg = root / QUICK
-    text = agg.read_text()
-    # κ = 8: change its valid rate in the file; the README's number must no longer match.
-    lines = text.splitlines()
-    head = lines[0].split(",")
-    col = head.index("generation.valid_rate")
-    for i, line in enumerate(lines):
-        cells = line.split(",")
-        if cells[head.index("kappa_bits")] == "8.0":
-            cells[col] = "0.123"
-            lines[i] = ",".join(cells)
-    agg.write_text("\n".join(lines) + "\n")
-    assert "valid rate 0.123" in claims_table(root)
+    import csv
+
+    verdicts = root / VERDICTS
+    with open(verdicts, newline="") as f:
+        rows = list(csv.DictReader(f))
+    # κ = 8: change its primary row's estimate in the file; the README's number must no longer match.
+    for r in rows:
+        if r["family"] == "primary" and r["claim"].startswith("κ = 8 bits"):
+            r["delta"] = "-0.123"
+    with open(verdicts, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    assert "valid rate, κ = 8 − baseline -0.123" in claims_table(root)
     assert main(["--check", str(REPO_ROOT / "README.md"), "--root", str(root)]) == 1
     assert "differs" in capsys.readouterr().err
 

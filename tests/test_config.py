@@ -29,7 +29,7 @@ def test_presets_build_and_round_trip(name: str) -> None:
 
 
 def test_required_presets_exist() -> None:
-    assert {"synthetic-tiny", "synthetic-quick", "synthetic-paper", "paper-1.5b", "paper-8b"} <= set(PRESETS)
+    assert {"synthetic-tiny", "synthetic-quick", "synthetic-long", "paper-1.5b", "paper-8b"} <= set(PRESETS)
     assert get_preset("synthetic-quick").model.is_free
 
 

@@ -19,7 +19,7 @@ PKG = Path(__file__).resolve().parents[1] / "ftstudy"
 LAYERS = ["io", "core", "tasks", "run", "results", "study", "eval", "perf", "cli"]
 # The `python -m ftstudy.<cmd>` modules belong to the command line, the top layer.
 COMMAND_MODULES = {"train", "ablate", "demo", "evaluate", "benchmark", "harness", "data", "notebooks", "claims", "calibrate",
-                   "gpucheck"}
+                   "gpucheck", "verdicts"}
 
 
 def layer_of(module: str) -> int:
@@ -89,7 +89,7 @@ def test_the_check_fails_on_an_upward_import(tmp_path):
 @pytest.mark.parametrize("modules", [
     ["ftstudy.io"],
     ["ftstudy.results.report", "ftstudy.results.plots", "ftstudy.results.claims", "ftstudy.results.notebooks",
-     "ftstudy.tasks.agreement", "ftstudy.tasks.figure4"],
+     "ftstudy.results.verdicts", "ftstudy.tasks.agreement", "ftstudy.tasks.figure4"],
 ])
 def test_torch_free_layers(modules):
     code = f"import sys\nfor m in {modules!r}:\n    __import__(m)\nprint('torch' in sys.modules)\n"

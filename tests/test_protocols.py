@@ -231,3 +231,55 @@ def test_t1_table_counts_runs_by_their_own_probe(tmp_path: Path) -> None:
     (t1,) = protocol_points(study.path, STUDIES["kl_budget"], "t1")
     assert t1["seeds"] == 2 and t1["exact_shared"] == 1.0 and t1["sampling.temperature"] == 1.0
     assert protocol_points(study.path, STUDIES["kl_budget"], "paper") == []
+
+
+def test_codes_check_of_the_aggregate_posterior(measured: Path) -> None:
+    """--codes: the aggregate posterior over whole codes per position, against a naive
+    per-sequence sum, written beside the protocols without being one."""
+    import torch
+
+    from ftstudy.tasks.probe import code_posterior_metrics
+
+    assert main(_args(measured, "--measure", "t1", "--codes")) == 0
+    run = _run(measured)
+    codes = json.loads(run.codes_file.read_text())
+    h = codes["latent_bits"]
+    assert 0 <= codes["code_entropy_min_bits"] <= codes["code_entropy_mean_bits"] <= h + 1e-9
+    assert codes["code_kl_to_prior_mean_bits"] == pytest.approx(h - codes["code_entropy_mean_bits"])
+    assert 0 <= codes["prior_mass_on_rare_codes_mean"] <= codes["prior_mass_on_rare_codes_max"] <= 1
+    assert "codes.encoder" not in StudyDir(measured / "kl_budget").protocols()
+    # naive reference: enumerate codes sequence by sequence
+    model, cfg, _ = load_model(run.model_file)
+    model.eval()
+    seqs = synthetic.sample(4, 123)
+    batch = synthetic.make_batch(seqs, synthetic.CharTokenizer())
+    got = code_posterior_metrics(model, [batch])
+    with torch.no_grad():
+        p = torch.sigmoid(model(batch["idx"], z="posterior-leaky").enc_logits.double())  # (B, T, H)
+    q = torch.zeros(p.shape[1], 1 << h, dtype=torch.float64)
+    for c in range(1 << h):
+        bits = torch.tensor([(c >> i) & 1 for i in range(h)], dtype=torch.float64)
+        q[:, c] = (p * bits + (1 - p) * (1 - bits)).prod(-1).mean(0)
+    ent = -(q * torch.log2(q)).sum(-1)
+    assert got["code_entropy_mean_bits"] == pytest.approx(float(ent.mean()), rel=1e-9)
+    assert got["code_entropy_by_position_bits"] == pytest.approx([round(float(v), 4) for v in ent], abs=1e-4)
+
+
+def test_codes_needs_measure(tmp_path: Path, capsys) -> None:
+    assert main(["--study", "kl_budget", "--preset", "quick", "--out", str(tmp_path), "--codes"]) == 2
+    assert "goes with --measure" in capsys.readouterr().err
+
+
+def test_calibration_averages_over_models_and_reports_each_term() -> None:
+    """Averaging (not summing) the panel's log-likelihood over models widens the 95% set; each
+    term's optimum is its own."""
+    def row(t: float, noise: float, pos: float) -> dict:
+        m = {"loglik": noise + pos, "loglik_positions": pos}
+        return {"temperature": t, "loglik": 2 * (noise + pos), "models": {"a": m, "b": dict(m)}}
+
+    curve = [row(0.5, -10.0, -30.0), row(0.6, -11.0, -27.0), row(0.7, -13.0, -26.5), row(0.8, -20.0, -26.0)]
+    out = protocols.choose_temperature(curve)
+    assert out["temperature"] == 0.6  # mean -38 against -40, -39.5, -46
+    assert out["temperature_interval"] == [0.6, 0.7]  # -39.5 is within 1.92 of -38 on the mean, -40 is not
+    assert out["summed_over_models"]["temperature_interval"] == [0.6, 0.6]  # the sum doubles every gap
+    assert out["term_optima"] == {"noise": 0.5, "positions": 0.8}

@@ -124,7 +124,7 @@ def test_studies_are_typed_and_equal_to_their_command_lines() -> None:
     assert STUDIES["free_bits_scope"].axis.categorical and STUDIES["kappa_eighth"].axis.key == "change"
     # Typed grid values, no string round trip: each run's config is exactly what its recorded
     # ftstudy.run.train arguments ask for.
-    runs = plan("all", "quick", [7], {"steps": "12"}, Path("/x")) + plan("kl_budget", "paper", [0], {}, Path("/x"))
+    runs = plan("all", "quick", [7], {"steps": "12"}, Path("/x")) + plan("kl_budget", "long", [0], {}, Path("/x"))
     for r in runs:
         assert config_from_args(build_parser().parse_args(r.argv)) == r.config, r.argv
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
@@ -24,7 +25,7 @@ from ftstudy.core.latent import MAX_LATENT_BITS
 
 __all__ = [
     "ConfigError", "field_error", "ModelConfig", "TaskConfig", "TrainConfig", "RunConfig",
-    "PRESETS", "get_preset", "apply_overrides", "parse_set_args", "config_value", "LATENT_ONLY_FIELDS", "MAX_SEED",
+    "PRESETS", "PRESET_ALIASES", "resolve_preset", "get_preset", "apply_overrides", "parse_set_args", "config_value", "LATENT_ONLY_FIELDS", "MAX_SEED",
     "check_sampling",
 ]
 
@@ -436,13 +437,15 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # shared-Z agreement at 3,000 steps, 0.064 at 10,000).  About 17 min per Free run alone
     # on a 2-core AVX2 CPU in fp32 (0.34 s/step), about 37 min with one thread while another
     # run uses the other core.  More steps, 8 layers, H = 16 and larger batches are
-    # overrides of it (`--set steps=...`; a finished run extends in place).
-    "synthetic-paper": {
+    # overrides of it (`--set steps=...`; a finished run extends in place).  Named "long", not
+    # "paper": the paper gives no size, step count, H or sampling for its synthetic model; the
+    # old name "synthetic-paper" still works, with a warning (PRESET_ALIASES).
+    "synthetic-long": {
         "model": dict(n_layers=4, dim=128, n_heads=4, latent_bits=8, max_seq_len=66),
         "task": dict(val_size=2048, n_generate=1000),
         "train": dict(steps=3000, batch_size=64, warmup_steps=200, val_every=500, ckpt_every=250),
     },
-    # The GPU ladder (issue 16), after synthetic-paper: sizes a 2-core CPU cannot train in a
+    # The GPU ladder, after synthetic-long: sizes a 2-core CPU cannot train in a
     # session (`ablate --preset gpu-mid|gpu --device cuda`; `--dry-run --device cuda` prices
     # them from the step times make gpu-check measured).  D 256, 8 layers, H 8 (H 16 is the
     # latent_bits study's point): 5,000 steps, then 20,000 steps at batch 128.
@@ -513,7 +516,22 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 NOMINAL_PARAMS = {"paper-1.5b": 1.5e9, "paper-8b": 8.0e9}
 
 
+#: Old preset names that still work, with a warning: old name → current name.
+PRESET_ALIASES = {"synthetic-paper": "synthetic-long"}
+
+
+def resolve_preset(name: str, aliases: dict[str, str] = PRESET_ALIASES) -> str:
+    """A preset's current name; an old name (``aliases``) is accepted with a warning on stderr."""
+    if name in aliases:
+        new = aliases[name]
+        print(f"warning: preset {name!r} is now called {new!r} (the paper gives no size, step count, H or "
+              f"sampling for its synthetic model); using {new!r}", file=sys.stderr)
+        return new
+    return name
+
+
 def get_preset(name: str, overrides: dict[str, Any] | None = None) -> RunConfig:
+    name = resolve_preset(name)
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; allowed: {sorted(PRESETS)}")
     p = PRESETS[name]

@@ -53,7 +53,7 @@ from ftstudy.run.train import build_parser as train_parser, config_from_args, tr
 from ftstudy.study.ablate import GPU_RESULTS, PRESETS as ABLATE_PRESETS, run_shape
 
 STAGES = ("env", "perf", "concurrency", "ladder", "kappa")
-LADDER = ("quick", "paper", "gpu-mid", "gpu")  # ablate presets, smallest first
+LADDER = ("quick", "long", "gpu-mid", "gpu")  # ablate presets, smallest first
 CONCURRENCY = (1, 4, 8, 16)
 KAPPA_POINTS = ("kappa_bits=1/8", "kappa_bits=1/64", "latent_bits=0")
 KAPPA_SEEDS = (0, 1, 2)

@@ -32,12 +32,10 @@ GPU_DIR = "results/gpu"  # python -m ftstudy.gpucheck
 
 # The result files the claims cite, relative to the repository.
 QUICK = StudyDir("results/ablate/kl_budget").aggregate_csv.as_posix()
-PAPER = StudyDir("results/ablate/paper/kl_budget").aggregate_csv.as_posix()
 BENCH = "results/benchmarks/code-math-small/s0/report.json"
 RUNS = StudyDir("results/benchmarks/code-math-small/runs/kl_budget").summary_file.as_posix()
 SCALE = "results/perf/scale.json"
-QUICK_CMD = "`python -m ftstudy.ablate --study kl_budget --preset quick --seeds 0 1 2 3 4 --jobs 2`"
-PAPER_CMD = "`python -m ftstudy.ablate --study kl_budget --preset paper --seeds 0 1 2 --only kappa_bits=1/8`"
+QUICK_CMD = "`python -m ftstudy.ablate --study kl_budget --preset quick --seeds 0 1 2 3 4 5 6 7 8 9 --jobs 2`"
 BENCH_CMD = "`make benchmark-code-math`"
 SUITE = "results/benchmarks/bench/report.json"
 SUITE_CMD = "`make benchmark` (`python -m ftstudy.benchmark --seeds 0 1 2 --jobs 2`)"
@@ -99,20 +97,14 @@ def _cells(cells: list[dict[str, Any]], digits: int = 3) -> str:
 
 
 QUICK_AGREE = StudyDir("results/ablate/kl_budget").agreement_csv.as_posix()
-PAPER_AGREE = StudyDir("results/ablate/paper/kl_budget").agreement_csv.as_posix()
-QUICK_MEASURE_CMD = "`python -m ftstudy.ablate --study kl_budget --preset quick --seeds 0 1 2 3 4 --measure`"
-PAPER_MEASURE_CMD = ("`python -m ftstudy.ablate --study kl_budget --preset paper --seeds 0 1 2 --only kappa_bits=1/8 "
-                     "--measure`")
-GPU_PAPER_AGREE = StudyDir("results/gpu/nvidia-h200/ablate/paper/kl_budget").agreement_csv.as_posix()
-GPU_PAPER_CMD = ("`python -m ftstudy.ablate --study kl_budget --preset paper --device cuda --seeds 0 1 2 --only "
-                 "kappa_bits=1/8 kappa_bits=1/64 latent_bits=0 --jobs 9 --out results/gpu/nvidia-h200/ablate/paper "
-                 "--measure t1 paper` (on one H200)")
-#: The verdict rule of the position claims (the README says it): under the paper's protocol,
-#: "holds" when the 95% interval of the ±2 agreement difference (shared − independent Z) is
-#: above 0 and its estimate reaches half of the paper figure's own difference at that κ;
-#: "holds partially" when the interval is above 0 but the effect is smaller; "does not hold"
-#: when the interval reaches 0 (the power of the design is quoted beside it).
-VERDICT_FRACTION = 0.5
+VERDICTS = "results/ablate/verdicts.csv"
+QUICK_MEASURE_CMD = ("`python -m ftstudy.ablate --study kl_budget --preset quick --seeds 0 1 2 3 4 5 6 7 8 9 --measure`, "
+                     "then `python -m ftstudy.verdicts`")
+LONG_MEASURE_CMD = ("`python -m ftstudy.ablate --study kl_budget --preset long --seeds 0 1 2 3 4 5 6 7 --only "
+                    "kappa_bits=1/8 --measure`, then `python -m ftstudy.verdicts`")
+GPU_LONG_CMD = ("`python -m ftstudy.ablate --study kl_budget --preset long --device cuda --seeds 0 1 2 --only "
+                "kappa_bits=1/8 kappa_bits=1/64 latent_bits=0 --jobs 9 --out results/gpu/nvidia-h200/ablate/long "
+                "--measure t1 paper` (on one H200), then `python -m ftstudy.verdicts`")
 
 
 def _agree_row(root: Path, rel: str, protocol: str, kappa: float | None) -> dict[str, str]:
@@ -126,53 +118,51 @@ def _agree_row(root: Path, rel: str, protocol: str, kappa: float | None) -> dict
     raise ClaimError(f"{rel} has no {protocol!r} row for {'the baseline' if kappa is None else f'kappa_bits={kappa:g}'}")
 
 
-def _f(r: dict[str, str], key: str, signed: bool = False) -> str:
-    fmt = "+.3f" if signed else ".3f"
-    m, lo, hi = r[key], r.get(f"{key}_ci_low", ""), r.get(f"{key}_ci_high", "")
-    if not m or not math.isfinite(float(m)):
-        return "–"
-    if lo and hi and math.isfinite(float(lo)):
-        return f"{float(m):{fmt}} [{float(lo):{fmt}}, {float(hi):{fmt}}]"
-    return f"{float(m):{fmt}}"
-
-
-def _seeds(n: str | int) -> str:
-    return f"{n} seed{'' if int(n) == 1 else 's'}"
-
-
 def _kappa(k: float) -> str:
     """κ as the paper writes it: 1/64, 1/8, 1, 8."""
     return f"1/{round(1 / k)}" if 0 < k < 1 and math.isclose(1 / k, round(1 / k)) else f"{k:g}"
 
 
-def _protocol_cell(r: dict[str, str]) -> str:
-    t = float(r["sampling.temperature"])
-    return (f"τ = {t:g}: ±2 shared {_f(r, 'within2_shared')} vs indep {_f(r, 'within2_independent')}, "
-            f"Δ {_f(r, 'within2_diff', True)} (80% power at {float(r['within2_diff_mde80']):.3f}); exact shared "
-            f"{_f(r, 'exact_shared')} vs indep {_f(r, 'exact_independent')} ({_seeds(r['seeds'])})")
+def _verdict_row(root: Path, family: str, protocol: str, claim_start: str) -> dict[str, str] | None:
+    for r in _rows(root, VERDICTS):
+        if r["family"] == family and r["protocol"] == protocol and r["claim"].startswith(claim_start):
+            return r
+    return None
 
 
-def _verdict(root: Path, rel: str, kappa: float) -> str:
-    r = _agree_row(root, rel, "paper", kappa)
-    fig = _agree_row(root, QUICK_AGREE, "paper figure", kappa)
-    lo, d, want = float(r["within2_diff_ci_low"]), float(r["within2_diff"]), float(fig["within2_diff"])
-    if lo <= 0:
-        return "**does not hold**"
-    return "**holds**" if d >= VERDICT_FRACTION * want else "**holds partially**"
+def _num(x: str) -> float:
+    return float(x) if x not in ("", None) else math.nan
 
 
-def _position_both(root: Path, rel: str, kappa: float) -> str:
-    """The position claim at κ under both protocols, with its verdict (paper protocol)."""
-    return (f"{_verdict(root, rel, kappa)}. " + "; ".join(_protocol_cell(_agree_row(root, rel, p, kappa))
-                                                         for p in ("paper", "t1")))
+def _verdict_cell(r: dict[str, str], what: str = "Δ(±2)") -> str:
+    """One verdicts.csv row: Δ with its t-interval over seeds, Holm p, detectable effect and the bootstrap."""
+    lo, hi = _num(r["lo"]), _num(r["hi"])
+    iv = f" [{lo:+.3f}, {hi:+.3f}]" if math.isfinite(lo) else ""
+    holm = _num(r["p_holm"])
+    p = f"p {_num(r['p']):.2g}" + (f", Holm {holm:.2g}" if math.isfinite(holm) else "")
+    boot = (f"; bootstrap [{_num(r['boot_lo']):+.3f}, {_num(r['boot_hi']):+.3f}]"
+            if math.isfinite(_num(r["boot_lo"])) else "")
+    return (f"τ = {_num(r['temperature']):g}: {what} {_num(r['delta']):+.3f}{iv} ({p}; detectable "
+            f"{_num(r['mde']):.3f}; {r['k_showing']} of {r['n_seeds']} seeds show it{boot})")
 
 
-def _unused_both(root: Path, rel: str, kappa: float) -> str:
-    """The null claim at κ: "holds" when, under both protocols, the interval of the ±2
-    agreement difference contains 0 (its power quoted beside it)."""
-    rows = [_agree_row(root, rel, p, kappa) for p in ("paper", "t1")]
-    null = all(float(r["within2_diff_ci_low"]) <= 0 <= float(r["within2_diff_ci_high"]) for r in rows)
-    return f"{'**holds**' if null else '**does not hold**'}. " + "; ".join(_protocol_cell(r) for r in rows)
+def _verdict_claim(family: str, claim_start: str, secondary: str | None = "secondary",
+                   what: str = "Δ(±2)") -> Callable[[Path], str]:
+    """A claim row from verdicts.csv: its verdict under the primary protocol, then the numbers
+    (and the same claim under τ = 1 when it has a secondary row)."""
+    def measure(root: Path) -> str:
+        protocol = "t1" if claim_start.startswith("κ = 1 bit: Z also") else "paper"
+        r = _verdict_row(root, family, protocol, claim_start)
+        if r is None:
+            raise ClaimError(f"{VERDICTS} has no {family!r} row for {claim_start!r}; python -m ftstudy.verdicts writes it")
+        note = f", {r['note']}" if r["note"] and not r["note"].startswith("90%") else ""
+        cells = [f"**{r['verdict']}**{note}. " + _verdict_cell(r, what)]
+        if secondary is not None:
+            t1 = _verdict_row(root, secondary, "t1", claim_start)
+            if t1 is not None:
+                cells.append(f"{t1['verdict']} at " + _verdict_cell(t1, what))
+        return "; ".join(cells)
+    return measure
 
 
 def _figure(root: Path) -> str:
@@ -190,28 +180,8 @@ def _figure(root: Path) -> str:
 
 def _kappa_unused(root: Path) -> str:
     r = _point(root, QUICK, 1 / 64)
-    return (f"KL {_mi(r, 'posterior.kl_bits_per_token')} bits/token; collapsed to 0 in "
+    return (f"KL {_mi(r, 'posterior.kl_bits_per_token')} bits/token (t over seeds); collapsed to 0 in "
             f"{r['collapsed']} of {r['seeds']} seeds")
-
-
-def _position(root: Path, rel: str, kappa: float) -> str:
-    r = _point(root, rel, kappa)
-    return (f"same block position: shared Z {_mi(r, 'probe.same_pos_shared')} vs independent Z "
-            f"{_mi(r, 'probe.same_pos_independent')} ({r['seeds']} seeds)")
-
-
-def _noise(root: Path) -> str:
-    r = _point(root, QUICK, 1.0)
-    return (_position(root, QUICK, 1.0) + f"; shared noise / chance: shared Z {_mi(r, 'probe.noise_overlap_shared')} "
-            f"vs independent {_mi(r, 'probe.noise_overlap_independent')}")
-
-
-def _invalid(root: Path) -> str:
-    r, b = _point(root, QUICK, 8.0), _point(root, QUICK, None)
-    p, pb = _agree_row(root, QUICK_AGREE, "paper", 8.0), _agree_row(root, QUICK_AGREE, "paper", None)
-    return (f"τ = 1: valid rate {_mi(r, 'generation.valid_rate')} vs baseline {_mi(b, 'generation.valid_rate')} "
-            f"({_seeds(r['seeds'])}); τ = {float(p['sampling.temperature']):g}: {float(p['valid_rate']):.3f} vs "
-            f"baseline {float(pb['valid_rate']):.3f} (pooled; {_seeds(p['seeds'])})")
 
 
 def _code(root: Path) -> str:
@@ -306,18 +276,21 @@ class Claim:
 CLAIMS = (
     Claim("Synthetic task, κ = 1/64 bit: Z carries nothing (Fig. 4, left)", _kappa_unused, QUICK, QUICK_CMD),
     Claim("The paper's Figure 4 itself, measured by our code", _figure, QUICK_AGREE, QUICK_MEASURE_CMD),
-    Claim("κ = 1/64 bit: shared Z does not move the position", lambda root: _unused_both(root, QUICK_AGREE, 1 / 64),
-          QUICK_AGREE, QUICK_MEASURE_CMD),
+    Claim("κ = 1/64 bit: shared Z does not move the position",
+          _verdict_claim("null", "κ = 1/64 bit", secondary="null"), VERDICTS, QUICK_MEASURE_CMD),
     Claim("κ = 1/8 bit: shared-Z generations agree on the block position",
-          lambda root: _position_both(root, QUICK_AGREE, 1 / 8), QUICK_AGREE, QUICK_MEASURE_CMD),
+          _verdict_claim("primary", "κ = 1/8 bit: generations"), VERDICTS, QUICK_MEASURE_CMD),
     Claim("κ = 1/8 bit, same claim, longer training (D 128, 3,000 steps)",
-          lambda root: _position_both(root, PAPER_AGREE, 1 / 8), PAPER_AGREE, PAPER_MEASURE_CMD),
+          _verdict_claim("primary", "κ = 1/8 bit, the same with longer"), VERDICTS, LONG_MEASURE_CMD),
     Claim("κ = 1/8 bit, the same longer training on one H200 GPU (bf16)",
-          lambda root: _position_both(root, GPU_PAPER_AGREE, 1 / 8), GPU_PAPER_AGREE, GPU_PAPER_CMD),
-    Claim("κ = 1 bit: Z decides the position", lambda root: _position_both(root, QUICK_AGREE, 1.0), QUICK_AGREE,
+          _verdict_claim("gpu", "κ = 1/8 bit, longer training, on one H200", secondary=None), VERDICTS, GPU_LONG_CMD),
+    Claim("κ = 1 bit: Z decides the position", _verdict_claim("primary", "κ = 1 bit: Z decides"), VERDICTS,
           QUICK_MEASURE_CMD),
-    Claim("κ = 1 bit: … and the noise (τ = 1 probe)", _noise, QUICK, QUICK_CMD),
-    Claim("κ = 8 bits: generations become invalid", _invalid, QUICK, QUICK_MEASURE_CMD),
+    Claim("κ = 1 bit: … and the noise (τ = 1 probe)",
+          _verdict_claim("primary", "κ = 1 bit: Z also", secondary=None, what="shared − independent noise / chance"),
+          VERDICTS, QUICK_MEASURE_CMD),
+    Claim("κ = 8 bits: generations become invalid",
+          _verdict_claim("primary", "κ = 8 bits", what="valid rate, κ = 8 − baseline"), VERDICTS, QUICK_MEASURE_CMD),
     Claim("Code (MBPP-like): Free above baseline at 1.5B/8B; here a CPU-scale suite",
           _suite_task("ftstudy_bench_code", "generated function synthesis, hidden tests"), SUITE, SUITE_CMD),
     Claim("Math (GSM8K): Free above baseline; CPU-scale word problems",
@@ -338,7 +311,7 @@ CLAIMS = (
 
 
 def claims_table(root: Path = REPO_ROOT) -> str:
-    lines = ["| paper's claim | our measurement (mean [95% interval]) | result file | command |",
+    lines = ["| paper's claim | our measurement (verdict; mean [95% t-interval over seeds]) | result file | command |",
              "|---|---|---|---|"]
     for c in CLAIMS:
         lines.append(f"| {c.claim} | {c.measure(Path(root))} | `{c.source}` | {c.command} |")

@@ -39,6 +39,7 @@ __all__ = [
     "plot_dynamics", "collapse_events", "benchmark_table", "perplexity_table", "plot_benchmark_deltas",
     "plot_perplexity", "synthetic_examples", "perf_tables", "perf_suites", "suite_tables", "plot_suite",
     "plot_mapper", "protocol_tables", "plot_agreement_by_position", "paper_figure4_panels",
+    "verdict_frame", "plot_tau_sensitivity", "plot_delta_vs_kl", "plot_contrasts",
 ]
 
 
@@ -422,8 +423,9 @@ def plot_dynamics(study_dir: Path, x: str, smooth: int = 5) -> plt.Figure:
             val = [(r["step"], r["ce_prior"]) for r in rows if r["split"] == "val" and "ce_prior" in r]
             if val:
                 ax_ce.plot(*zip(*val), "o-", color=c, ms=3, lw=1)
-        if x == "kappa_bits":
-            ax_kl.axhline(float(key), color="black", ls="--", lw=1, label="κ")
+        kappa = float(key) if x == "kappa_bits" else float(RunDir(by[key][0][1]).config()["model"]["kappa_bits"])
+        ax_kl.axhline(kappa, color="black", ls="--", lw=1, label="κ")
+        ax_kl.axhline(0.9 * kappa, color="black", ls=":", lw=0.8, label="0.9 κ (switched on)")
         for rows in base:
             val = [(r["step"], r["ce_prior"]) for r in rows if r["split"] == "val" and "ce_prior" in r]
             if val:
@@ -714,8 +716,10 @@ def plot_agreement_by_position(study_dir: Path, protocol: str, kappas: tuple[flo
     the information bound: a block at body position p is placed after p + 2 tokens, so the
     decoder can have read at most (p + 2)·κ bits of Z (per-token free bits), and two
     sequences sharing Z then agree on the position with probability at most the ceiling of
-    :func:`ftstudy.tasks.agreement.agreement_ceiling`.  The paper's Figure 4 groups at the
-    same κ are drawn as stars."""
+    :func:`ftstudy.tasks.agreement.agreement_ceiling` (derived for sampling at τ = 1; under a
+    sharper τ the decoder's own sampling adds agreement the bound does not count).  Each bin's
+    chance level comes from shuffling members among a prompt's shared groups.  The paper's
+    Figure 4 groups at the same κ are drawn as stars."""
     from ftstudy.tasks import agreement, figure4
 
     sns.set_theme(style="whitegrid", context="notebook")
@@ -732,17 +736,18 @@ def plot_agreement_by_position(study_dir: Path, protocol: str, kappas: tuple[flo
                    [r["ci_high"] - r["mean"] for r in rows if r["groups"]]]
             ax.errorbar(mid, m, yerr=err, fmt="o-", color="tab:green", capsize=3,
                         label=f"ours, shared Z ({len(tables)} seeds; 95% bootstrap)")
+            ax.plot(mid, [r["chance"] for r in rows if r["groups"]], "s:", color="tab:blue", ms=5,
+                    label="each bin's chance (members shuffled among a prompt's groups)")
             pooled = np.concatenate([t.position[t.valid & ~t.shared] for t in tables])
             counts = np.bincount(pooled, minlength=agreement.N_POSITIONS)
             p_marg = counts[counts > 0] / max(1, counts.sum())
             h = float(-(p_marg * np.log2(p_marg)).sum()) if counts.sum() else None
             if tol == 0 and counts.sum() > 0:
-                chance = float((counts / counts.sum()) @ (counts / counts.sum()))
-                ax.axhline(chance, color="tab:blue", ls=":", label=f"chance (independent Z): {chance:.3f}")
                 pos = np.arange(agreement.N_POSITIONS)
                 ceiling = agreement.agreement_ceiling(np.array([agreement.bound_bits(p, kappa) for p in pos]),
                                                       entropy_bits=h)
-                ax.plot(pos, ceiling, color="black", ls="--", label="ceiling from (p + 2)·κ bits of Z")
+                ax.plot(pos, ceiling, color="black", ls="--",
+                        label="ceiling from (p + 2)·κ bits of Z (derived for τ = 1 sampling)")
         panel = paper.get(round(kappa, 9))
         if panel is not None:
             t = panel.table()
@@ -756,5 +761,112 @@ def plot_agreement_by_position(study_dir: Path, protocol: str, kappas: tuple[flo
         ax.set(xlabel="block position of the group (median member)", ylabel=f"pairs agreeing ({name})",
                title=f"κ = {kappa:g} bit, protocol {protocol}", ylim=(0, 1.02), xlim=(-1, agreement.N_POSITIONS))
         ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- seed-level verdicts (ftstudy.results.verdicts)
+
+def _csv(path: Path | str) -> pd.DataFrame:
+    return pd.read_csv(path, keep_default_na=True)
+
+
+def verdict_frame(verdicts_csv: Path | str, families: tuple[str, ...] = ("primary", "null", "secondary", "gpu")
+                  ) -> pd.DataFrame:
+    """verdicts.csv's claim rows of ``families`` as a table to read: Δ [95% t-interval], k of
+    n, Holm p, the detectable effect, the bootstrap beside it, and the verdict."""
+    df = _csv(verdicts_csv)
+    df = df[df["family"].isin(families)]
+
+    def iv(r: pd.Series, a: str, b: str) -> str:
+        return f"[{r[a]:+.3f}, {r[b]:+.3f}]" if pd.notna(r[a]) else "–"
+
+    return pd.DataFrame({
+        "family": df["family"], "claim": df["claim"], "preset": df["preset"],
+        "protocol (τ)": [f"{p} ({t:g})" for p, t in zip(df["protocol"], df["temperature"])],
+        "k of n": [f"{k} of {n}" for k, n in zip(df["k_showing"], df["n_seeds"])],
+        "Δ": df["delta"].round(3), "95% t-interval": [iv(r, "lo", "hi") for _, r in df.iterrows()],
+        "p (Holm)": [f"{p:.2g} ({h:.2g})" if pd.notna(h) else f"{p:.2g}" for p, h in zip(df["p"], df["p_holm"])],
+        "detectable": df["mde"].round(3), "bootstrap": [iv(r, "boot_lo", "boot_hi") for _, r in df.iterrows()],
+        "verdict": [v + (f" ({n})" if isinstance(n, str) and n else "") for v, n in zip(df["verdict"], df["note"])],
+    }).reset_index(drop=True)
+
+
+def plot_tau_sensitivity(verdicts_csv: Path | str) -> plt.Figure:
+    """Δ(±2) with its 95% t-interval over seeds against the sampling temperature, one line per
+    position claim (the sensitivity families of verdicts.csv); 0 and half the paper figure's
+    effect are drawn, and each point is labelled with its verdict's first word and k of n."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    df = _csv(verdicts_csv)
+    df = df[df["family"].str.startswith("sensitivity")]
+    fig, ax = plt.subplots(figsize=(7.5, 4.4))
+    offsets = {c: (i - 1) * 0.008 for i, c in enumerate(dict.fromkeys(df["claim"]))}
+    for (claim, preset), g in df.groupby(["claim", "preset"], sort=False):
+        g = g.sort_values("temperature")
+        x = g["temperature"] + offsets[claim]
+        ax.errorbar(x, g["delta"], yerr=[g["delta"] - g["lo"], g["hi"] - g["delta"]], fmt="o-", capsize=3,
+                    label=f"{claim.split(':')[0]} ({preset})")
+        for xi, (_, r) in zip(x, g.iterrows()):
+            ax.annotate(f"{r['verdict'].split()[0]} {r['k_showing']}/{r['n_seeds']}", (xi, r["hi"]),
+                        textcoords="offset points", xytext=(0, 4), ha="center", fontsize=6)
+    ax.axhline(0, color="black", lw=0.8)
+    papers = df["paper_effect"].dropna()
+    if len(papers):
+        ax.axhline(0.5 * papers.iloc[0], color="tab:red", ls="--", lw=0.8, label="half the paper figure's Δ")
+    ax.set(xlabel="sampling temperature τ", ylabel="Δ(±2): shared − independent Z",
+           title="Position claims against τ (95% t-interval over seeds)")
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_delta_vs_kl(kl_spent_csv: Path | str) -> plt.Figure:
+    """Per-seed Δ(±2) under protocol `paper` against the KL each run spent, for every κ = 1/8
+    quick condition (kl_budget, injection depth, latent width), with the switched-on line at
+    0.9 κ and the least-squares fit of kl_spent.csv's regression row."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    df = _csv(kl_spent_csv)
+    reg = df[df["study"] == "regression"]
+    rows = df[(df["study"] != "regression") & (df["preset"] == "quick") & np.isclose(df["kappa_bits"], 0.125)]
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    markers = {"kl_budget": "o", "injection_depth": "s", "latent_bits": "^"}
+    for _, r in rows.iterrows():
+        kl, d = json.loads(r["per_seed_kl"]), json.loads(r["per_seed_delta"])
+        ax.plot(kl, d, markers.get(r["study"], "o"), ms=6, alpha=0.8, label=f"{r['condition']} ({r['study']})")
+    ax.axvline(0.9 * 0.125, color="black", ls=":", lw=0.8, label="0.9 κ: switched on")
+    if len(reg):
+        r = reg.iloc[0]
+        xs = np.linspace(0, 0.13, 20)
+        ax.plot(xs, r["intercept"] + r["slope"] * xs, color="gray", lw=1,
+                label=f"fit: slope {r['slope']:+.2f} per bit, ρ {r['spearman_rho']:+.2f}")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set(xlabel="KL spent at the end of training (bits/token, held-out)", ylabel="Δ(±2) per seed, τ = 0.6",
+           title="κ = 1/8: the effect against the KL a run spent")
+    ax.legend(fontsize=6, ncol=2, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_contrasts(contrasts_csv: Path | str, protocol: str = "paper") -> plt.Figure:
+    """Injection depth and latent width against KL spent: shared-Z agreement, independent-Z
+    agreement and validity drawn apart (mean over seeds of each condition; the paper's
+    setting, inject after block 2 and H = 8, as the reference point)."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    df = _csv(contrasts_csv)
+    df = df[df["protocol"] == protocol]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.0))
+    for (study, g), marker in zip(df.groupby("study", sort=False), ("s", "^")):
+        ref = g.iloc[0]
+        for ax, name, label in zip(axes, ("shared", "independent", "valid"),
+                                   ("±2 agreement, shared Z", "±2 agreement, independent Z", "valid rate")):
+            ax.plot(g["kl_cond"], g[f"{name}_cond"], marker, ms=7, label=study)
+            for _, r in g.iterrows():
+                ax.annotate(r["condition"].split(" = ")[1], (r["kl_cond"], r[f"{name}_cond"]), fontsize=7,
+                            textcoords="offset points", xytext=(4, 2))
+            ax.plot([ref["kl_ref"]], [ref[f"{name}_ref"]], marker, ms=9, mfc="none", mec="black",
+                    label=f"{study}: {ref['reference']}")
+            ax.set(xlabel="KL spent (bits/token)", ylabel=label)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Depth and width at κ = 1/8 against the KL they spend (protocol {protocol})", fontsize=11)
     fig.tight_layout()
     return fig

@@ -11,10 +11,10 @@ from the per-run files after every run.
 
     python -m ftstudy.ablate --study kl_budget --preset quick --seeds 0 1 2 --jobs 2
     python -m ftstudy.ablate --study all --preset quick --seeds 0 --dry-run
-    python -m ftstudy.ablate --study kl_budget --preset paper --seeds 0 1 2 --only kappa_bits=1/8
+    python -m ftstudy.ablate --study kl_budget --preset long --seeds 0 1 2 --only kappa_bits=1/8
 
 Each preset has its own results folder (``--out`` overrides it): quick → results/ablate/,
-paper → results/ablate/paper/, demo → results/demo/.  ``--jobs N`` trains N runs at once,
+long → results/ablate/long/, demo → results/demo/.  ``--jobs N`` trains N runs at once,
 each in its own process with cpu_count/N threads: on a 2-core CPU two one-thread runs of
 the quick model train 1.8x faster in total than one two-thread run.  Each such process is
 given its run's resolved config as a file (``<study>/logs/<run>.config.json``, read by
@@ -42,7 +42,8 @@ from typing import Any
 import lightning as L
 from tqdm import tqdm
 
-from ftstudy.core.config import LATENT_ONLY_FIELDS, ConfigError, RunConfig, config_value, get_preset, parse_set_args
+from ftstudy.core.config import (LATENT_ONLY_FIELDS, ConfigError, RunConfig, config_value, get_preset, parse_set_args,
+                                 resolve_preset)
 from ftstudy.io import RunDir, StudyDir, folder_lock, write_config_file
 from ftstudy.results.report import kl_collapsed, write_aggregate, write_agreement
 from ftstudy.run.lit import machine_name
@@ -56,10 +57,12 @@ __all__ = ["STUDIES", "PRESETS", "Study", "PlannedRun", "plan", "rebuild_summary
 DEFAULT_OUT = REPO_ROOT / "results" / "ablate"
 GPU_RESULTS = REPO_ROOT / "results" / "gpu"  # results/gpu/<gpu name>/: device checks and GPU sweeps
 # --preset → (config preset, default results folder)
-PRESETS = {"quick": "synthetic-quick", "paper": "synthetic-paper", "demo": "synthetic-demo",
+PRESETS = {"quick": "synthetic-quick", "long": "synthetic-long", "demo": "synthetic-demo",
            "code-math": "code-math-small", "bench": "bench-small", "gpu-mid": "synthetic-gpu-mid",
            "gpu": "synthetic-gpu"}
-PRESET_OUT = {"quick": DEFAULT_OUT, "paper": DEFAULT_OUT / "paper", "demo": REPO_ROOT / "results" / "demo",
+#: Old --preset names that still work, with a warning.
+PRESET_ALIASES = {"paper": "long"}
+PRESET_OUT = {"quick": DEFAULT_OUT, "long": DEFAULT_OUT / "long", "demo": REPO_ROOT / "results" / "demo",
               "code-math": REPO_ROOT / "results" / "benchmarks" / "code-math-small" / "runs",
               "bench": REPO_ROOT / "results" / "benchmarks" / "bench" / "runs",
               "gpu-mid": DEFAULT_OUT / "gpu-mid", "gpu": DEFAULT_OUT / "gpu"}
@@ -337,9 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ftstudy.ablate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study", required=True, choices=[*STUDIES, "all"])
-    p.add_argument("--preset", default="quick", choices=sorted(PRESETS),
-                   help="quick = synthetic-quick (minutes per run), paper = synthetic-paper (long), "
-                        "demo = synthetic-demo (make demo)")
+    p.add_argument("--preset", default="quick", choices=sorted([*PRESETS, *PRESET_ALIASES]),
+                   help="quick = synthetic-quick (minutes per run), long = synthetic-long (D 128, 3,000 steps; "
+                        "its old name paper still works, with a warning), demo = synthetic-demo (make demo)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="SEED")
     p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override any config field for every run, e.g. steps=3000 n_layers=8")
@@ -354,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "shorthand for --set accelerator=gpu, which names the runs ...-acceleratorgpu-...); "
                         "default folder results/gpu/<gpu name>/...")
     p.add_argument("--out", type=Path, default=None,
-                   help="results folder (default: results/ablate/ for quick, results/ablate/<preset>/ for paper, "
+                   help="results folder (default: results/ablate/ for quick, results/ablate/<preset>/ for long, "
                         "gpu-mid and gpu, results/demo/ for demo; under results/gpu/<gpu name>/ with --device cuda)")
     p.add_argument("--dry-run", action="store_true", help="print the grid and the estimated time, train nothing")
     p.add_argument("--wait", action="store_true",
@@ -371,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "ftstudy.calibrate) or 'temperature=0.7,top_p=0.9'), from its ckpt/model.pt or by training "
                         "it again (deterministic; it must reproduce its summary); writes <run>/measure/ and the "
                         "study's agreement.md")
+    p.add_argument("--codes", action="store_true",
+                   help="with --measure: also the aggregate posterior over whole codes per position (H <= 12; "
+                        "<run>/measure/codes.encoder.json): its entropy against H bits and the prior's mass on codes "
+                        "the encoder never produces")
     p.add_argument("--overwrite-measure", action="store_true",
                    help="with --measure: measure again the protocols a run already has")
     p.add_argument("--figures", type=Path, default=None, metavar="DIR",
@@ -484,6 +491,7 @@ def _run_parallel(left: list[tuple[PlannedRun, int]], out: Path, bar: tqdm, laun
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.preset = resolve_preset(args.preset, PRESET_ALIASES)
     if args.jobs is None:
         args.jobs = default_jobs(args.device)
     if args.jobs < 1:
@@ -524,6 +532,10 @@ def main(argv: list[str] | None = None) -> int:
             return 3
         return 0
     protocols = None
+    if args.codes and args.measure is None:
+        print("error: --codes measures finished runs: it goes with --measure (e.g. --measure paper --codes)",
+              file=sys.stderr)
+        return 2
     if args.measure is not None:
         try:
             protocols = [protocol(name) for name in (args.measure or DEFAULT_PROTOCOLS)]
@@ -553,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
 def _measure(runs: list[PlannedRun], protocols: list[Protocol], out: Path, args: argparse.Namespace) -> int:
     """Re-measure every run under the protocols (each run under its own lock: this may run
     beside a sweep that trains other runs of the same folder), then rebuild the tables."""
-    from ftstudy.study.measure import measure_run  # torch and the probe, on use
+    from ftstudy.study.measure import measure_codes, measure_run  # torch and the probe, on use
 
     t0 = time.perf_counter()
     for i, r in enumerate(runs):
@@ -563,6 +575,8 @@ def _measure(runs: list[PlannedRun], protocols: list[Protocol], out: Path, args:
             return 2
         with r.folder.lock(wait=args.wait):
             done = measure_run(r.run_dir, protocols, overwrite=args.overwrite_measure, wait=args.wait)
+            if args.codes and measure_codes(r.run_dir, overwrite=args.overwrite_measure, wait=args.wait):
+                done.append("codes")
         print(f"[ftstudy.study.ablate] measured {i + 1}/{len(runs)} {r.study}/{r.run_dir.name}"
               f"{': ' + ', '.join(done) if done else ' (already)'}; {(time.perf_counter() - t0) / 60:.1f} min",
               flush=True)

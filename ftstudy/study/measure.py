@@ -19,6 +19,7 @@ two generation files (:class:`ftstudy.io.RunDir`):
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -33,11 +34,11 @@ from ftstudy.io import RunDir, RunError, atomic_write_text, clear_folder
 from ftstudy.run.train import finite_or_none, saved_config, train
 from ftstudy.study.protocols import Protocol
 from ftstudy.tasks import agreement, synthetic
-from ftstudy.tasks.probe import (GroupDesign, generate_groups, generate_posterior_groups, group_metrics,
-                                 posterior_metrics, recovery_metrics)
+from ftstudy.tasks.probe import (CODE_CHECK_MAX_BITS, GroupDesign, code_posterior_metrics, generate_groups,
+                                 generate_posterior_groups, group_metrics, posterior_metrics, recovery_metrics)
 from ftstudy.tasks.synthetic_task import PROBE_SEED_OFFSET
 
-__all__ = ["load_or_retrain", "measure_run", "reproduces", "POSTERIOR_SOURCES"]
+__all__ = ["load_or_retrain", "measure_run", "measure_codes", "reproduces", "POSTERIOR_SOURCES"]
 
 #: Held-out sequences whose encoder Z the posterior groups share (each group: probe_group_size members).
 POSTERIOR_SOURCES = 32
@@ -91,6 +92,35 @@ def load_or_retrain(run_dir: Path, *, wait: bool = False) -> tuple[FreeTransform
     return model.eval(), cfg, how
 
 
+def _val_batches(cfg: RunConfig) -> list[dict[str, torch.Tensor]]:
+    """The run's held-out sequences (its validation set), in its batch size."""
+    val = synthetic.sample(cfg.task.val_size, cfg.train.seed + synthetic.VAL_SEED_OFFSET)
+    tok = synthetic.CharTokenizer()
+    return [synthetic.make_batch(val[i:i + cfg.train.batch_size], tok) for i in range(0, len(val), cfg.train.batch_size)]
+
+
+def measure_codes(run_dir: Path, *, overwrite: bool = False, wait: bool = False) -> bool:
+    """The aggregate posterior over whole codes on the run's held-out sequences
+    (:func:`ftstudy.tasks.probe.code_posterior_metrics`), written to ``measure/codes.encoder.json``;
+    False (nothing done) for a baseline, H > 12, or a run that has it already."""
+    folder = RunDir(Path(run_dir))
+    model_cfg = folder.config()["model"]
+    if int(model_cfg.get("latent_bits", 0)) == 0 or int(model_cfg["latent_bits"]) > CODE_CHECK_MAX_BITS:
+        return False
+    if folder.codes_file.exists() and not overwrite:
+        return False
+    model, cfg, how = load_or_retrain(folder.path, wait=wait)
+    if cfg.train.accelerator in ("gpu", "cuda") and torch.cuda.is_available():
+        model = model.cuda()
+    figures = {"model": how, **code_posterior_metrics(model, _val_batches(cfg))}
+    folder.measure_dir.mkdir(exist_ok=True)
+    atomic_write_text(folder.codes_file, json.dumps(finite_or_none(figures), indent=2, sort_keys=True) + "\n")
+    print(f"[measure] {folder.name} codes: entropy {figures['code_entropy_mean_bits']:.3f} of "
+          f"{figures['latent_bits']} bits (min {figures['code_entropy_min_bits']:.3f}), prior mass on rare codes "
+          f"{figures['prior_mass_on_rare_codes_mean']:.3f}", flush=True)
+    return True
+
+
 def _table(samples) -> agreement.GroupTable:
     return agreement.GroupTable.from_strings(samples.strings, samples.group, samples.shared)
 
@@ -134,11 +164,7 @@ def measure_run(run_dir: Path, protocols: list[Protocol], *, overwrite: bool = F
     own = folder.groups_file.read_text() if folder.groups_file.exists() else None
     encoder = None
     if cfg.model.is_free:  # the aggregate posterior on the run's validation set (as the run's summary)
-        val = synthetic.sample(t.val_size, val_seed)
-        tok = synthetic.CharTokenizer()
-        batches = [synthetic.make_batch(val[i:i + cfg.train.batch_size], tok)
-                   for i in range(0, len(val), cfg.train.batch_size)]
-        encoder = posterior_metrics(model, batches, seed=cfg.train.seed + _ENCODER_SEED_OFFSET)
+        encoder = posterior_metrics(model, _val_batches(cfg), seed=cfg.train.seed + _ENCODER_SEED_OFFSET)
     done = []
     for p in todo:
         t0 = time.perf_counter()

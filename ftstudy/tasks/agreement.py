@@ -406,15 +406,34 @@ def group_position(positions: ArrayLike) -> int:
     return int(p[(len(p) - 1) // 2])
 
 
+def _shared_groups_by_prompt(table: GroupTable) -> list[list[NDArray[np.int64]]]:
+    """The valid block starts of each shared group (>= 2 valid), grouped by the prompt their
+    group was generated from (a sequence's prompt is its first ``PROMPT_LEN`` characters)."""
+    by_prompt: dict[str, list[NDArray[np.int64]]] = {}
+    for gid in np.unique(table.group):
+        members = np.flatnonzero(table.group == gid)
+        if not table.shared[members[0]]:
+            continue
+        p = table.position[members[table.valid[members]]]
+        if len(p) >= 2:
+            by_prompt.setdefault(table.strings[members[0]][:synthetic.PROMPT_LEN], []).append(p.copy())
+    return list(by_prompt.values())
+
+
 def agreement_by_position(tables: Sequence[GroupTable], *, tol: int = 0,
-                          bins: Sequence[tuple[int, int]] = _DEFAULT_BINS,
-                          **bootstrap_kwargs: Any) -> list[dict[str, float | int]]:
-    """Agreement within ``tol`` of shared groups, binned by :func:`group_position`.
+                          bins: Sequence[tuple[int, int]] = _DEFAULT_BINS, shuffles: int = 200,
+                          shuffle_seed: int = 0, **bootstrap_kwargs: Any) -> list[dict[str, float | int]]:
+    """Agreement within ``tol`` of shared groups, binned by :func:`group_position`, beside each
+    bin's own chance level.
 
     ``bins`` are inclusive ``(low, high)`` ranges of block start; a group outside every bin is
     left out and one inside several counts in each. One row per bin: ``low``, ``high``,
     ``groups``, ``mean``, ``ci_low``, ``ci_high`` (hierarchical bootstrap over seeds and the
-    bin's groups; an empty bin has 0 groups and nan figures).
+    bin's groups; an empty bin has 0 groups and nan figures), and ``chance``: the same
+    statistic after shuffling the valid members of a prompt's shared groups among those groups
+    (group sizes kept), averaged over ``shuffles`` shuffles.  Binning by the median position
+    changes the chance level per bin (late blocks crowd together under sharp sampling), so each
+    bin is compared with its own chance, not with one pooled figure.
     """
     tol = _check_tol(tol)
     checked = []
@@ -423,13 +442,41 @@ def agreement_by_position(tables: Sequence[GroupTable], *, tol: int = 0,
                 or int(b[0]) > int(b[1])):
             raise ValueError(f"each bin must be a pair of integers (low, high) with low <= high, got {b!r}")
         checked.append((int(b[0]), int(b[1])))
+    if not _is_int(shuffles) or int(shuffles) < 0:
+        raise ValueError(f"shuffles must be an integer >= 0, got {shuffles!r}")
+
+    def binned(per_seed: list[list[tuple[int, float]]]) -> list[list[list[float]]]:
+        return [[[a for pos, a in groups if lo <= pos <= hi] for groups in per_seed] for lo, hi in checked]
+
+    def bin_mean(values: list[list[float]]) -> float:
+        means = [np.mean(v) for v in values if len(v)]
+        return float(np.mean(means)) if means else float("nan")
+
     per_seed = [[(group_position(g), group_agreement(g, tol)) for g in t.positions("shared")] for t in tables]
+    prompts = [_shared_groups_by_prompt(t) for t in tables]
+    rng = np.random.default_rng(int(shuffle_seed))
+    chance_sum = np.zeros(len(checked))
+    chance_n = np.zeros(len(checked))
+    for _ in range(int(shuffles)):
+        shuffled = []
+        for seed_prompts in prompts:
+            groups_out = []
+            for groups in seed_prompts:
+                pooled = rng.permutation(np.concatenate(groups))
+                cuts = np.cumsum([len(g) for g in groups])[:-1]
+                groups_out += [(group_position(g), group_agreement(g, tol)) for g in np.split(pooled, cuts)]
+            shuffled.append(groups_out)
+        for i, values in enumerate(binned(shuffled)):
+            m = bin_mean(values)
+            if math.isfinite(m):
+                chance_sum[i] += m
+                chance_n[i] += 1
     rows = []
-    for lo, hi in checked:
-        values = [[a for pos, a in groups if lo <= pos <= hi] for groups in per_seed]
+    for i, ((lo, hi), values) in enumerate(zip(checked, binned(per_seed))):
         iv = hierarchical_bootstrap(values, **bootstrap_kwargs)
         rows.append({"low": lo, "high": hi, "groups": sum(len(v) for v in values),
-                     "mean": iv.mean, "ci_low": iv.low, "ci_high": iv.high})
+                     "mean": iv.mean, "ci_low": iv.low, "ci_high": iv.high,
+                     "chance": float(chance_sum[i] / chance_n[i]) if chance_n[i] else float("nan")})
     return rows
 
 

@@ -26,7 +26,7 @@ from ftstudy.core.latent import codes_from_bits, kl_per_bit, uniform_bits
 from ftstudy.core.model import FreeTransformer, generate
 
 __all__ = ["synthetic_prompts", "generate_synthetic", "valid_rate", "GroupDesign", "GroupSamples",
-           "generate_groups", "group_metrics", "posterior_metrics", "PROBE_LETTERS", "NO_LATENT_FLOOR",
+           "generate_groups", "group_metrics", "posterior_metrics", "code_posterior_metrics", "PROBE_LETTERS", "NO_LATENT_FLOOR",
            "write_groups", "generate_posterior_groups", "recovery_metrics"]
 
 
@@ -342,6 +342,57 @@ def posterior_metrics(model: FreeTransformer, batches: list[dict[str, torch.Tens
     }
     out.update({f"kl_bit{h:02d}": float(v) for h, v in enumerate(per_bit)})
     return out
+
+
+#: The widest latent whose aggregate posterior over codes is computed exactly (2^12 codes per position).
+CODE_CHECK_MAX_BITS = 12
+#: A code is "never produced" at a position when the aggregate posterior gives it less than this
+#: fraction of the prior's mass 2^-H there.
+RARE_CODE_FRACTION = 0.1
+
+
+@torch.no_grad()
+def code_posterior_metrics(model: FreeTransformer, batches: list[dict[str, torch.Tensor]]) -> dict[str, object]:
+    """The aggregate posterior over whole codes, position by position (H <= 12).
+
+    For each token position t, q̄_t(c) = mean over held-out sequences of the encoder's
+    probability of code c (the product of its H Bernoullis).  The prior is uniform over the 2^H
+    codes (H bits of entropy).  Per-bit marginals near ½ do not show that the codes are used
+    uniformly: the bits can be correlated.  Reported: the entropy of q̄_t (bits) averaged over
+    positions and its minimum, the KL(q̄_t ‖ prior) = H − entropy averaged over positions, and
+    the prior's mass on codes the encoder (almost) never produces at that position
+    (q̄_t(c) < 0.1 × 2^-H), averaged over positions: the share of prior draws that ask the
+    decoder for a code it never saw in training.  Empty for a baseline or H > 12."""
+    cfg = model.cfg
+    if not cfg.is_free or cfg.latent_bits > CODE_CHECK_MAX_BITS:
+        return {}
+    h = cfg.latent_bits
+    dev = model.tok_emb.weight.device
+    codes = torch.arange(1 << h, device=dev)
+    bits = ((codes[:, None] >> torch.arange(h, device=dev)) & 1).double()  # (C, H), bit h of code c
+    total = None
+    n = 0
+    g = torch.Generator(device=dev).manual_seed(0)  # Z is drawn but not used: only the encoder's logits are
+    for batch in batches:
+        out = model(batch["idx"].to(dev), z="posterior-leaky", generator=g)
+        assert out.enc_logits is not None
+        logits = out.enc_logits.double()  # (B, T, H)
+        log_p, log_q = torch.nn.functional.logsigmoid(logits), torch.nn.functional.logsigmoid(-logits)
+        log_code = log_p @ bits.T + log_q @ (1 - bits).T  # (B, T, C)
+        part = log_code.exp().sum(0)  # (T, C)
+        total = part if total is None else total + part
+        n += logits.shape[0]
+    assert total is not None
+    q = (total / n).clamp_min(0)
+    q = q / q.sum(-1, keepdim=True)
+    entropy = -(q * torch.log2(q.clamp_min(1e-300))).sum(-1)  # (T,)
+    rare = (q < RARE_CODE_FRACTION / (1 << h)).double().mean(-1)  # prior mass on rare codes, (T,)
+    return {"latent_bits": h, "positions": int(q.shape[0]), "sequences": n,
+            "code_entropy_mean_bits": float(entropy.mean()), "code_entropy_min_bits": float(entropy.min()),
+            "code_kl_to_prior_mean_bits": float(h - entropy.mean()),
+            "prior_mass_on_rare_codes_mean": float(rare.mean()), "prior_mass_on_rare_codes_max": float(rare.max()),
+            "code_entropy_by_position_bits": [round(float(v), 4) for v in entropy],
+            "rare_code_fraction": RARE_CODE_FRACTION}
 
 
 def write_groups(samples: GroupSamples, path) -> None:
