@@ -372,7 +372,7 @@ def write_agreement(study_dir: Path, layout: StudyLayout, protocols: Sequence[st
           "32 and 4 × 24 in the quick and paper presets). Posterior Z: one group (of the same size as a shared one) "
           "per held-out sequence (32), sharing the encoder's Z of that sequence; **at source "
           "pos** = members that put the block where that sequence had it. Intervals: hierarchical percentile "
-          "bootstrap (seeds, then groups within a seed, resampled with replacement; 2,000 resamples), so a rate's "
+          "bootstrap (seeds, then groups within a seed, resampled with replacement; 10,000 resamples, RNG seed 0), so a rate's "
           "interval stays inside [0, 1]. **shared − indep**: the effect of sharing Z (seeds resampled jointly); in "
           "brackets after it, the smallest true difference this design detects with 80% power (two-sided 5% "
           "test, 2.8 bootstrap standard errors).\n"]

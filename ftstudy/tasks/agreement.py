@@ -238,7 +238,7 @@ class Interval:
     n_groups: int
 
 
-def hierarchical_bootstrap(values: Sequence[Sequence[float]], *, n_boot: int = 2000, level: float = 0.95,
+def hierarchical_bootstrap(values: Sequence[Sequence[float]], *, n_boot: int = 10_000, level: float = 0.95,
                            seed: int = 0) -> Interval:
     """Mean over seeds of each seed's mean group value, with a two-level percentile interval.
 
@@ -307,7 +307,7 @@ def hierarchical_bootstrap(values: Sequence[Sequence[float]], *, n_boot: int = 2
 _MDE_Z = 1.959964 + 0.841621
 
 
-def difference_bootstrap(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]], *, n_boot: int = 2000,
+def difference_bootstrap(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]], *, n_boot: int = 10_000,
                          level: float = 0.95, seed: int = 0) -> dict[str, float]:
     """mean(a) − mean(b) (each a mean over seeds of per-seed group means, as
     :func:`hierarchical_bootstrap`), with a percentile interval from resampling the seeds
