@@ -25,8 +25,8 @@ from ftstudy.core.latent import MAX_LATENT_BITS
 
 __all__ = [
     "ConfigError", "field_error", "ModelConfig", "TaskConfig", "TrainConfig", "RunConfig",
-    "PRESETS", "PRESET_ALIASES", "resolve_preset", "get_preset", "apply_overrides", "parse_set_args", "config_value", "LATENT_ONLY_FIELDS", "MAX_SEED",
-    "check_sampling",
+    "PRESETS", "PRESET_ALIASES", "resolve_preset", "get_preset", "apply_overrides", "parse_set_args", "config_value",
+    "LATENT_ONLY_FIELDS", "MAX_SEED", "check_sampling",
 ]
 
 # Model fields that only a Free model reads: they change nothing in a baseline

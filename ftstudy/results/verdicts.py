@@ -177,7 +177,10 @@ def two_sample(a: Sequence[float], b: Sequence[float],
         raise ValueError(f"two_sample needs at least 2 seeds on each side, got {len(xa)} and {len(xb)}")
     va, vb = xa.var(ddof=1) / len(xa), xb.var(ddof=1) / len(xb)
     se = math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va ** 2 / (len(xa) - 1) + vb ** 2 / (len(xb) - 1)) if se > 0 else float(len(xa) + len(xb) - 2)
+    if se > 0:  # Welch–Satterthwaite
+        df = (va + vb) ** 2 / (va ** 2 / (len(xa) - 1) + vb ** 2 / (len(xb) - 1))
+    else:
+        df = float(len(xa) + len(xb) - 2)
     return _t_test(float(xa.mean() - xb.mean()), se, df, len(xa) + len(xb), bounds, relabel_p(xa, xb))
 
 
@@ -342,8 +345,7 @@ def seed_value(run: RunDir, protocol: str, tol: int = TOL) -> SeedValue | None:
 
 
 def select_runs(folder: Path, keep: Callable[[dict[str, Any]], bool]) -> list[RunDir]:
-    """The finished runs of a study folder whose config (model section) ``keep`` accepts,
-    by seed; twins copied from another study count once, where they were trained."""
+    """The finished runs of one study folder whose config (model section) ``keep`` accepts, by seed."""
     runs = [r for r in StudyDir(folder).runs(finished=True) if keep(_config(r)["model"])]
     return sorted(runs, key=lambda r: int(_config(r)["train"]["seed"]))
 
@@ -394,7 +396,8 @@ QUICK_DIR = "results/ablate/kl_budget"
 LONG_DIR = "results/ablate/long/kl_budget"
 GPU_LONG_DIR = "results/gpu/nvidia-h200/ablate/long/kl_budget"
 QUICK_CMD = "python -m ftstudy.ablate --study kl_budget --preset quick --seeds 0 1 2 3 4 5 6 7 8 9 --measure"
-LONG_CMD = "python -m ftstudy.ablate --study kl_budget --preset long --seeds 0 1 2 3 4 5 6 7 --only kappa_bits=1/8 --measure"
+LONG_CMD = ("python -m ftstudy.ablate --study kl_budget --preset long --seeds 0 1 2 3 4 5 6 7 --only kappa_bits=1/8 "
+            "--measure")
 GPU_CMD = ("python -m ftstudy.ablate --study kl_budget --preset long --device cuda --seeds 0 1 2 --only kappa_bits=1/8 "
            "kappa_bits=1/64 latent_bits=0 --jobs 9 --measure t1 paper (on one H200)")
 
@@ -461,7 +464,8 @@ def _claim_row(claim: Claim, protocol: str, root: Path, paper: dict[float, dict[
         temperature = seeds[0].temperature
         row = {**base, "n_seeds": test.n, "k_showing": k, "temperature": temperature, "_test": test,
                "boot_lo": boot["ci_low"], "boot_hi": boot["ci_high"], "paper_effect": paper_effect,
-               "method": method, "per_seed": json.dumps(per_seed), "_kind": "null" if claim.kind == "null" else "positive",
+               "method": method, "per_seed": json.dumps(per_seed),
+               "_kind": "null" if claim.kind == "null" else "positive",
                "_direction": 1}
         return row
     if claim.kind == "noise":
@@ -482,7 +486,8 @@ def _claim_row(claim: Claim, protocol: str, root: Path, paper: dict[float, dict[
         return {**base, "n_seeds": test.n, "k_showing": k, "temperature": 1.0, "_test": test, "boot_lo": None,
                 "boot_hi": None, "paper_effect": None, "per_seed": json.dumps([round(d, 4) for d in deltas]),
                 "method": ("one-sample t over per-seed (shared − independent) noise overlap / chance, the run's own "
-                           "τ = 1 probe; p_perm exact sign flip; k: seed's difference above 1.96 × its standard error"),
+                           "τ = 1 probe; p_perm exact sign flip; k: seed's difference above 1.96 × its "
+                           "standard error"),
                 "_kind": "positive", "_direction": 1}
     if claim.kind == "validity":
         free = [s for s in (seed_value(r, protocol) for r in select_runs(folder, free_at(claim.kappa_bits)))
@@ -687,10 +692,12 @@ def posterior_rows(root: Path = REPO_ROOT, protocol: str = "paper") -> list[dict
                          "seed": int(_config(run)["train"]["seed"]), "protocol": protocol, "kl_bits": kl,
                          "switched_on": switched_on(kl, kappa) if kl is not None else None,
                          "delta": v.delta if v is not None else None,
-                         "recovery_exact": post.get("recovery_exact"), "recovery_chance": post.get("recovery_chance_exact"),
+                         "recovery_exact": post.get("recovery_exact"),
+                         "recovery_chance": post.get("recovery_chance_exact"),
                          "exact_shared_prior": m["agreement"].get("exact_shared"),
                          "exact_shared_posterior": post["agreement"].get("exact_shared"),
-                         "max_bit_bias": enc.get("max_bit_bias"), "aggregate_marginal_kl_bits": enc.get("aggregate_marginal_kl_bits"),
+                         "max_bit_bias": enc.get("max_bit_bias"),
+                         "aggregate_marginal_kl_bits": enc.get("aggregate_marginal_kl_bits"),
                          "code_entropy_bits": codes.get("code_entropy_mean_bits"),
                          "code_entropy_min_bits": codes.get("code_entropy_min_bits"),
                          "prior_mass_on_rare_codes": codes.get("prior_mass_on_rare_codes_mean"),
@@ -753,7 +760,8 @@ def bound_table(rows: list[dict[str, Any]]) -> str:
         if not int(r["groups"]):
             continue
         lines.append(f"| {r['protocol']} | {_kappa(r['kappa_bits'])} | {r['low']}–{r['high']} | {r['groups']} | "
-                     f"{_n(r['mean']):.3f} [{_n(r['ci_low']):.3f}, {_n(r['ci_high']):.3f}] | {_fmt(_n(r['chance']), signed=False) or '–'} | "
+                     f"{_n(r['mean']):.3f} [{_n(r['ci_low']):.3f}, {_n(r['ci_high']):.3f}] | "
+                     f"{_fmt(_n(r['chance']), signed=False) or '–'} | "
                      f"{_n(r['ceiling_at_middle']):.2f} |")
     return "\n".join(lines)
 
@@ -854,12 +862,14 @@ def findings_section(root: Path = REPO_ROOT) -> str:
     kl = CsvTable(root / KL_SPENT.relative_to(REPO_ROOT)).load().rows
     con = CsvTable(root / CONTRASTS.relative_to(REPO_ROOT)).load().rows
     if not rows:
-        raise FileNotFoundError(f"{VERDICTS.relative_to(REPO_ROOT)} is missing or empty; python -m ftstudy.verdicts writes it")
+        raise FileNotFoundError(f"{VERDICTS.relative_to(REPO_ROOT)} is missing or empty; "
+                                "python -m ftstudy.verdicts writes it")
     reg_rows = [r for r in kl if r.get("study") == "regression"]
     kl = [r for r in kl if r.get("study") != "regression"]
     parts = [
         "Generated by `python -m ftstudy.verdicts` from `verdicts.csv`, `kl_spent.csv`, `contrasts.csv`, "
-        "`posterior_seeds.csv` and `bound_bins.csv` (which it writes from the run folders) by the rule in `VERDICT_RULE.md`; do not edit by hand.",
+        "`posterior_seeds.csv` and `bound_bins.csv` (which it writes from the run folders) by the rule in "
+        "`VERDICT_RULE.md`; do not edit by hand.",
         "### Verdicts: primary family (Holm over these rows)",
         verdict_table(rows, ("primary",)),
         "### The null claim (equivalence test, margin ±%g)" % EQUIV_MARGIN,
@@ -926,7 +936,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: the generated section of {FINDINGS.relative_to(REPO_ROOT)} differs from the CSV files; "
                       "rebuild it with python -m ftstudy.verdicts", file=sys.stderr)
                 return 1
-            print("FINDINGS.md's generated section matches verdicts.csv, kl_spent.csv and contrasts.csv")
+            print("FINDINGS.md's generated section matches the CSV files python -m ftstudy.verdicts writes")
             return 0
         for path in write_all(args.root):
             print(f"[ftstudy.verdicts] wrote {path}")
