@@ -823,7 +823,8 @@ def sensitivity_table(rows: list[dict[str, Any]]) -> str:
                 cells.append("not measured")
                 continue
             tau = f"{_n(r['temperature']):g}"
-            cells.append(f"{_interval(r)}, {r['n_seeds']} seeds ({r['k_showing']} showing), Holm p {_p(r['p_holm'])}: "
+            seeds = f"{r['n_seeds']} seed{'' if str(r['n_seeds']) == '1' else 's'}"
+            cells.append(f"{_interval(r)}, {seeds} ({r['k_showing']} showing), Holm p {_p(r['p_holm'])}: "
                          f"**{r['verdict']}**")
         lines.append(f"| {tau or p} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
