@@ -186,6 +186,6 @@ def test_committed_verdicts_have_the_columns_and_match_findings():
     for r in rows:
         assert allowed.match(r["verdict"]), r["verdict"]
         assert 0 <= int(r["k_showing"]) <= int(r["n_seeds"])
-        if r["lo"]:
+        if r["lo"] and r["lo"] != "nan":  # a one-seed row has no interval
             assert float(r["lo"]) <= float(r["delta"]) <= float(r["hi"])
     assert V.main(["--check"]) == 0

@@ -327,6 +327,10 @@ def paper_figure4_panels(kappas: tuple[float, ...] | None = None, path: Path | N
             if kappas is None or any(math.isclose(p.kappa_bits, k) for k in kappas)}
 
 
+#: The sampling protocols whose Figure 4 and agreement-by-position figures a study draws.
+FIGURE_PROTOCOLS = ("t1", "paper")
+
+
 def study_figures(study_dir: Path, seed: int, layout: StudyLayout, fig_dir: Path | None = None) -> list[Path]:
     """A study's metric figure and, as its ``layout`` asks, the paper's Figure 4 for ``seed``
     (PNG and text) and its training dynamics, written into ``fig_dir`` (default: the
@@ -347,7 +351,9 @@ def study_figures(study_dir: Path, seed: int, layout: StudyLayout, fig_dir: Path
         atomic_write_text(written[-1], text)
     if layout.dynamics:
         written.append(save_figure(plot_dynamics(study.path, layout.axis.key), study.figure(fig_dir, "dynamics")))
-    for protocol in study.protocols() if layout.figure4_kappas else ():  # ablate --measure
+    # ablate --measure: the figures of the two main protocols (the temperatures of the
+    # sensitivity study are summarised by plot_tau_sensitivity, not drawn one by one)
+    for protocol in [p for p in study.protocols() if p in FIGURE_PROTOCOLS] if layout.figure4_kappas else ():
         panels = figure4_panels(study.path, seed, layout.figure4_kappas, protocol)
         if panels:
             written.append(save_figure(plot_figure4(panels, per_group=5), study.figure4(seed, fig_dir,
