@@ -95,6 +95,14 @@ def test_measure_retrains_a_run_without_its_checkpoint(measured: Path, tmp_path:
     assert after["model"] == "retrained" and after["same_as_run_groups"] is True
     assert after["agreement"] == before["agreement"]
     assert run.model_file.exists() and not run.retrain_dir.exists()
+    # A retrain killed before its first checkpoint (its folder holds only config.json) starts again.
+    run.model_file.unlink()
+    run.retrain_dir.mkdir(parents=True)
+    shutil.copy(run.config_file, run.retrain_dir / RunDir.CONFIG)
+    assert RunDir(run.retrain_dir).status() == "started"
+    assert main(_args(out, "--measure", "t1", "--overwrite-measure")) == 0
+    after = run.measurement("t1")
+    assert after["model"] == "retrained" and run.model_file.exists() and not run.retrain_dir.exists()
     # A retrained run that does not reproduce the committed summary is refused, and nothing is
     # measured (a finished retrain in place, so that nothing trains again here).
     shutil.copytree(run.path, run.retrain_dir, ignore=shutil.ignore_patterns("ckpt", "measure"))

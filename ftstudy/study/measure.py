@@ -77,7 +77,10 @@ def load_or_retrain(run_dir: Path, *, wait: bool = False) -> tuple[FreeTransform
         scratch = RunDir(folder.retrain_dir)
         print(f"[measure] {folder.name}: no {folder.CKPT}/{folder.MODEL}; training it again into {scratch.path}",
               flush=True)
-        retrained = train(cfg, scratch.path, wait=wait, progress=False,
+        # A retrain killed before its first checkpoint holds no training state: start it again
+        # (the folder is ours, inside the run's git-ignored ckpt/); one with a checkpoint resumes.
+        restart = scratch.status() == "started"
+        retrained = train(cfg, scratch.path, overwrite=restart, wait=wait, progress=False,
                           argv=[*(folder.record().get("argv") or [])], launcher="ftstudy.study.measure (retrain)")
         diffs = reproduces(retrained, committed)
         if diffs:
