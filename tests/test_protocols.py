@@ -291,3 +291,33 @@ def test_calibration_averages_over_models_and_reports_each_term() -> None:
     assert out["temperature_interval"] == [0.6, 0.7]  # -39.5 is within 1.92 of -38 on the mean, -40 is not
     assert out["summed_over_models"]["temperature_interval"] == [0.6, 0.6]  # the sum doubles every gap
     assert out["term_optima"] == {"noise": 0.5, "positions": 0.8}
+
+
+def test_a_retrain_uses_the_thread_count_the_run_recorded(measured: Path, tmp_path: Path, monkeypatch) -> None:
+    """On a CPU the order of some reductions depends on the thread count: the retrain takes the
+    count the run recorded, and the process's own count is restored afterwards."""
+    import shutil
+
+    import torch
+
+    from ftstudy.study import measure
+
+    out = tmp_path / "copy"
+    shutil.copytree(measured, out)
+    run = _run(out)
+    run.model_file.unlink()
+    record = run.record()
+    want = 1 if torch.get_num_threads() != 1 else 2
+    record["machine"]["torch_threads"] = want
+    run.config_file.write_text(json.dumps(record))
+    seen = []
+    real = measure.train
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(measure, "train", spy)
+    before = torch.get_num_threads()
+    measure.load_or_retrain(run.path)
+    assert seen == [want] and torch.get_num_threads() == before

@@ -80,8 +80,17 @@ def load_or_retrain(run_dir: Path, *, wait: bool = False) -> tuple[FreeTransform
         # A retrain killed before its first checkpoint holds no training state: start it again
         # (the folder is ours, inside the run's git-ignored ckpt/); one with a checkpoint resumes.
         restart = scratch.status() == "started"
-        retrained = train(cfg, scratch.path, overwrite=restart, wait=wait, progress=False,
-                          argv=[*(folder.record().get("argv") or [])], launcher="ftstudy.study.measure (retrain)")
+        # Train with the thread count the run recorded: on a CPU the order of some reductions
+        # depends on it, and a retrain with another count drifts from the committed run.
+        threads = (folder.record().get("machine") or {}).get("torch_threads")
+        before = torch.get_num_threads()
+        if isinstance(threads, int) and threads >= 1 and cfg.train.accelerator == "cpu":
+            torch.set_num_threads(threads)
+        try:
+            retrained = train(cfg, scratch.path, overwrite=restart, wait=wait, progress=False,
+                              argv=[*(folder.record().get("argv") or [])], launcher="ftstudy.study.measure (retrain)")
+        finally:
+            torch.set_num_threads(before)
         diffs = reproduces(retrained, committed)
         if diffs:
             raise RunError(f"{folder.name}: the retrained run does not reproduce the committed summary "
