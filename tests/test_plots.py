@@ -75,7 +75,7 @@ def test_study_table_and_missing_results(tmp_path: Path, capsys) -> None:
     aggs = plots.study_aggregates(RESULTS / "ablate" / "kl_budget", STUDIES["kl_budget"])
     table = plots.study_table(aggs, "kappa_bits")
     row = table[table["kappa_bits"] == "8.0"].iloc[0]
-    assert row["seeds"] == 5 and row["valid"].count("[") == 1
+    assert row["seeds"] == 10 and row["valid"].count("[") == 1
     assert plots.have(RESULTS / "ablate" / "kl_budget" / "summary.csv", "unused")
     assert not plots.have(tmp_path / "nope.json", "python -m ftstudy.perf suite")
     err = capsys.readouterr().err
