@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ftstudy.io import REPO_ROOT, StudyDir
-from ftstudy.results.report import targets_table
+from ftstudy.results.report import as_number, kappa_label, targets_table
 
 BEGIN, END = "<!-- claims:begin -->", "<!-- claims:end -->"
 PERF_BEGIN, PERF_END = "<!-- perf:begin -->", "<!-- perf:end -->"
@@ -118,11 +118,6 @@ def _agree_row(root: Path, rel: str, protocol: str, kappa: float | None) -> dict
     raise ClaimError(f"{rel} has no {protocol!r} row for {'the baseline' if kappa is None else f'kappa_bits={kappa:g}'}")
 
 
-def _kappa(k: float) -> str:
-    """κ as the paper writes it: 1/64, 1/8, 1, 8."""
-    return f"1/{round(1 / k)}" if 0 < k < 1 and math.isclose(1 / k, round(1 / k)) else f"{k:g}"
-
-
 def _verdict_row(root: Path, family: str, protocol: str, claim_start: str) -> dict[str, str] | None:
     for r in _rows(root, VERDICTS):
         if r["family"] == family and r["protocol"] == protocol and r["claim"].startswith(claim_start):
@@ -130,28 +125,23 @@ def _verdict_row(root: Path, family: str, protocol: str, claim_start: str) -> di
     return None
 
 
-def _num(x: str) -> float:
-    return float(x) if x not in ("", None) else math.nan
-
-
 def _verdict_cell(r: dict[str, str], what: str = "Δ(±2)") -> str:
     """One verdicts.csv row: Δ with its t-interval over seeds, Holm p, detectable effect and the bootstrap."""
-    lo, hi = _num(r["lo"]), _num(r["hi"])
+    lo, hi = as_number(r["lo"]), as_number(r["hi"])
     iv = f" [{lo:+.3f}, {hi:+.3f}]" if math.isfinite(lo) else ""
-    holm = _num(r["p_holm"])
-    p = f"p {_num(r['p']):.2g}" + (f", Holm {holm:.2g}" if math.isfinite(holm) else "")
-    boot = (f"; bootstrap [{_num(r['boot_lo']):+.3f}, {_num(r['boot_hi']):+.3f}]"
-            if math.isfinite(_num(r["boot_lo"])) else "")
-    return (f"τ = {_num(r['temperature']):g}: {what} {_num(r['delta']):+.3f}{iv} ({p}; detectable "
-            f"{_num(r['mde']):.3f}; {r['k_showing']} of {r['n_seeds']} seeds show it{boot})")
+    holm = as_number(r["p_holm"])
+    p = f"p {as_number(r['p']):.2g}" + (f", Holm {holm:.2g}" if math.isfinite(holm) else "")
+    boot = (f"; bootstrap [{as_number(r['boot_lo']):+.3f}, {as_number(r['boot_hi']):+.3f}]"
+            if math.isfinite(as_number(r["boot_lo"])) else "")
+    return (f"τ = {as_number(r['temperature']):g}: {what} {as_number(r['delta']):+.3f}{iv} ({p}; detectable "
+            f"{as_number(r['mde']):.3f}; {r['k_showing']} of {r['n_seeds']} seeds show it{boot})")
 
 
 def _verdict_claim(family: str, claim_start: str, secondary: str | None = "secondary",
-                   what: str = "Δ(±2)") -> Callable[[Path], str]:
-    """A claim row from verdicts.csv: its verdict under the primary protocol, then the numbers
-    (and the same claim under τ = 1 when it has a secondary row)."""
+                   what: str = "Δ(±2)", protocol: str = "paper") -> Callable[[Path], str]:
+    """A claim row from verdicts.csv: its verdict under its primary ``protocol``, then the
+    numbers (and the same claim under τ = 1 when it has a ``secondary`` row)."""
     def measure(root: Path) -> str:
-        protocol = "t1" if claim_start.startswith("κ = 1 bit: Z also") else "paper"
         r = _verdict_row(root, family, protocol, claim_start)
         if r is None:
             raise ClaimError(f"{VERDICTS} has no {family!r} row for {claim_start!r}; python -m ftstudy.verdicts writes it")
@@ -170,9 +160,9 @@ def _figure(root: Path) -> str:
     for k in (1 / 64, 1 / 8, 1.0, 8.0):
         r = _agree_row(root, QUICK_AGREE, "paper figure", k)
         if not math.isfinite(float(r["within2_shared"] or "nan")):
-            parts.append(f"κ {_kappa(k)}: valid {float(r['valid_rate']):.2f}")
+            parts.append(f"κ {kappa_label(k)}: valid {float(r['valid_rate']):.2f}")
             continue
-        parts.append(f"κ {_kappa(k)}: valid {float(r['valid_rate']):.2f}, ±2 shared {float(r['within2_shared']):.2f} "
+        parts.append(f"κ {kappa_label(k)}: valid {float(r['valid_rate']):.2f}, ±2 shared {float(r['within2_shared']):.2f} "
                      f"vs indep {float(r['within2_independent']):.2f}, exact {float(r['exact_shared']):.2f} vs "
                      f"{float(r['exact_independent']):.2f}")
     return "; ".join(parts) + " (one independent and two shared groups of 5 per κ: no interval)"
@@ -287,7 +277,8 @@ CLAIMS = (
     Claim("κ = 1 bit: Z decides the position", _verdict_claim("primary", "κ = 1 bit: Z decides"), VERDICTS,
           QUICK_MEASURE_CMD),
     Claim("κ = 1 bit: … and the noise (τ = 1 probe)",
-          _verdict_claim("primary", "κ = 1 bit: Z also", secondary=None, what="shared − independent noise / chance"),
+          _verdict_claim("primary", "κ = 1 bit: Z also", secondary=None, what="shared − independent noise / chance",
+                         protocol="t1"),
           VERDICTS, QUICK_MEASURE_CMD),
     Claim("κ = 8 bits: generations become invalid",
           _verdict_claim("primary", "κ = 8 bits", what="valid rate, κ = 8 − baseline"), VERDICTS, QUICK_MEASURE_CMD),

@@ -27,7 +27,7 @@ from scipy import stats
 from ftstudy.io import RunDir, StudyDir
 from ftstudy.tasks.synthetic import NO_LATENT_FLOOR  # the task's floor, quoted by the tables
 
-__all__ = ["NO_LATENT_FLOOR", "METRICS", "METRIC_RANGES", "Axis", "StudyLayout", "aggregate", "label_changes", "write_aggregate",
+__all__ = ["NO_LATENT_FLOOR", "METRICS", "as_number", "kappa_label", "METRIC_RANGES", "Axis", "StudyLayout", "aggregate", "label_changes", "write_aggregate",
            "interval_cell", "kl_collapsed", "benchmark_cell", "perplexity_cell", "metric_label", "bound_name",
            "targets_table", "AGREEMENT_COLUMNS", "T1", "T1_SAMPLING", "run_sampling", "protocol_groups", "protocol_points", "figure_rows", "write_agreement"]
 
@@ -96,7 +96,8 @@ class StudyLayout:
     dynamics: bool = False  # also draw its training dynamics (KL and CE against steps)
 
 
-def _num(x: str) -> float:
+def as_number(x: Any) -> float:
+    """A table cell as a number: nan for an empty or non-numeric cell."""
     try:
         v = float(x)
     except (TypeError, ValueError):
@@ -104,9 +105,15 @@ def _num(x: str) -> float:
     return v
 
 
+def kappa_label(k: float | str) -> str:
+    """κ as the paper writes it: 1/64, 1/8, 1, 8."""
+    k = float(k)
+    return f"1/{round(1 / k)}" if 0 < k < 1 and math.isclose(1 / k, round(1 / k)) else f"{k:g}"
+
+
 def _order(v: str) -> tuple[int, float | str]:
     """Sort key of a grid value: numbers by value, before words."""
-    x = _num(v)
+    x = as_number(v)
     return (0, x) if not math.isnan(x) else (1, v)
 
 
@@ -124,7 +131,7 @@ def aggregate(study_dir: Path, layout: StudyLayout) -> list[dict[str, Any]]:
         agg["seeds"] = len(members)
         agg["collapsed"] = sum(m.get("collapsed") == "True" for m in members)
         for col, _ in layout.metrics:
-            v = np.array([_num(m.get(col, "")) for m in members])
+            v = np.array([as_number(m.get(col, "")) for m in members])
             v = v[np.isfinite(v)]
             agg[col] = float(v.mean()) if len(v) else math.nan
             if len(v) >= 2 and v.std() > 0:

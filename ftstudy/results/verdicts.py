@@ -29,7 +29,7 @@ import numpy as np
 from scipy import stats
 
 from ftstudy.io import REPO_ROOT, CsvTable, RunDir, StudyDir, atomic_write_text
-from ftstudy.results.report import figure_rows, protocol_groups
+from ftstudy.results.report import as_number, figure_rows, kappa_label, protocol_groups
 from ftstudy.tasks import agreement
 
 __all__ = ["LEVEL", "POWER", "ALPHA", "EQUIV_MARGIN", "PAPER_FRACTION", "SWITCHED_ON", "N_BOOT", "BOOT_SEED",
@@ -585,7 +585,7 @@ def kl_rows(root: Path = REPO_ROOT, protocol: str = "paper") -> tuple[list[dict[
     rows = []
     conditions: list[tuple[str, str, str, Callable[[dict[str, Any]], bool], float]] = []
     for k in (1 / 64, 1 / 8, 1 / 4, 1 / 2, 1.0, 2.0, 4.0, 8.0):
-        conditions.append(("kl_budget", "quick", f"κ = {_kappa(k)}", free_at(k), k))
+        conditions.append(("kl_budget", "quick", f"κ = {kappa_label(k)}", free_at(k), k))
     conditions.append(("kl_budget", "long", "κ = 1/8", free_at(1 / 8), 1 / 8))
     # The paper's setting of the two ablations (inject after block L/2 = 2, H = 8) is the
     # kl_budget κ = 1/8 row: the same runs, with all its seeds.
@@ -710,14 +710,14 @@ def posterior_table(rows: list[dict[str, Any]]) -> str:
              "exact agreement, prior Z → posterior Z | max per-bit bias | code entropy, mean (min) of 8 bits | "
              "prior mass on codes never produced | valid |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        ent = (f"{_n(r['code_entropy_bits']):.2f} ({_n(r['code_entropy_min_bits']):.2f})"
-               if math.isfinite(_n(r["code_entropy_bits"])) else "not measured")
-        rare = f"{_n(r['prior_mass_on_rare_codes']):.3f}" if math.isfinite(_n(r["prior_mass_on_rare_codes"])) else "–"
+        ent = (f"{as_number(r['code_entropy_bits']):.2f} ({as_number(r['code_entropy_min_bits']):.2f})"
+               if math.isfinite(as_number(r["code_entropy_bits"])) else "not measured")
+        rare = f"{as_number(r['prior_mass_on_rare_codes']):.3f}" if math.isfinite(as_number(r["prior_mass_on_rare_codes"])) else "–"
         on = {"True": "on", "False": "off"}.get(str(r["switched_on"]), "–")
-        lines.append(f"| {r['loss']} | {_kappa(r['kappa_bits'])} | {r['seed']} | {_n(r['kl_bits']):.3f} ({on}) | "
-                     f"{_n(r['delta']):+.3f} | {_n(r['recovery_exact']):.3f} ({_n(r['recovery_chance']):.3f}) | "
-                     f"{_n(r['exact_shared_prior']):.3f} → {_n(r['exact_shared_posterior']):.3f} | "
-                     f"{_n(r['max_bit_bias']):.3f} | {ent} | {rare} | {_n(r['valid_rate']):.3f} |")
+        lines.append(f"| {r['loss']} | {kappa_label(r['kappa_bits'])} | {r['seed']} | {as_number(r['kl_bits']):.3f} ({on}) | "
+                     f"{as_number(r['delta']):+.3f} | {as_number(r['recovery_exact']):.3f} ({as_number(r['recovery_chance']):.3f}) | "
+                     f"{as_number(r['exact_shared_prior']):.3f} → {as_number(r['exact_shared_posterior']):.3f} | "
+                     f"{as_number(r['max_bit_bias']):.3f} | {ent} | {rare} | {as_number(r['valid_rate']):.3f} |")
     return "\n".join(lines)
 
 
@@ -759,39 +759,27 @@ def bound_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         if not int(r["groups"]):
             continue
-        lines.append(f"| {r['protocol']} | {_kappa(r['kappa_bits'])} | {r['low']}–{r['high']} | {r['groups']} | "
-                     f"{_n(r['mean']):.3f} [{_n(r['ci_low']):.3f}, {_n(r['ci_high']):.3f}] | "
-                     f"{_fmt(_n(r['chance']), signed=False) or '–'} | "
-                     f"{_n(r['ceiling_at_middle']):.2f} |")
+        lines.append(f"| {r['protocol']} | {kappa_label(r['kappa_bits'])} | {r['low']}–{r['high']} | {r['groups']} | "
+                     f"{as_number(r['mean']):.3f} [{as_number(r['ci_low']):.3f}, {as_number(r['ci_high']):.3f}] | "
+                     f"{_fmt(as_number(r['chance']), signed=False) or '–'} | "
+                     f"{as_number(r['ceiling_at_middle']):.2f} |")
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- the generated FINDINGS section
 
 
-def _kappa(k: float | str) -> str:
-    k = float(k)
-    return f"1/{round(1 / k)}" if 0 < k < 1 and math.isclose(1 / k, round(1 / k)) else f"{k:g}"
-
-
-def _n(x: Any) -> float:
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def _interval(r: dict[str, Any], key: str = "delta", lo: str = "lo", hi: str = "hi") -> str:
-    m = _n(r[key])
+    m = as_number(r[key])
     if not math.isfinite(m):
         return "–"
-    if not math.isfinite(_n(r[lo])):
+    if not math.isfinite(as_number(r[lo])):
         return f"{m:+.3f}"
-    return f"{m:+.3f} [{_n(r[lo]):+.3f}, {_n(r[hi]):+.3f}]"
+    return f"{m:+.3f} [{as_number(r[lo]):+.3f}, {as_number(r[hi]):+.3f}]"
 
 
 def _p(x: Any) -> str:
-    v = _n(x)
+    v = as_number(x)
     return "–" if not math.isfinite(v) else (f"{v:.2g}" if v >= 0.001 else f"{v:.1e}")
 
 
@@ -801,11 +789,11 @@ def verdict_table(rows: list[dict[str, Any]], families: Sequence[str]) -> str:
     for r in rows:
         if r["family"] not in families:
             continue
-        boot = f"[{_n(r['boot_lo']):+.3f}, {_n(r['boot_hi']):+.3f}]" if math.isfinite(_n(r["boot_lo"])) else "–"
+        boot = f"[{as_number(r['boot_lo']):+.3f}, {as_number(r['boot_hi']):+.3f}]" if math.isfinite(as_number(r["boot_lo"])) else "–"
         verdict = f"**{r['verdict']}**" + (f" ({r['note']})" if r["note"] else "")
-        lines.append(f"| {r['claim']} | {r['preset']} | {r['protocol']} ({_n(r['temperature']):g}) | "
+        lines.append(f"| {r['claim']} | {r['preset']} | {r['protocol']} ({as_number(r['temperature']):g}) | "
                      f"{r['n_seeds']} ({r['k_showing']} of {r['n_seeds']}) | {_interval(r)} | {_p(r['p'])} "
-                     f"({_p(r['p_holm'])}) | {_p(r['p_perm'])} | {_n(r['mde']):.3f} | {boot} | {verdict} |")
+                     f"({_p(r['p_holm'])}) | {_p(r['p_perm'])} | {as_number(r['mde']):.3f} | {boot} | {verdict} |")
     return "\n".join(lines)
 
 
@@ -822,7 +810,7 @@ def sensitivity_table(rows: list[dict[str, Any]]) -> str:
             if r is None:
                 cells.append("not measured")
                 continue
-            tau = f"{_n(r['temperature']):g}"
+            tau = f"{as_number(r['temperature']):g}"
             seeds = f"{r['n_seeds']} seed{'' if str(r['n_seeds']) == '1' else 's'}"
             cells.append(f"{_interval(r)}, {seeds} ({r['k_showing']} showing), Holm p {_p(r['p_holm'])}: "
                          f"**{r['verdict']}**")
@@ -834,9 +822,9 @@ def kl_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| study | preset | condition | seeds | KL spent, bits/token (min–max) | switched on (≥ 0.9κ) [95% CP] | "
              "Δ(±2) switched on [95% t] | Δ(±2) the others |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['study']} | {r['preset']} | {r['condition']} | {r['n_seeds']} | {_n(r['kl_mean']):.3f} "
-                     f"({_n(r['kl_min']):.3f}–{_n(r['kl_max']):.3f}) | {r['n_on']} of {r['n_seeds']} "
-                     f"[{_n(r['share_on_lo']):.2f}, {_n(r['share_on_hi']):.2f}] | "
+        lines.append(f"| {r['study']} | {r['preset']} | {r['condition']} | {r['n_seeds']} | {as_number(r['kl_mean']):.3f} "
+                     f"({as_number(r['kl_min']):.3f}–{as_number(r['kl_max']):.3f}) | {r['n_on']} of {r['n_seeds']} "
+                     f"[{as_number(r['share_on_lo']):.2f}, {as_number(r['share_on_hi']):.2f}] | "
                      f"{_interval(r, 'delta_on', 'delta_on_lo', 'delta_on_hi')} | "
                      f"{_interval(r, 'delta_off', 'delta_off_lo', 'delta_off_hi')} |")
     return "\n".join(lines)
@@ -847,7 +835,7 @@ def contrast_table(rows: list[dict[str, Any]]) -> str:
              "independent Z | valid | KL spent | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         def cell(name: str) -> str:
-            return (f"{_n(r[f'{name}_cond']):.3f} − {_n(r[f'{name}_ref']):.3f} = "
+            return (f"{as_number(r[f'{name}_cond']):.3f} − {as_number(r[f'{name}_ref']):.3f} = "
                     f"{_interval(r, f'{name}_diff', f'{name}_lo', f'{name}_hi')}")
         lines.append(f"| {r['study']} | {r['protocol']} | {r['condition']} − {r['reference']} | {r['n_seeds']} vs "
                      f"{r['n_reference']} | {_interval(r, 'delta_diff', 'delta_lo', 'delta_hi')} "
@@ -886,9 +874,9 @@ def findings_section(root: Path = REPO_ROOT) -> str:
     ]
     for r in reg_rows:
         parts.append(f"Across the {r['n']} κ = 1/8 quick runs of kl_budget, injection_depth and latent_bits (twins "
-                     f"once), Δ(±2) under `{r['protocol']}` against KL spent: slope {_n(r['slope']):+.2f} "
-                     f"[{_n(r['slope_lo']):+.2f}, {_n(r['slope_hi']):+.2f}] per bit/token (p {_p(r['slope_p'])}), "
-                     f"Spearman ρ {_n(r['spearman_rho']):+.2f} (p {_p(r['spearman_p'])}).")
+                     f"once), Δ(±2) under `{r['protocol']}` against KL spent: slope {as_number(r['slope']):+.2f} "
+                     f"[{as_number(r['slope_lo']):+.2f}, {as_number(r['slope_hi']):+.2f}] per bit/token (p {_p(r['slope_p'])}), "
+                     f"Spearman ρ {as_number(r['spearman_rho']):+.2f} (p {_p(r['spearman_p'])}).")
     parts += ["### Injection depth and latent width as contrasts with the paper's setting (Welch t over seeds; "
               "Holm within each study and protocol)", contrast_table(con)]
     bound = CsvTable(root / BOUND.relative_to(REPO_ROOT)).load().rows
