@@ -45,9 +45,9 @@ from typing import Any
 
 from ftstudy.tasks import mathgen
 
-__all__ = ["FAMILIES", "HELDOUT_MOD", "MIX", "ARITH_KINDS", "CODE_TEMPLATES", "Problem", "heldout", "draw",
-           "eval_problems", "training_documents", "document", "code_program", "gsm_answer", "path_valid",
-           "path_answer", "arith_answer", "score_text", "canonical_output", "canonical_program", "eval_row"]
+__all__ = ["FAMILIES", "HELDOUT_MOD", "MIX", "ARITH_KINDS", "CODE_TEMPLATES", "Problem", "heldout", "in_heldout_class",
+           "draw", "eval_problems", "training_documents", "document", "code_program", "gsm_answer", "path_valid",
+           "simple_paths", "path_answer", "arith_answer", "score_text", "canonical_output", "canonical_program", "eval_row"]
 
 FAMILIES = ("code", "arith", "gsm", "path")
 #: 1 in HELDOUT_MOD[family] keys is held out for evaluation.  Code has the smallest key space
@@ -77,10 +77,14 @@ class Problem:
         return self.prompt + self.answer
 
 
+def in_heldout_class(text: str, mod: int) -> bool:
+    """Whether ``text`` hashes (sha256) into the held-out class, 1 in ``mod``."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") % mod == 0
+
+
 def heldout(key: str, family: str) -> bool:
     """Whether ``key`` belongs to the held-out (evaluation) class of ``family``."""
-    h = int.from_bytes(hashlib.sha256(f"bench:{key}".encode()).digest()[:8], "little")
-    return h % HELDOUT_MOD[family] == 0
+    return in_heldout_class(f"bench:{key}", HELDOUT_MOD[family])
 
 
 # ------------------------------------------------------------------------------------- code
@@ -296,7 +300,8 @@ _NODES = "ABCDE"
 _MAX_PATH_EDGES = 4
 
 
-def _simple_paths(adj: dict[str, set[str]], s: str, t: str, max_edges: int) -> list[tuple[str, ...]]:
+def simple_paths(adj: dict[str, set[str]], s: str, t: str, max_edges: int) -> list[tuple[str, ...]]:
+    """Every simple path from ``s`` to ``t`` of at most ``max_edges`` edges, in ``adj``'s graph."""
     out: list[tuple[str, ...]] = []
 
     def walk(path: list[str]) -> None:
@@ -326,7 +331,7 @@ def _path_problem(rng: random.Random, split: str) -> Problem:
         for a, b in edges:
             adj[a].add(b)
             adj[b].add(a)
-        paths = _simple_paths(adj, s, t, _MAX_PATH_EDGES)
+        paths = simple_paths(adj, s, t, _MAX_PATH_EDGES)
         if len(paths) < 2 or t in adj[s]:
             continue  # a decision needs at least two answers, and none of them the direct edge
         key = "path:" + ",".join(a + b for a, b in sorted(edges)) + f":{s}{t}"

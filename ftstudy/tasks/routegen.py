@@ -26,7 +26,6 @@ in training with its end points swapped.  Torch-free.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import random
 import string
@@ -34,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ftstudy.tasks import benchgen
+from ftstudy.tasks import benchgen, mathgen
 
 __all__ = ["CONDITIONS", "HELDOUT_MOD", "RouteProblem", "route_key", "heldout", "draw", "eval_problems",
            "training_problems", "answer_nodes", "route_valid", "edge_validity", "route_of", "walker_success",
@@ -78,8 +77,7 @@ def route_key(condition: str, edges: list[tuple[str, str]] | tuple[str, ...], so
 
 def heldout(key: str) -> bool:
     """Whether ``key`` belongs to the held-out (evaluation) class."""
-    h = int.from_bytes(hashlib.sha256(f"route:{key}".encode()).digest()[:8], "little")
-    return h % HELDOUT_MOD == 0
+    return benchgen.in_heldout_class(f"route:{key}", HELDOUT_MOD)
 
 
 def _check_condition(condition: str) -> None:
@@ -135,16 +133,7 @@ def eval_problems(condition: str, n: int, seed: int = 0) -> list[RouteProblem]:
     """``n`` held-out problems of ``condition`` with distinct keys, in a fixed order."""
     _check_condition(condition)
     rng = random.Random(f"route-eval:{condition}:{seed}")
-    seen: set[str] = set()
-    out: list[RouteProblem] = []
-    for _ in range(500 * n):
-        p = draw(condition, rng, "eval")
-        if p.key not in seen:
-            seen.add(p.key)
-            out.append(p)
-            if len(out) == n:
-                return out
-    raise ValueError(f"could not draw {n} distinct held-out {condition} route problems (found {len(out)})")
+    return mathgen.distinct(lambda: draw(condition, rng, "eval"), lambda p: p.key, n, f"held-out {condition} route")
 
 
 def training_problems(n: int, seed: int = 0, conditions: tuple[str, ...] = CONDITIONS) -> Iterator[RouteProblem]:
@@ -200,18 +189,7 @@ def route_of(p: RouteProblem | dict[str, Any], text: str) -> int | None:
 def simple_paths(p: RouteProblem) -> list[tuple[str, ...]]:
     """Every simple path from the start to the end (the valid answers)."""
     adj = _adjacency(p.edges)
-    out: list[tuple[str, ...]] = []
-
-    def walk(path: list[str]) -> None:
-        if path[-1] == p.target:
-            out.append(tuple(path))
-            return
-        for v in sorted(adj[path[-1]]):
-            if v not in path:
-                walk(path + [v])
-
-    walk([p.source])
-    return out
+    return benchgen.simple_paths(adj, p.source, p.target, max_edges=len(adj))
 
 
 # ---------------------------------------------------------------------------------- trivial baselines
