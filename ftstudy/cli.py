@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("ftstudy.study.demo", "train the reduced κ sweep and compare it with the committed reference"),
     "evaluate": ("ftstudy.eval.evaluate", "compare checkpoints on lm-eval tasks and perplexity"),
     "benchmark": ("ftstudy.eval.benchmark", "the CPU-scale benchmark suite end to end: data, models, lm-eval, report"),
+    "decide": ("ftstudy.eval.decide", "the decision benchmark: calibration curves, models, lm-eval, seed-level report"),
     "harness": ("ftstudy.eval.harness", "lm-eval's own command line with the ftstudy model registered"),
     "tasks": ("ftstudy.eval.suite.__main__", "the offline lm-eval task suite: path, list, check, sandbox"),
     "data": ("ftstudy.tasks.corpus", "prepare token shards from a corpus"),

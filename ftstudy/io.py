@@ -224,6 +224,7 @@ class RunDir(_Folder):
         summary.json   final figures; its presence marks the run finished
         samples.txt    generations under prior Z;  groups.txt: the probe's generation groups
         ckpt/          git-ignored: last.ckpt (resumable) and model.pt (export);
+                       model-step<N>.pt: snapshots kept by train.snapshot_every;
                        ckpt/retrain/: the run trained again (same config) to re-measure it
         measure/       re-measurements of the finished model under a sampling protocol:
                        <protocol>.json, <protocol>.groups.txt (prior-Z groups, as groups.txt)
@@ -264,6 +265,14 @@ class RunDir(_Folder):
     #: The exported model (``ftstudy.core.checkpoint``).
     model_file = _File(CKPT, MODEL)
     tb_dir = _File(TB)
+    def snapshot_file(self, step: int) -> Path:
+        """The model kept at ``step`` by ``train.snapshot_every`` (git-ignored, in ckpt/)."""
+        return self.ckpt_dir / f"model-step{int(step):06d}.pt"
+
+    def snapshots(self) -> dict[int, Path]:
+        """The kept snapshots by step."""
+        return {int(p.stem.removeprefix("model-step")): p for p in sorted(self.ckpt_dir.glob("model-step[0-9]*.pt"))}
+
     #: Where a finished run is trained again when its model.pt is gone (git-ignored, in ckpt/).
     retrain_dir = _File(CKPT, RETRAIN)
     measure_dir = _File(MEASURE)

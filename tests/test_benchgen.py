@@ -4,8 +4,10 @@ samples end to end."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -177,3 +179,120 @@ def test_column_addition_steps() -> None:
         digits = [int(s.split("=")[1].rstrip(".")) % 10 for s in steps]
         carry = int(steps[-1].split("=")[1].rstrip(".")) // 10
         assert int(str(carry) * bool(carry) + "".join(map(str, digits[::-1]))) == a + b
+
+
+# ------------------------------------------------------------------ blind baselines (audit)
+
+def test_no_trivial_body_passes_a_held_out_code_problem() -> None:
+    """The code task's blind baseline is 0: no trivial body, no wrong constant (every other
+    constant in range and k +- 1..3) and no near miss passes any of the held-out problems.
+    (Before the boundary tests: a trivial body passed 11 of 160, a wrong constant 4.7% of the
+    time, 44% on ``gt``.)"""
+    evals = benchgen.eval_problems("code", N_BENCH["code"])
+    rates = benchgen.trivial_pass_rate(evals)
+    assert rates == {k: 0.0 for k in ("trivial", "trivial_any", "constant", "constant_any", "near", "near_any")}
+    # the same in the sandbox's calling convention, through run_code
+    assert benchgen.trivial_pass_rate(evals[:10], run_code=_trusted_run_any)["trivial_any"] == 0.0
+
+
+def _trusted_run_any(program: str, tests: str) -> bool:
+    try:
+        return _trusted_run(program, tests)
+    except Exception:  # noqa: BLE001 - a wrong body may raise anything
+        return False
+
+
+@pytest.mark.parametrize("template", benchgen.CODE_TEMPLATES, ids=lambda t: t.name)
+def test_trivial_bodies_cover_the_audit_list(template: benchgen.CodeTemplate) -> None:
+    rng = random.Random(template.name)
+    consts = {c: rng.randint(template.lo, template.hi) for c in template.consts}
+    p = benchgen._code_make(template, consts, rng)
+    bodies = benchgen.trivial_bodies(p)
+    arg = p.prompt.split("(")[1].split(")")[0].split(", ")[0]
+    want = {"False", "True", "0", "1", "None", "[]", arg}
+    want |= {"-" + arg} if template.args != "l" else {f"len({arg})", f"sum({arg})"}
+    assert want <= {b.strip().removeprefix("return ") for b in bodies["trivial"]}
+    ref = template.bodies[0]
+    k = consts[template.consts[0]]
+    fill = {"x": arg, "l": arg, "y": p.prompt.split("(")[1].split(")")[0].split(", ")[-1],
+            **{c: str(v) for c, v in consts.items()}}
+    for d in (-3, -2, -1, 1, 2, 3):
+        assert "    return " + ref.format(**{**fill, template.consts[0]: str(k + d)}) + "\n" in bodies["constant"]
+    n_consts = (template.hi - template.lo + 1) ** len(template.consts) - 1
+    assert len(bodies["constant"]) >= n_consts
+    assert "    return " + ref.format(**fill) + "\n" not in bodies["constant"]
+    right = {"    return " + b.format(**fill) + "\n" for b in template.bodies}
+    assert bodies["near"] and not set(bodies["near"]) & right
+
+
+def test_hidden_tests_reject_trivial_bodies_on_the_whole_key_space() -> None:
+    """Not only the held-out draw: every key of every template (684 problems)."""
+    rng = random.Random(0)
+    problems = [benchgen._code_make(t, dict(zip(t.consts, vs)), rng) for t in benchgen.CODE_TEMPLATES
+                for vs in itertools.product(range(t.lo, t.hi + 1), repeat=len(t.consts))]
+    assert len(problems) == 684
+    rates = benchgen.trivial_pass_rate(problems, kinds=("trivial", "near"))
+    assert rates == {"trivial": 0.0, "trivial_any": 0.0, "near": 0.0, "near_any": 0.0}
+    # wrong constants (120 bodies a problem for lin) on every fifth key, to stay fast
+    assert benchgen.trivial_pass_rate(problems[::5], kinds=("constant",))["constant_any"] == 0.0
+
+
+def test_code_hidden_tests_have_boundary_inputs() -> None:
+    p = benchgen._code_make(benchgen._CODE_BY_NAME["gt"], {"k": 17}, random.Random(0))
+    for x, want in ((16, False), (17, False), (18, True), (0, False)):
+        assert f"({x}) == {want}" in p.meta["tests"]
+    p = benchgen._code_make(benchgen._CODE_BY_NAME["count"], {"k": 5}, random.Random(0))
+    assert "([]) == 0" in p.meta["tests"] and "([5]) == 0" in p.meta["tests"] and "([5, 6, 4]) == 1" in p.meta["tests"]
+    p = benchgen._code_make(benchgen._CODE_BY_NAME["maxk"], {"k": 5}, random.Random(0))
+    assert "([]) ==" not in p.meta["tests"]  # max of nothing: outside the docstring
+
+
+def test_gsm_templates_are_balanced() -> None:
+    """Each template has 200 / T of the held-out problems (before: 159 of 200 were buy_give),
+    and about 1 / T of the training draws."""
+    evals = benchgen.eval_problems("gsm", N_BENCH["gsm"])
+    T = len(benchgen.GSM_TEMPLATES)
+    counts = Counter(p.meta["template"] for p in evals)
+    assert set(counts) == {t.name for t in benchgen.GSM_TEMPLATES}
+    assert all(abs(c - N_BENCH["gsm"] / T) <= 1 for c in counts.values()), counts
+    assert [p.key for p in benchgen.eval_problems("gsm", 50)] == [p.key for p in evals[:50]]  # a prefix
+    rng = random.Random(4)
+    train = Counter(benchgen.draw("gsm", rng, "train").meta["template"] for _ in range(4000))
+    assert all(abs(c - 4000 / T) < 0.1 * 4000 / T for c in train.values()), train
+
+
+def test_gsm_split_is_disjoint_over_the_whole_key_space() -> None:
+    evals = {p.key for p in benchgen.eval_problems("gsm", N_BENCH["gsm"])}
+    for t in benchgen.GSM_TEMPLATES:
+        space = [benchgen._gsm_key(t, nums) for nums, _ in benchgen._gsm_space(t)]
+        held = [k for k in space if benchgen.heldout(k, "gsm")]
+        assert len(held) >= 60 and len(space) - len(held) >= 150, (t.name, len(held), len(space))
+        assert {k for k in evals if k.split(":")[1] == t.name} <= set(held)
+    rng = random.Random(5)
+    for _ in range(2000):
+        p = benchgen.draw("gsm", rng, "train")
+        assert not benchgen.heldout(p.key, "gsm") and p.key not in evals
+
+
+def test_gsm_chance_floors() -> None:
+    """Number-blind guessers score at most 5% (before: the training mode, 0, scored 9.5% and
+    the best constant 12.5%); myopic ones (a copied number, one step, a wrong pair) 0."""
+    floors = benchgen.gsm_chance_floors()
+    assert floors["copy"] == floors["one_step"] == floors["wrong_pair"] == 0.0
+    assert floors["blind_sample"] <= floors["blind_oracle"] and floors["blind_mode"] <= floors["blind_oracle"]
+    assert 0 < floors["blind_mode"] <= 0.04 and 0 < floors["blind_template"] <= 0.05
+    assert floors["floor"] == max(v for k, v in floors.items() if k != "floor") <= 0.05
+    # The exact training distribution is the generator's: its answers are the ones drawn.
+    dist = benchgen.gsm_answer_distribution("train")
+    assert sum(dist.values()) == pytest.approx(1.0)
+    rng = random.Random(6)
+    drawn = Counter(int(benchgen.draw("gsm", rng, "train").meta["target"]) for _ in range(4000))
+    assert set(drawn) <= set(dist)
+    mean = sum(v * q for v, q in dist.items())
+    assert abs(sum(v * c for v, c in drawn.items()) / 4000 - mean) < 1.0  # the mean's standard error is 0.3
+    small = sum(q for v, q in dist.items() if v <= 10)
+    assert abs(sum(c for v, c in drawn.items() if v <= 10) / 4000 - small) < 0.03  # standard error 0.007
+    for p in benchgen.eval_problems("gsm", N_BENCH["gsm"]):
+        t = benchgen._GSM_BY_NAME[p.meta["template"]]
+        nums = tuple(map(int, p.key.split(":")[2:]))
+        assert t.valid(nums) and p.answer.endswith(f"#### {t.value(nums)}")

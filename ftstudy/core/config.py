@@ -487,6 +487,17 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                      probe_groups=0),
         "train": dict(steps=1200, batch_size=16, lr=2e-3, warmup_steps=50, val_every=400, ckpt_every=100),
     },
+    # Issue 23's decision benchmark (python -m ftstudy.data prepare --corpus decide --out
+    # data/decide): route choice with decoys and the creativity tasks, byte-level, a 160-byte
+    # context (the longest document, with the seed prefix, is under 130 bytes), bench-small's
+    # model.  Steps from the calibration curves: results/benchmarks/decide/CALIBRATION.md.
+    "decide-small": {
+        "model": dict(vocab_size=258, n_layers=4, dim=96, n_heads=4, latent_bits=8, kappa_bits=1.0,
+                      max_seq_len=160),
+        "task": dict(name="tokens", data_dir="data/decide", val_size=64, n_generate=0, probe_independent=0,
+                     probe_groups=0),
+        "train": dict(steps=1500, batch_size=16, lr=2e-3, warmup_steps=50, val_every=500, ckpt_every=100),
+    },
     # Tests: the same task on a tiny model (with a shard folder given by --set data_dir=...).
     "tokens-tiny": {
         "model": dict(vocab_size=258, n_layers=2, dim=32, n_heads=2, latent_bits=4, kappa_bits=1.0, max_seq_len=32),

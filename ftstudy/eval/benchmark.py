@@ -46,7 +46,8 @@ from ftstudy.io import RunDir
 from ftstudy.results import benchstats
 from ftstudy.run.train import REPO_ROOT
 
-__all__ = ["STAGES", "model_label", "pooled_report", "main"]
+__all__ = ["STAGES", "model_label", "planned_models", "ensure_models", "run_parallel", "add_common_args", "check_common_args",
+           "pooled_report", "main"]
 
 STAGES = ("data", "train", "eval", "report")
 STUDY, PRESET = "benchmark", "bench"
@@ -66,18 +67,26 @@ FAMILY_GROUP = {"code": "Generative code", "arith": "Generative math", "gsm": "G
 
 
 def model_label(cfg: Any, base_layers: int) -> str:
-    """Column name of a benchmark model: baseline, matched baseline, or Free at its κ."""
+    """Column name of a benchmark model: baseline, matched baseline (more blocks),
+    seed-conditioned baseline (trained on a ``-seeded`` corpus), or Free at its κ."""
     m = cfg.model
     if m.is_free:
         return f"free k={m.kappa_bits:g}"
+    if str(cfg.task.data_dir).rstrip("/").endswith("-seeded"):
+        return "seeded baseline"
     return "baseline" if m.n_layers == base_layers else f"matched (L={m.n_layers})"
 
 
-def _planned(seeds: list[int], out: Path) -> list[tuple[int, str, Path, Any]]:
+def planned_models(study: str, preset: str, seeds: list[int], out: Path) -> list[tuple[int, str, Path, Any]]:
+    """``(seed, label, run folder, config)`` of every model a benchmark study trains under ``out``/runs."""
     from ftstudy.study.ablate import PRESETS, plan
-    base_layers = get_preset(PRESETS[PRESET]).model.n_layers
+    base_layers = get_preset(PRESETS[preset]).model.n_layers
     return [(r.config.train.seed, model_label(r.config, base_layers), r.run_dir, r.config)
-            for r in plan(STUDY, PRESET, seeds, {}, out / "runs")]
+            for r in plan(study, preset, seeds, {}, out / "runs")]
+
+
+def _planned(seeds: list[int], out: Path) -> list[tuple[int, str, Path, Any]]:
+    return planned_models(STUDY, PRESET, seeds, out)
 
 
 def _tasks() -> list[str]:
@@ -120,27 +129,64 @@ def _eval_job(seed: int, label: str, ckpt: str, out: str) -> tuple[int, str, flo
     return seed, label, time.perf_counter() - t0
 
 
-def _eval_stage(planned: list[tuple[int, str, Path, Any]], out: Path, jobs: int) -> None:
-    todo = [(s, label, str(RunDir(d).model_file), str(out)) for s, label, d, _ in planned]
-    missing = [t[2] for t in todo if not Path(t[2]).is_file()]
-    if missing:
-        raise EvalError(f"{len(missing)} model(s) not trained yet, e.g. {missing[0]}; run the train stage first")
-    print(f"[ftstudy.eval.benchmark] evaluating {len(todo)} models, {jobs} at a time", flush=True)
+def ensure_models(run_dirs: list[Path], rel: float, out: Path | None = None) -> dict[str, str]:
+    """Every finished run's ckpt/model.pt, retrained from its own config where it is absent (a
+    fresh clone: checkpoints are git-ignored) and checked against the committed summary within
+    relative tolerance ``rel`` (:func:`ftstudy.study.measure.ensure_model`); by run name,
+    "checkpoint" or "retrained" (listed in ``out``/retrained.json with the tolerance).
+    EvalError names a run that is not trained or not reproduced."""
+    from ftstudy.io import RunError
+    from ftstudy.study.measure import ensure_model
+    how = {}
+    for d in run_dirs:
+        if RunDir(d).summary() is None:
+            raise EvalError(f"model not trained yet: {d}; run the train stage first")
+        try:
+            how[d.name] = ensure_model(d, rel=rel)
+        except RunError as e:
+            raise EvalError(f"{e}; pass --retrain-tolerance REL to accept a retrain within a relative REL of the "
+                            f"committed figures (recorded in the report)") from e
+    retrained = sorted(k for k, v in how.items() if v == "retrained")
+    if retrained and out is not None:
+        atomic_write_text(out / "retrained.json", json.dumps({"tolerance_rel": rel, "runs": retrained}, indent=2))
+    return how
+
+
+def run_parallel(fn: Any, todo: list[tuple], jobs: int, tag: str) -> list[Any]:
+    """``fn(*t)`` for every ``t`` in ``todo``, ``jobs`` at once in spawned processes with one
+    thread each (in order, in this process, for one job); each result whose first items are
+    (seed, name, seconds) is printed as it lands."""
+    results = []
+
+    def done(res: Any) -> None:
+        results.append(res)
+        if isinstance(res, tuple) and len(res) == 3:
+            print(f"[{tag}] s{res[0]} {res[1]}: done in {res[2]:.0f} s", flush=True)
+
     if jobs == 1:
         for t in todo:
-            print(f"[ftstudy.eval.benchmark] s{t[0]} {t[1]}: done in {_eval_job(*t)[2]:.0f} s", flush=True)
-        return
+            done(fn(*t))
+        return results
     env_threads = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"
     try:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_one_thread) as pool:
-            for s, label, secs in pool.map(_eval_job, *zip(*todo)):
-                print(f"[ftstudy.eval.benchmark] s{s} {label}: done in {secs:.0f} s", flush=True)
+            for res in pool.map(fn, *zip(*todo)):
+                done(res)
     finally:
         if env_threads is None:
             os.environ.pop("OMP_NUM_THREADS", None)
         else:
             os.environ["OMP_NUM_THREADS"] = env_threads
+    return results
+
+
+def _eval_stage(planned: list[tuple[int, str, Path, Any]], out: Path, jobs: int, rel: float = 1e-6) -> None:
+    ensure_models([d for _, _, d, _ in planned], rel, out)
+    todo = [(s, label, str(RunDir(d).model_file), str(out)) for s, label, d, _ in planned]
+    print(f"[ftstudy.eval.benchmark] evaluating {len(todo)} models, {jobs} at a time", flush=True)
+    if todo:
+        run_parallel(_eval_job, todo, jobs, "ftstudy.eval.benchmark")
 
 
 # ---------------------------------------------------------------- pooled report
@@ -370,21 +416,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ftstudy.benchmark", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="SEED")
-    p.add_argument("--jobs", type=int, default=1, help="runs trained and models evaluated at once (one thread each)")
     p.add_argument("--stage", nargs="+", default=list(STAGES), choices=STAGES, help="stages to run (default all)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    add_common_args(p, DEFAULT_OUT)
     p.add_argument("--data", type=Path, default=REPO_ROOT / "data" / "bench", help="the bench corpus (made if missing)")
     p.add_argument("--bootstrap", type=int, default=4000, help="bootstrap resamples of the pooled report")
     p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated time, run nothing")
     return p
 
 
+def add_common_args(p: argparse.ArgumentParser, out: Path) -> None:
+    """--jobs, --out and --retrain-tolerance, shared by the benchmark commands."""
+    p.add_argument("--jobs", type=int, default=1, help="runs trained and models evaluated at once (one thread each)")
+    p.add_argument("--out", type=Path, default=out)
+    p.add_argument("--retrain-tolerance", type=float, default=1e-6, metavar="REL",
+                   help="a finished run without its checkpoint (a fresh clone) is trained again and must reproduce "
+                        "its committed summary within this relative tolerance (default 1e-6)")
+
+
+def check_common_args(args: argparse.Namespace) -> None:
+    """EvalError for a bad --jobs or --retrain-tolerance."""
+    if args.jobs < 1:
+        raise EvalError(f"--jobs = {args.jobs} is not allowed: an integer >= 1")
+    if not 0 <= args.retrain_tolerance < 1:
+        raise EvalError(f"--retrain-tolerance = {args.retrain_tolerance} is not allowed: 0 <= REL < 1")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
-        if args.jobs < 1:
-            raise EvalError(f"--jobs = {args.jobs} is not allowed: an integer >= 1")
+        check_common_args(args)
         planned = _planned(args.seeds, args.out)
         if args.dry_run:
             _dry_run(planned, args.out, args.seeds, args.jobs)
@@ -404,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
                 return rc
         if "eval" in args.stage:
             _check_sandbox(False)
-            _eval_stage(planned, args.out, args.jobs)
+            _eval_stage(planned, args.out, args.jobs, args.retrain_tolerance)
         if "report" in args.stage:
             pooled_report(args.out, args.seeds, n_boot=args.bootstrap)
             atomic_write_text(args.out / "command.txt", "python -m ftstudy.benchmark " + shlex.join(argv) + "\n")

@@ -400,7 +400,8 @@ def evaluate_one(ckpt: Path, label: str, tasks: list[str], out: Path, settings: 
             return {**saved["entry"], "samples": json.loads(samples_path.read_text())}
     t0 = time.perf_counter()
     lm = FTStudyLM(ckpt, z_policy=settings["z_policy"], z_samples=settings["z_samples"], seed=settings["seed"],
-                   batch_size=settings["batch_size"], device=settings["device"])
+                   batch_size=settings["batch_size"], device=settings["device"],
+                   seed_prefix=bool(settings.get("seed_prefix", False)))
     try:
         res = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=task_manager, limit=settings["limit"],
                                       log_samples=True, bootstrap_iters=0, random_seed=settings["seed"],

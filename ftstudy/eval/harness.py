@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -84,10 +85,15 @@ class FTStudyLM(TemplateLM):
 
     def __init__(self, checkpoint: str | Path | None = None, z_policy: str = "posterior-context", z_samples: int = 1,
                  seed: int = 0, batch_size: int | str = 16, device: str | None = None,
-                 max_batch_size: int | None = None, *, model: FreeTransformer | None = None,
-                 tokenizer: Tokenizer | None = None, **kwargs: Any) -> None:
+                 max_batch_size: int | None = None, seed_prefix: bool = False, *,
+                 model: FreeTransformer | None = None, tokenizer: Tokenizer | None = None, **kwargs: Any) -> None:
         """From a checkpoint (``checkpoint=PATH``, as lm-eval's ``--model_args`` give it) or from a
-        model in memory (``model=``, put in eval mode on ``device``, with its ``tokenizer=``)."""
+        model in memory (``model=``, put in eval mode on ``device``, with its ``tokenizer=``).
+
+        ``seed_prefix``: every generation starts after a fresh random seed-conditioning prefix
+        (:func:`ftstudy.tasks.decide.seed_prefix`, drawn like Z from the seed, the context and
+        the draw index), for a model trained on prefixed documents (the decision benchmark's
+        seed-conditioned baseline).  Likelihoods are never prefixed."""
         super().__init__()
         if z_policy not in Z_POLICIES:
             raise HarnessError(f"z_policy = {z_policy!r} is not allowed; allowed: {list(Z_POLICIES)}")
@@ -104,7 +110,12 @@ class FTStudyLM(TemplateLM):
         unknown = set(kwargs) - {"trust_remote_code", "dtype", "pretrained"}
         if unknown:
             raise HarnessError(f"unknown FTStudyLM argument(s) {sorted(unknown)}; allowed: checkpoint (or model and "
-                               f"tokenizer), z_policy, z_samples, seed, batch_size, device")
+                               f"tokenizer), z_policy, z_samples, seed, batch_size, device, seed_prefix")
+        if isinstance(seed_prefix, str):  # from lm-eval's --model_args
+            if seed_prefix.lower() not in ("true", "false"):
+                raise HarnessError(f"seed_prefix = {seed_prefix!r} is not allowed: true or false")
+            seed_prefix = seed_prefix.lower() == "true"
+        self.seed_prefix = bool(seed_prefix)
         if (checkpoint is None) == (model is None):
             raise HarnessError("give either a checkpoint path or a model instance (model=..., tokenizer=...)")
         if model is not None and tokenizer is None:
@@ -303,8 +314,13 @@ class FTStudyLM(TemplateLM):
                     ids = [self.tok.eot_id]
                 # Repeats of one prompt (e.g. the synthetic task's 20 per letter) get their own
                 # draws: the k-th occurrence in request order uses draw index k.
-                encoded.append((i, ids, seen[context]))
+                k = seen[context]
                 seen[context] += 1
+                if self.seed_prefix:
+                    from ftstudy.tasks import decide
+                    rng = random.Random(_seed_of(self.seed, ids, k, "prefix"))
+                    ids = self.tok_encode(decide.seed_prefix(rng)) + ids
+                encoded.append((i, ids, k))
             encoded.sort(key=lambda r: -len(r[1]))
             for b0 in range(0, len(encoded), self.batch_size):
                 chunk = encoded[b0:b0 + self.batch_size]

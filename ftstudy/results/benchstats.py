@@ -16,6 +16,16 @@ measurements.  The minimum detectable effect of a two-sided test at level α wit
 is ``(z_{1−α/2} + z_{1−β}) × SE``; relative to the baseline's mean it says what gain a null
 result rules out.
 
+The primary test is at seed level (:func:`ftstudy.results.seedstats.compare_seeds`): Welch's t
+over each model's per-seed means ``mean_i X[s, i]``, whose variance across seeds is
+``var_seed + var_resid / N`` (:func:`seed_mean_sd`), the exact relabelling p beside it, and
+the detectable effect from t quantiles (:func:`ftstudy.results.seedstats.design_mde`).  The
+paired bootstrap's interval is too narrow where the seed variance matters: its percentile
+interval over a few resampled seeds acts like ±1.96 SE where t over seeds needs ±2.31 (5 seeds
+a model, 8 df) or ±2.78 (3 seeds, 4 df), so under no difference it rejects about
+``P(|t_df| > 1.96)``: 8.6% of the time at 5 seeds, 12% at 3, where 5% is allowed (simulated by
+:func:`null_false_positive_rate`: 7–9% and 11–13%).  It is a secondary column only.
+
 Torch-free: the lm-eval metrics and the results tables import it.
 """
 
@@ -30,8 +40,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from ftstudy.results.seedstats import clopper_pearson, relabel_p_rows, welch_rows
+
 __all__ = ["pass_at_k", "Components", "variance_components", "mde", "paired_bootstrap", "z_power", "test_power",
-           "bootstrap_mde", "stack"]
+           "bootstrap_mde", "stack", "seed_mean_sd", "simulate_null", "null_false_positive_rate"]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -104,6 +116,24 @@ def variance_components(x: ArrayLike, n_samples: int, var_seed: float | None = N
     return Components(float(a.mean()), vs, max(0.0, var_resid - samp), samp, s, n, n_samples)
 
 
+def _resid(c: Components, n_samples: int) -> float:
+    """The residual variance of one (seed, problem) score with ``n_samples`` samples a problem:
+    the interaction plus the binomial noise, which falls as 1 / samples."""
+    return c.var_interaction + c.var_sampling * c.n_samples / n_samples
+
+
+def seed_mean_sd(c: Components, *, n_problems: int | None = None, n_samples: int | None = None) -> float:
+    """The standard deviation of one seed's mean score ``mean_i X[s, i]`` across seeds, for a
+    design of ``n_problems`` problems and ``n_samples`` samples each (default: ``c``'s own):
+    ``sqrt(var_seed + var_resid / N)``, what the seed-level test sees; pass it to
+    :func:`ftstudy.results.seedstats.design_mde`."""
+    n = c.n_problems if n_problems is None else n_problems
+    k = c.n_samples if n_samples is None else n_samples
+    if min(n, k) < 1:
+        raise ValueError(f"seed_mean_sd: problems = {n}, samples = {k} are not allowed: each >= 1")
+    return math.sqrt(c.var_seed + _resid(c, k) / n)
+
+
 def mde(c: Components, *, n_seeds: int | None = None, n_problems: int | None = None,
         n_samples: int | None = None, alpha: float = 0.05, power: float = 0.8) -> dict[str, float]:
     """Minimum detectable difference between two models with ``c``'s variance (absolute, and
@@ -114,7 +144,7 @@ def mde(c: Components, *, n_seeds: int | None = None, n_problems: int | None = N
     k = c.n_samples if n_samples is None else n_samples
     if min(s, n, k) < 1:
         raise ValueError(f"design seeds={s}, problems={n}, samples={k}: each must be >= 1")
-    resid = c.var_interaction + c.var_sampling * c.n_samples / k
+    resid = _resid(c, k)
     se = math.sqrt(2 * (c.var_seed / s + resid / (s * n)))
     absolute = z_power(alpha, power) * se
     return {"se": se, "mde_abs": absolute, "mde_rel": absolute / c.mean if c.mean > 0 else float("inf"),
@@ -224,3 +254,86 @@ def stack(per_seed: Sequence[dict[Any, float]], keys: Sequence[Any] | None = Non
         keys = sorted(set.intersection(*(set(d) for d in per_seed)), key=str)
     keys = list(keys)
     return keys, np.array([[float(d[k]) for k in keys] for d in per_seed])
+
+
+# ---------------------------------------------------------------- the tests' false positives under the null
+
+
+def simulate_null(rng: np.random.Generator, n_sims: int, *, n_seeds: int = 5, n_problems: int = 200,
+                  n_samples: int = 10, baseline_mean: float = 0.4, seed_sd: float = 0.05, problem_sd: float = 0.25,
+                  interaction_sd: float = 0.0) -> NDArray[np.float64]:
+    """``n_sims`` benchmark experiments with no difference between the two models: an array
+    (sims, 2 models, seeds, problems) of pass@1 scores.
+
+    Per experiment, the problems' success probabilities ``q_i`` are drawn from a Beta with mean
+    ``baseline_mean`` and standard deviation ``problem_sd`` (the same problems for both models:
+    paired); each model's seed ``s`` shifts every problem's logit by ``b_s ~ N(0, (seed_sd / w)²)``,
+    ``w = mean_i q_i (1 − q_i)``, so that a seed's mean pass@1 moves by about ``seed_sd``; each
+    (seed, problem) adds an interaction ``N(0, interaction_sd²)`` on the logit scale; the score
+    is the fraction correct of ``n_samples`` Bernoulli samples."""
+    for name, v, low in (("n_sims", n_sims, 1), ("n_seeds", n_seeds, 2), ("n_problems", n_problems, 2),
+                         ("n_samples", n_samples, 1)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low:
+            raise ValueError(f"simulate_null: {name} = {v!r} is not allowed: an integer >= {low}")
+    m, v = baseline_mean, problem_sd ** 2
+    if not 0 < m < 1:
+        raise ValueError(f"simulate_null: baseline_mean = {m!r} is not allowed: a rate in (0, 1)")
+    if not 0 <= v < m * (1 - m):
+        raise ValueError(f"simulate_null: problem_sd = {problem_sd!r} is not allowed: 0 <= sd < sqrt(m (1 − m)) = "
+                         f"{math.sqrt(m * (1 - m)):.3f} for baseline_mean m = {m}")
+    for name, val in (("seed_sd", seed_sd), ("interaction_sd", interaction_sd)):
+        if not (math.isfinite(val) and val >= 0):
+            raise ValueError(f"simulate_null: {name} = {val!r} is not allowed: a finite number >= 0")
+    if v > 0:
+        total = m * (1 - m) / v - 1  # the Beta's a + b
+        q = rng.beta(m * total, (1 - m) * total, size=(n_sims, 1, 1, n_problems))
+    else:
+        q = np.full((n_sims, 1, 1, n_problems), m)
+    q = np.clip(q, 1e-9, 1 - 1e-9)
+    w = (q * (1 - q)).mean(-1, keepdims=True)
+    logit = np.log(q / (1 - q)) + rng.standard_normal((n_sims, 2, n_seeds, 1)) * (seed_sd / w)
+    if interaction_sd > 0:
+        logit = logit + rng.normal(0, interaction_sd, (n_sims, 2, n_seeds, n_problems))
+    p = 1 / (1 + np.exp(-logit))
+    return rng.binomial(n_samples, p) / n_samples
+
+
+def null_false_positive_rate(*, n_seeds: int = 5, n_problems: int = 200, n_samples: int = 10,
+                             baseline_mean: float = 0.4, seed_sd: float = 0.05, problem_sd: float = 0.25,
+                             interaction_sd: float = 0.0, n_sims: int = 2000, alpha: float = 0.05,
+                             n_boot_sims: int = 0, n_boot: int = 200, seed: int = 0) -> dict[str, float]:
+    """How often each test finds a difference where there is none, on a design (see
+    :func:`simulate_null` for the parameters): the share of ``n_sims`` null experiments in which
+
+    * ``welch``: Welch's t over the two models' per-seed means rejects at ``alpha`` (the primary
+      test, :func:`ftstudy.results.seedstats.compare_seeds`);
+    * ``permutation``: the exact relabelling test of the same seed means does;
+    * ``bootstrap``: :func:`paired_bootstrap`'s (1 − alpha) interval excludes 0, over the first
+      ``n_boot_sims`` experiments (0: not run; it is the slow one) with ``n_boot`` resamples each.
+
+    Each rate comes with its Monte Carlo Clopper–Pearson 95% interval (``*_lo``, ``*_hi``); a
+    test that holds its level has a rate at or below ``alpha``.  ``seed_mean_sd``: the mean over
+    experiments of the seed means' standard deviation, the spread the design really had."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"null_false_positive_rate: alpha = {alpha!r} is not allowed: a number in (0, 1)")
+    if not isinstance(n_boot_sims, (int, np.integer)) or not 0 <= n_boot_sims <= n_sims:
+        raise ValueError(f"null_false_positive_rate: n_boot_sims = {n_boot_sims!r} is not allowed: an integer in "
+                         f"[0, n_sims = {n_sims}]")
+    rng = np.random.default_rng(seed)
+    x = simulate_null(rng, n_sims, n_seeds=n_seeds, n_problems=n_problems, n_samples=n_samples,
+                      baseline_mean=baseline_mean, seed_sd=seed_sd, problem_sd=problem_sd,
+                      interaction_sd=interaction_sd)
+    means = x.mean(-1)  # (sims, 2, seeds): each seed's pass@1
+    hits = {"welch": welch_rows(means[:, 1], means[:, 0])["p"] < alpha,
+            "permutation": relabel_p_rows(means[:, 1], means[:, 0]) < alpha}
+    if n_boot_sims:
+        boots = [paired_bootstrap(x[i, 0], x[i, 1], n_boot=n_boot, level=1 - alpha, seed=seed + i)
+                 for i in range(n_boot_sims)]
+        hits["bootstrap"] = np.array([r["ci_low"] > 0 or r["ci_high"] < 0 for r in boots])
+    out: dict[str, float] = {"n_sims": n_sims, "n_boot_sims": n_boot_sims, "alpha": alpha,
+                             "seed_mean_sd": float(means.std(-1, ddof=1).mean())}
+    for name, h in hits.items():
+        k = int(np.sum(h))
+        lo, hi = clopper_pearson(k, len(h))
+        out.update({name: k / len(h), f"{name}_lo": lo, f"{name}_hi": hi})
+    return out

@@ -10,13 +10,13 @@ two-sided p-value, the exact sign-flip (or relabelling) p-value beside it, the d
 effect from t quantiles, k of n seeds that show the effect on their own, and, as a secondary
 column, the hierarchical bootstrap over seeds and groups.  Holm's correction runs within each
 family of positive claims; the null claim gets an equivalence test (TOST) with margin
-:data:`EQUIV_MARGIN`.  Torch-free: it reads the committed run folders only.
+:data:`EQUIV_MARGIN`.  The statistics over seeds are :mod:`ftstudy.results.seedstats`'s; this module
+holds the rule, the claims and the run folders.  Torch-free: it reads the committed run folders only.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 import sys
@@ -30,6 +30,9 @@ from scipy import stats
 
 from ftstudy.io import REPO_ROOT, CsvTable, RunDir, StudyDir, atomic_write_text
 from ftstudy.results.report import as_number, figure_rows, kappa_label, protocol_groups
+from ftstudy.results.seedstats import (ALPHA, LEVEL, POWER, SeedTest, clopper_pearson, holm, one_sample, relabel_p,
+                                       sign_flip_p, two_sample)
+from ftstudy.results.seedstats import finite_values as _finite
 from ftstudy.tasks import agreement
 
 __all__ = ["LEVEL", "POWER", "ALPHA", "EQUIV_MARGIN", "PAPER_FRACTION", "SWITCHED_ON", "N_BOOT", "BOOT_SEED",
@@ -39,9 +42,9 @@ __all__ = ["LEVEL", "POWER", "ALPHA", "EQUIV_MARGIN", "PAPER_FRACTION", "SWITCHE
 
 # ---------------------------------------------------------------- the rule's constants (VERDICT_RULE.md)
 
-LEVEL = 0.95  #: primary intervals: 95% Student t over seeds
-POWER = 0.80  #: the detectable effect: 80% power, two-sided 5% test
-ALPHA = 0.05  #: Holm's family-wise level, and each one-sided test of the equivalence test
+# LEVEL (95% Student t intervals over seeds), POWER (the detectable effect: 80% power, two-sided
+# 5% test) and ALPHA (Holm's family-wise level, and each one-sided test of the equivalence test)
+# are seedstats' defaults, which the rule adopts; imported above.
 EQUIV_MARGIN = 0.05  #: m of "no effect within ±m" (±2 agreement difference)
 PAPER_FRACTION = 0.5  #: "paper-sized effect excluded": the interval lies below this fraction of the paper's effect
 SWITCHED_ON = 0.9  #: a run is switched on when its end-of-training KL is at least this × κ
@@ -68,143 +71,8 @@ COLUMNS = ("claim", "study", "preset", "protocol", "kappa_bits", "n_seeds", "k_s
 # ---------------------------------------------------------------- statistics over seeds
 
 
-@dataclass(frozen=True)
-class SeedTest:
-    """A seed-level test: the estimate, its t-interval (cut to ``bounds``), the two-sided p,
-    the detectable effect, the standard error and degrees of freedom, the 90% interval (the
-    equivalence test's), and the exact permutation p-value."""
-
-    n: int
-    mean: float
-    lo: float
-    hi: float
-    p: float
-    mde: float
-    se: float
-    df: float
-    lo90: float
-    hi90: float
-    p_perm: float
-
-
-def _clip(x: float, bounds: tuple[float | None, float | None]) -> float:
-    low, high = bounds
-    if low is not None:
-        x = max(x, low)
-    if high is not None:
-        x = min(x, high)
-    return x
-
-
-def _finite(values: Sequence[float], what: str) -> np.ndarray:
-    x = np.asarray(values, dtype=float).reshape(-1)
-    if not np.isfinite(x).all():
-        raise ValueError(f"{what} must be finite numbers, got {list(values)!r}")
-    return x
-
-
-def _t_test(mean: float, se: float, df: float, n: int, bounds: tuple[float | None, float | None],
-            p_perm: float) -> SeedTest:
-    nan = math.nan
-    if n < 2 or not math.isfinite(df) or df <= 0:
-        return SeedTest(n, mean, nan, nan, nan, nan, nan, nan, nan, nan, p_perm)
-    if se == 0:  # every seed the same value: the interval is that point
-        return SeedTest(n, mean, mean, mean, 0.0 if mean != 0 else 1.0, 0.0, 0.0, df, mean, mean, p_perm)
-    tq = float(stats.t.ppf(1 - ALPHA / 2, df))
-    t90 = float(stats.t.ppf(1 - ALPHA, df))
-    p = float(2 * stats.t.sf(abs(mean) / se, df))
-    mde = (tq + float(stats.t.ppf(POWER, df))) * se
-    return SeedTest(n, mean, _clip(mean - tq * se, bounds), _clip(mean + tq * se, bounds), p, mde, se, df,
-                    _clip(mean - t90 * se, bounds), _clip(mean + t90 * se, bounds), p_perm)
-
-
-def sign_flip_p(values: Sequence[float], *, max_exact: int = 16, n_random: int = 65_536, seed: int = 0) -> float:
-    """Two-sided p-value of mean = 0 by flipping the signs of the per-seed values: exact (all
-    2^n patterns) up to ``max_exact`` seeds, else ``n_random`` random patterns."""
-    x = _finite(values, "values")
-    n = len(x)
-    if n == 0:
-        return math.nan
-    if n <= max_exact:
-        signs = np.array(list(itertools.product((1.0, -1.0), repeat=n)))
-    else:
-        signs = np.random.default_rng(seed).choice((1.0, -1.0), size=(n_random, n))
-    observed = abs(x.mean())
-    return float(np.mean(np.abs(signs @ x / n) >= observed - 1e-12))
-
-
-def relabel_p(a: Sequence[float], b: Sequence[float], *, max_exact: int = 200_000, n_random: int = 100_000,
-              seed: int = 0) -> float:
-    """Two-sided p-value of mean(a) = mean(b) by relabelling seeds between the two sets: exact
-    over every split when there are at most ``max_exact``, else ``n_random`` random ones."""
-    xa, xb = _finite(a, "a"), _finite(b, "b")
-    pooled = np.concatenate([xa, xb])
-    na, n = len(xa), len(pooled)
-    if na == 0 or na == n:
-        return math.nan
-    observed = abs(xa.mean() - xb.mean())
-    if math.comb(n, na) <= max_exact:
-        idx = np.array(list(itertools.combinations(range(n), na)))
-        mask = np.zeros((len(idx), n), dtype=bool)
-        np.put_along_axis(mask, idx, True, axis=1)
-    else:
-        rng = np.random.default_rng(seed)
-        mask = np.zeros((n_random, n), dtype=bool)
-        perm = np.argsort(rng.random((n_random, n)), axis=1)[:, :na]
-        np.put_along_axis(mask, perm, True, axis=1)
-    total = pooled.sum()
-    sa = mask @ pooled
-    diffs = sa / na - (total - sa) / (n - na)
-    return float(np.mean(np.abs(diffs) >= observed - 1e-12))
-
-
-def one_sample(values: Sequence[float], bounds: tuple[float | None, float | None] = (-1.0, 1.0)) -> SeedTest:
-    """Student t over the per-seed values (H0: mean 0), interval cut to ``bounds``."""
-    x = _finite(values, "per-seed values")
-    n = len(x)
-    if n == 0:
-        raise ValueError("one_sample needs at least one per-seed value")
-    mean = float(x.mean())
-    se = float(x.std(ddof=1) / math.sqrt(n)) if n >= 2 else math.nan
-    return _t_test(mean, se, n - 1.0, n, bounds, sign_flip_p(x))
-
-
-def two_sample(a: Sequence[float], b: Sequence[float],
-               bounds: tuple[float | None, float | None] = (-1.0, 1.0)) -> SeedTest:
-    """Welch's t for mean(a) − mean(b) over two sets of seeds, interval cut to ``bounds``."""
-    xa, xb = _finite(a, "a"), _finite(b, "b")
-    if len(xa) < 2 or len(xb) < 2:
-        raise ValueError(f"two_sample needs at least 2 seeds on each side, got {len(xa)} and {len(xb)}")
-    va, vb = xa.var(ddof=1) / len(xa), xb.var(ddof=1) / len(xb)
-    se = math.sqrt(va + vb)
-    if se > 0:  # Welch–Satterthwaite
-        df = (va + vb) ** 2 / (va ** 2 / (len(xa) - 1) + vb ** 2 / (len(xb) - 1))
-    else:
-        df = float(len(xa) + len(xb) - 2)
-    return _t_test(float(xa.mean() - xb.mean()), se, df, len(xa) + len(xb), bounds, relabel_p(xa, xb))
-
-
-def holm(pvalues: Sequence[float]) -> list[float]:
-    """Holm's step-down adjusted p-values, in the order given (nan stays nan and is not counted)."""
-    p = np.asarray(pvalues, dtype=float)
-    out = np.full(len(p), math.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    m = len(ok)
-    running = 0.0
-    for rank, i in enumerate(ok[np.argsort(p[ok], kind="stable")]):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        out[i] = running
-    return [float(v) for v in out]
-
-
-def clopper_pearson(k: int, n: int, level: float = LEVEL) -> tuple[float, float]:
-    """The exact (Clopper–Pearson) interval of a binomial proportion k/n."""
-    if not (isinstance(k, (int, np.integer)) and isinstance(n, (int, np.integer))) or not 0 <= k <= n or n < 1:
-        raise ValueError(f"clopper_pearson needs integers 0 <= k <= n, n >= 1; got k={k!r}, n={n!r}")
-    a = (1 - level) / 2
-    lo = 0.0 if k == 0 else float(stats.beta.ppf(a, k, n - k + 1))
-    hi = 1.0 if k == n else float(stats.beta.ppf(1 - a, k + 1, n - k))
-    return lo, hi
+# SeedTest, the t tests over seeds, the permutation p-values, Holm and Clopper–Pearson: see
+# ftstudy.results.seedstats (imported above); the rule's own decision follows.
 
 
 def decide(kind: str, test: SeedTest, p_holm: float, *, direction: int = 1,

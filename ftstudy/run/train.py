@@ -198,6 +198,20 @@ class AtomicCheckpoint(L.Callback):
             self.save(trainer)
 
 
+class Snapshots(L.Callback):
+    """Keeps the model every ``every`` steps as ``<ckpt dir>/model-step<N>.pt`` (the export
+    format of model.pt), for curves over one training schedule (``train --snapshot-every``).
+    An output option, not part of the run's config: snapshots never change what is trained."""
+
+    def __init__(self, folder: RunDir, cfg: RunConfig, every: int) -> None:
+        self.folder, self.cfg, self.every = folder, cfg, every
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if self.every and step % self.every == 0 and trainer.is_global_zero:
+            save_model(self.folder.snapshot_file(step), pl_module.model, self.cfg, step=step)
+
+
 # ---------------------------------------------------------------- the run
 
 def _launch_rank(cfg: RunConfig) -> int:
@@ -486,6 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true",
                    help="if another process is writing the run directory, wait for it rather than fail")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--snapshot-every", type=int, default=0, metavar="N",
+                   help="also keep the model every N steps as ckpt/model-step<N>.pt (calibration curves; 0: none)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--config", type=Path, default=None, metavar="FILE",
                    help="the whole config from a JSON file, instead of --preset/--set/--seed/--baseline: what "
@@ -530,7 +546,7 @@ def config_and_command(args: argparse.Namespace, argv: list[str] | None) -> tupl
     if again != cfg:
         raise ConfigError(f"--config {args.config}: its arguments {shlex.join(train_args)!r} do not reproduce its config")
     options = [("--name", args.name), ("--no-progress", args.no_progress), ("--overwrite", args.overwrite),
-               ("--wait", args.wait)]
+               ("--wait", args.wait), ("--snapshot-every", str(args.snapshot_every) if args.snapshot_every else None)]
     return cfg, [*train_args, "--out", str(args.out),
                  *[a for flag, v in options if v for a in ((flag,) if v is True else (flag, v))]]
 
@@ -551,9 +567,13 @@ def main(argv: list[str] | None = None) -> int:
         print(cfg.to_json())
         return 0
     run_dir = args.out / (args.name or run_name(cfg))
+    if args.snapshot_every < 0:
+        print(f"error: --snapshot-every = {args.snapshot_every} is not allowed: >= 0 (0: none)", file=sys.stderr)
+        return 2
+    extra = [Snapshots(RunDir(run_dir), cfg, args.snapshot_every)] if args.snapshot_every else None
     try:
         summary = train(cfg, run_dir, overwrite=args.overwrite, wait=args.wait, argv=command,
-                        progress=not args.no_progress,
+                        progress=not args.no_progress, extra_callbacks=extra,
                         launcher=os.environ.get("FTSTUDY_LAUNCHED_BY"))  # set by ablate --jobs
     except (RunError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)

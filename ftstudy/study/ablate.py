@@ -58,13 +58,14 @@ DEFAULT_OUT = REPO_ROOT / "results" / "ablate"
 GPU_RESULTS = REPO_ROOT / "results" / "gpu"  # results/gpu/<gpu name>/: device checks and GPU sweeps
 # --preset → (config preset, default results folder)
 PRESETS = {"quick": "synthetic-quick", "long": "synthetic-long", "demo": "synthetic-demo",
-           "code-math": "code-math-small", "bench": "bench-small", "gpu-mid": "synthetic-gpu-mid",
+           "code-math": "code-math-small", "bench": "bench-small", "decide": "decide-small", "gpu-mid": "synthetic-gpu-mid",
            "gpu": "synthetic-gpu"}
 #: Old --preset names that still work, with a warning.
 PRESET_ALIASES = {"paper": "long"}
 PRESET_OUT = {"quick": DEFAULT_OUT, "long": DEFAULT_OUT / "long", "demo": REPO_ROOT / "results" / "demo",
               "code-math": REPO_ROOT / "results" / "benchmarks" / "code-math-small" / "runs",
               "bench": REPO_ROOT / "results" / "benchmarks" / "bench" / "runs",
+              "decide": REPO_ROOT / "results" / "benchmarks" / "decide" / "runs",
               "gpu-mid": DEFAULT_OUT / "gpu-mid", "gpu": DEFAULT_OUT / "gpu"}
 
 

@@ -38,7 +38,7 @@ from ftstudy.tasks.probe import (CODE_CHECK_MAX_BITS, GroupDesign, code_posterio
                                  generate_posterior_groups, group_metrics, posterior_metrics, recovery_metrics)
 from ftstudy.tasks.synthetic_task import PROBE_SEED_OFFSET
 
-__all__ = ["load_or_retrain", "measure_run", "measure_codes", "reproduces", "POSTERIOR_SOURCES"]
+__all__ = ["load_or_retrain", "ensure_model", "measure_run", "measure_codes", "reproduces", "POSTERIOR_SOURCES"]
 
 #: Held-out sequences whose encoder Z the posterior groups share (each group: probe_group_size members).
 POSTERIOR_SOURCES = 32
@@ -67,6 +67,16 @@ def reproduces(retrained: dict[str, Any], committed: dict[str, Any], rel: float 
 def load_or_retrain(run_dir: Path, *, wait: bool = False) -> tuple[FreeTransformer, RunConfig, str]:
     """A finished run's model: its ckpt/model.pt, or the run trained again (see the module
     docstring).  Returns (model in eval mode, config, "checkpoint" or "retrained")."""
+    how = ensure_model(run_dir, wait=wait)
+    model, cfg, _ = load_model(RunDir(Path(run_dir)).model_file)
+    return model.eval(), cfg, how
+
+
+def ensure_model(run_dir: Path, *, wait: bool = False, rel: float = 1e-6) -> str:
+    """Make sure a finished run has its ckpt/model.pt: "checkpoint" when it has, "retrained"
+    when it was trained again from its own config and reproduced the committed summary (every
+    figure within relative tolerance ``rel``: see :func:`reproduces`); RunError otherwise
+    (the retrained model is left in ckpt/retrain/, and the run gets no model.pt)."""
     folder = RunDir(Path(run_dir))
     committed = folder.summary()
     if committed is None:
@@ -91,17 +101,16 @@ def load_or_retrain(run_dir: Path, *, wait: bool = False) -> tuple[FreeTransform
                               argv=[*(folder.record().get("argv") or [])], launcher="ftstudy.study.measure (retrain)")
         finally:
             torch.set_num_threads(before)
-        diffs = reproduces(retrained, committed)
+        diffs = reproduces(retrained, committed, rel=rel)
         if diffs:
             raise RunError(f"{folder.name}: the retrained run does not reproduce the committed summary "
-                           f"({len(diffs)} figures differ, e.g. {diffs[0]}); its model is left in {scratch.path} "
-                           f"and nothing is measured")
+                           f"({len(diffs)} figures differ beyond a relative {rel:g}, e.g. {diffs[0]}); its model "
+                           f"is left in {scratch.path} and nothing is measured")
         scratch.model_file.replace(folder.model_file)
         clear_folder(scratch.path)  # made above by train(), a run folder of ours
         scratch.path.rmdir()
         how = "retrained"
-    model, cfg, _ = load_model(folder.model_file)
-    return model.eval(), cfg, how
+    return how
 
 
 def _val_batches(cfg: RunConfig) -> list[dict[str, torch.Tensor]]:

@@ -78,6 +78,11 @@ GridValue = int | float | str | Times | Plus | EachBelow
 
 # The benchmark study's κ (bits): the paper's real-data range without its largest value.
 BENCH_KAPPAS = (1 / 4, 1 / 2, 1.0)
+# The decision benchmark's κ: the paper's 1.5B setting (1/2 bit) and the top of its range (1
+# bit); 1/4 is left out so that five models × five seeds fit the CPU budget (issue 23).
+DECIDE_KAPPAS = (1 / 2, 1.0)
+#: The seed-conditioned baseline's corpus (python -m ftstudy.data prepare --corpus decide --seed-prefix).
+SEEDED_DATA = "data/decide-seeded"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,5 +145,12 @@ STUDIES: dict[str, Study] = {s.name: s for s in (
     # and training FLOPs), and Free models at κ = 1/4, 1/2, 1 bit.
     Study(name="benchmark", description="baseline, parameter-matched baseline (one more block), Free at κ = 1/4, 1/2, 1",
           points=({"latent_bits": 0, "n_layers": Plus(1)}, *({"kappa_bits": k} for k in BENCH_KAPPAS)),
+          baseline=True, axis=Axis("kappa_bits", log=True), in_all=False),
+    # Issue 23: the decision benchmark's models.  The benchmark's three plus the seed-conditioned
+    # baseline (Nagarajan et al.'s hash-conditioning: every training document after a random
+    # prefix, a fresh one at generation).
+    Study(name="decide", description="baseline, matched baseline, seed-conditioned baseline, Free at κ = 1/2, 1",
+          points=({"latent_bits": 0, "n_layers": Plus(1)}, {"latent_bits": 0, "data_dir": SEEDED_DATA},
+                  *({"kappa_bits": k} for k in DECIDE_KAPPAS)),
           baseline=True, axis=Axis("kappa_bits", log=True), in_all=False),
 )}

@@ -6,8 +6,12 @@ held-out evaluation split that never overlap:
 
 - ``code``: MBPP-like function synthesis.  The prompt is a signature and a docstring
   (``def f(x):\\n    \"\"\"Return x plus 3.\"\"\"\\n``), the answer a one-line body.  Hidden
-  unit tests (three asserts on inputs drawn from the problem's key) decide a pass, run in
-  the sandbox of :mod:`ftstudy.eval.suite.execution`.  Many templates accept several
+  unit tests (four to six asserts: boundary inputs, such as ``k - 1``, ``k``, ``k + 1``, 0, a
+  negative number, the empty and one-element lists, then random ones drawn from the problem's
+  key) decide a pass, run in the sandbox of :mod:`ftstudy.eval.suite.execution`.  No trivial
+  body (a constant, the argument, ``len(xs)``, ...), wrong constant or near miss
+  (:func:`trivial_bodies`) passes any problem: the code task's blind baseline
+  (:func:`trivial_pass_rate`) is 0.  Many templates accept several
   programs (``x + 3`` and ``3 + x``; ``max(xs)`` and ``sorted(xs)[-1]``): the training
   answers draw one of them at random, so distinct correct programs can be counted.
 - ``arith``: multi-digit addition (``Question: What is 48 plus 76?``: a 2-digit number plus a
@@ -16,7 +20,10 @@ held-out evaluation split that never overlap:
   exactly.  (Answering with the sum alone stayed at 5% after 1,400 steps: see the
   calibration notes.)
 - ``gsm``: two-step word problems with one-digit numbers whose answer shows its steps and ends
-  with ``#### n`` (GSM8K's format); the number after ``####`` is checked exactly.
+  with ``#### n`` (GSM8K's format); the number after ``####`` is checked exactly.  Four
+  templates (:data:`GSM_TEMPLATES`), equally frequent in both splits; no answer equals a number
+  of the question, a single step on two of them, or the two steps on a wrong pair, so the
+  myopic guessers of :func:`gsm_chance_floors` score 0 and number-blind ones at most 5%.
 - ``path``: a decision task with many valid outputs.  The prompt lists the edges of a small
   connected graph on the letters A-E and asks for a path between two nodes; any simple
   path along listed edges is valid, and the training answers are uniform draws among the
@@ -35,6 +42,8 @@ Everything here is torch-free: the lm-eval task builder and the results layer im
 from __future__ import annotations
 
 import ast
+import collections
+import functools
 import hashlib
 import itertools
 import random
@@ -45,9 +54,11 @@ from typing import Any
 
 from ftstudy.tasks import mathgen
 
-__all__ = ["FAMILIES", "HELDOUT_MOD", "MIX", "ARITH_KINDS", "CODE_TEMPLATES", "Problem", "heldout", "in_heldout_class",
-           "draw", "eval_problems", "training_documents", "document", "code_program", "gsm_answer", "path_valid",
-           "simple_paths", "path_answer", "arith_answer", "score_text", "canonical_output", "canonical_program", "eval_row"]
+__all__ = ["FAMILIES", "HELDOUT_MOD", "MIX", "ARITH_KINDS", "CODE_TEMPLATES", "GSM_TEMPLATES", "TRIVIAL_BODIES",
+           "NEAR_CONSTANT", "Problem", "heldout", "in_heldout_class", "draw", "eval_problems", "training_documents",
+           "document", "code_program", "gsm_answer", "path_valid", "simple_paths", "path_answer", "arith_answer",
+           "score_text", "canonical_output", "canonical_program", "eval_row", "trivial_bodies", "trivial_pass_rate",
+           "gsm_answer_distribution", "gsm_chance_floors"]
 
 FAMILIES = ("code", "arith", "gsm", "path")
 #: 1 in HELDOUT_MOD[family] keys is held out for evaluation.  Code has the smallest key space
@@ -97,7 +108,8 @@ _FNAMES = ("f", "g", "solve", "compute", "func", "helper")
 @dataclass(frozen=True)
 class CodeTemplate:
     """A docstring with ``{k}`` (and ``{m}``) constants, its equivalent bodies, the reference
-    function, the argument kinds and the constants' range."""
+    function, the argument kinds, the constants' range and its *near misses*: wrong bodies one
+    slip away (``>=`` for ``>``, the operands swapped, the neighbouring template's operation)."""
 
     name: str
     doc: str
@@ -107,56 +119,101 @@ class CodeTemplate:
     consts: tuple[str, ...] = ("k",)
     lo: int = 1
     hi: int = 49
+    near: tuple[str, ...] = ()
 
 
-def _t(name, doc, bodies, ref, args="x", consts=("k",), lo=1, hi=49) -> CodeTemplate:
-    return CodeTemplate(name, doc, tuple(bodies), ref, args, tuple(consts), lo, hi)
+def _t(name, doc, bodies, ref, args="x", consts=("k",), lo=1, hi=49, near=()) -> CodeTemplate:
+    return CodeTemplate(name, doc, tuple(bodies), ref, args, tuple(consts), lo, hi, tuple(near))
 
 
 CODE_TEMPLATES: tuple[CodeTemplate, ...] = (
-    _t("add", "Return {x} plus {k}.", ("{x} + {k}", "{k} + {x}"), lambda x, k: x + k),
-    _t("sub", "Return {x} minus {k}.", ("{x} - {k}", "-{k} + {x}"), lambda x, k: x - k),
-    _t("mul", "Return {x} times {k}.", ("{x} * {k}", "{k} * {x}"), lambda x, k: x * k, lo=2),
+    _t("add", "Return {x} plus {k}.", ("{x} + {k}", "{k} + {x}"), lambda x, k: x + k,
+       near=("{x} - {k}", "{x} * {k}", "{x} + {k} + 1")),
+    _t("sub", "Return {x} minus {k}.", ("{x} - {k}", "-{k} + {x}"), lambda x, k: x - k,
+       near=("{k} - {x}", "{x} + {k}", "abs({x} - {k})")),
+    _t("mul", "Return {x} times {k}.", ("{x} * {k}", "{k} * {x}"), lambda x, k: x * k, lo=2,
+       near=("{x} + {k}", "{x} ** {k}", "{x} * {k} + 1")),
     _t("lin", "Return {k} times {x} plus {m}.", ("{k} * {x} + {m}", "{x} * {k} + {m}", "{m} + {k} * {x}"),
-       lambda x, k, m: k * x + m, consts=("k", "m"), lo=2, hi=12),
-    _t("mod", "Return the remainder of {x} divided by {k}.", ("{x} % {k}",), lambda x, k: x % k, lo=2, hi=19),
+       lambda x, k, m: k * x + m, consts=("k", "m"), lo=2, hi=12,
+       near=("{k} * ({x} + {m})", "({k} + {x}) * {m}", "{k} * {x} - {m}")),
+    _t("mod", "Return the remainder of {x} divided by {k}.", ("{x} % {k}",), lambda x, k: x % k, lo=2, hi=19,
+       near=("{x} // {k}", "{k} % {x}", "{x} - {k}")),
     _t("sumk", "Return the sum of {x} and {k} times {y}.", ("{x} + {k} * {y}", "{k} * {y} + {x}", "{x} + {y} * {k}"),
-       lambda x, y, k: x + k * y, args="xy", lo=2),
-    _t("gt", "Return True if {x} is greater than {k}.", ("{x} > {k}", "{k} < {x}"), lambda x, k: x > k),
+       lambda x, y, k: x + k * y, args="xy", lo=2,
+       near=("{y} + {k} * {x}", "({x} + {k}) * {y}", "{k} * ({x} + {y})", "{x} * {k} + {y}")),
+    _t("gt", "Return True if {x} is greater than {k}.", ("{x} > {k}", "{k} < {x}"), lambda x, k: x > k,
+       near=("{x} >= {k}", "{x} < {k}", "{x} <= {k}", "{x} != {k}")),
     _t("count", "Return how many elements of {l} are greater than {k}.",
        ("len([e for e in {l} if e > {k}])", "sum(1 for e in {l} if e > {k})"),
-       lambda xs, k: sum(1 for e in xs if e > k), args="l"),
+       lambda xs, k: sum(1 for e in xs if e > k), args="l",
+       near=("len([e for e in {l} if e >= {k}])", "len([e for e in {l} if e < {k}])",
+             "sum(e for e in {l} if e > {k})")),
     _t("filter", "Return the elements of {l} that are greater than {k}.",
        ("[e for e in {l} if e > {k}]", "list(filter(lambda e: e > {k}, {l}))"),
-       lambda xs, k: [e for e in xs if e > k], args="l"),
+       lambda xs, k: [e for e in xs if e > k], args="l",
+       near=("[e for e in {l} if e >= {k}]", "[e for e in {l} if e < {k}]", "[e for e in {l} if e <= {k}]")),
     _t("addall", "Return {l} with {k} added to every element.",
        ("[e + {k} for e in {l}]", "[{k} + e for e in {l}]", "list(map(lambda e: e + {k}, {l}))"),
-       lambda xs, k: [e + k for e in xs], args="l"),
+       lambda xs, k: [e + k for e in xs], args="l",
+       near=("{l} + [{k}]", "[e * {k} for e in {l}]", "[e - {k} for e in {l}]")),
     _t("mulall", "Return {l} with every element multiplied by {k}.",
-       ("[e * {k} for e in {l}]", "[{k} * e for e in {l}]"), lambda xs, k: [e * k for e in xs], args="l", lo=2),
+       ("[e * {k} for e in {l}]", "[{k} * e for e in {l}]"), lambda xs, k: [e * k for e in xs], args="l", lo=2,
+       near=("{l} * {k}", "[e + {k} for e in {l}]", "[e ** {k} for e in {l}]")),
     _t("first", "Return the first {k} elements of {l}.", ("{l}[:{k}]", "{l}[0:{k}]"), lambda xs, k: xs[:k],
-       args="l", hi=9),
+       args="l", hi=9, near=("{l}[{k}:]", "{l}[-{k}:]", "{l}[1:{k} + 1]", "sorted({l})[:{k}]")),
     _t("sumgt", "Return the sum of the elements of {l} that are greater than {k}.",
        ("sum(e for e in {l} if e > {k})", "sum([e for e in {l} if e > {k}])"),
-       lambda xs, k: sum(e for e in xs if e > k), args="l"),
+       lambda xs, k: sum(e for e in xs if e > k), args="l",
+       near=("sum(e for e in {l} if e >= {k})", "sum(e for e in {l} if e < {k})",
+             "len([e for e in {l} if e > {k}])")),
     _t("maxk", "Return the largest element of {l} plus {k}.", ("max({l}) + {k}", "{k} + max({l})",
                                                                  "sorted({l})[-1] + {k}"),
-       lambda xs, k: max(xs) + k, args="l"),
+       lambda xs, k: max(xs) + k, args="l",
+       near=("min({l}) + {k}", "{l}[-1] + {k}", "{l}[0] + {k}", "sum({l}) + {k}", "max({l}) * {k}")),
 )
 _CODE_BY_NAME = {t.name: t for t in CODE_TEMPLATES}
 
 
-def _code_inputs(t: CodeTemplate, rng: random.Random) -> list[tuple[Any, ...]]:
-    """Three test inputs: ints for x/y, non-empty lists of ints 0-60 for l."""
-    out = []
-    for _ in range(3):
-        if t.args == "x":
-            out.append((rng.randint(-20, 40),))
-        elif t.args == "xy":
-            out.append((rng.randint(-20, 40), rng.randint(-20, 40)))
-        else:
-            out.append(([rng.randint(0, 60) for _ in range(rng.randint(3, 7))],))
-    return out
+def _code_inputs(t: CodeTemplate, rng: random.Random, k: int) -> list[tuple[Any, ...]]:
+    """The hidden test inputs of a problem with first constant ``k``: boundary cases first,
+    then random ones.
+
+    - one int (``x``): 0, ``k - 1``, ``k``, ``k + 1``, a negative number and a positive one
+      (a comparison flips between ``k`` and ``k + 1``; ``k - 1`` and ``k`` pin a modulus);
+    - two ints (``xy``): ``(0, 1)`` (the constant alone), ``(k, -1)``, ``(-r, k)``, ``(r, 0)``
+      and a random pair;
+    - one list (``l``): the empty list (except ``maxk``, whose doc needs an element), ``[k]``,
+      ``[k, k + 1, k - 1]``, a list with a negative number and 0 (for ``maxk``, two negative
+      numbers), and a random list of 3-7 ints 0-60 (for ``first``, of ``k + 2`` distinct ints,
+      so that every other prefix length differs).
+
+    So every constant ``k' != k`` and every body of :func:`trivial_bodies` fails at least one
+    assert, on every problem of the key space (``tests/test_benchgen.py``)."""
+    if t.args == "x":
+        xs = [0, k - 1, k, k + 1, -rng.randint(1, 20), rng.randint(1, 40)]
+        return [(x,) for x in dict.fromkeys(xs)]
+    if t.args == "xy":
+        return [(0, 1), (k, -1), (-rng.randint(1, 20), k), (rng.randint(1, 40), 0),
+                (rng.randint(-20, 40), rng.randint(-20, 40))]
+    around = [k, k + 1, k - 1]  # the largest neither first nor last: ``xs[0]``, ``xs[-1]`` are not ``max(xs)``
+    lists = [] if t.name == "maxk" else [[]]
+    lists += [[k], around]
+    if t.name == "maxk":
+        lists.append([-rng.randint(1, 20), -rng.randint(21, 40)])
+    else:
+        lists.append([-rng.randint(1, 20), 0, k + rng.randint(1, 20)])
+    if t.name == "first":
+        lists.append(rng.sample(range(0, 61), k + 2))
+    else:
+        lists.append([rng.randint(0, 60) for _ in range(rng.randint(3, 7))])
+    return [(xs,) for xs in lists]
+
+
+def _code_fill(t: CodeTemplate, rng: random.Random, consts: dict[str, int]) -> tuple[dict[str, str], str]:
+    names = {"x": rng.choice(_XNAMES), "l": rng.choice(_LNAMES)}
+    names["y"] = rng.choice([n for n in _XNAMES if n != names["x"]])
+    fname = rng.choice(_FNAMES)
+    return {**names, **{c: str(v) for c, v in consts.items()}}, fname
 
 
 def _code_problem(rng: random.Random, split: str) -> Problem:
@@ -166,22 +223,112 @@ def _code_problem(rng: random.Random, split: str) -> Problem:
         key = f"code:{t.name}:" + ":".join(str(consts[c]) for c in t.consts)
         if heldout(key, "code") == (split == "eval"):
             break
-    names = {"x": rng.choice(_XNAMES), "l": rng.choice(_LNAMES)}
-    names["y"] = rng.choice([n for n in _XNAMES if n != names["x"]])
-    fname = rng.choice(_FNAMES)
-    params = {"x": names["x"], "xy": f"{names['x']}, {names['y']}", "l": names["l"]}[t.args]
-    fill = {**names, **{c: str(v) for c, v in consts.items()}}
+    return _code_make(t, consts, rng)
+
+
+def _code_make(t: CodeTemplate, consts: dict[str, int], rng: random.Random) -> Problem:
+    """The problem of template ``t`` with ``consts``, its names and wording drawn from ``rng``."""
+    key = f"code:{t.name}:" + ":".join(str(consts[c]) for c in t.consts)
+    fill, fname = _code_fill(t, rng, consts)
+    params = {"x": fill["x"], "xy": f"{fill['x']}, {fill['y']}", "l": fill["l"]}[t.args]
     doc = t.doc.format(**fill)
     prompt = f'def {fname}({params}):\n    """{doc}"""\n'
     body = "    return " + rng.choice(t.bodies).format(**fill) + "\n"
     # Tests depend only on the key, so every wording of a problem has the same hidden tests.
     trng = random.Random(key)
     tests = []
-    for args in _code_inputs(t, trng):
+    for args in _code_inputs(t, trng, consts[t.consts[0]]):
         want = t.ref(*args, *(consts[c] for c in t.consts))
         tests.append(f"assert {fname}({', '.join(repr(a) for a in args)}) == {want!r}")
     return Problem("code", key, prompt, body, {"entry_point": fname, "tests": "\n".join(tests) + "\n",
                                                "template": t.name})
+
+
+#: Bodies that ignore the specification: constants, an argument returned as it is, a
+#: one-call summary of the list.  None of them is correct for any template's constants.
+TRIVIAL_BODIES: dict[str, tuple[str, ...]] = {
+    "any": ("False", "True", "0", "1", "-1", "None", "[]"),
+    "x": ("{x}", "-{x}", "abs({x})", "{x} * {x}", "{x} > 0"),
+    "xy": ("{x}", "{y}", "-{x}", "{x} + {y}", "{x} - {y}", "{x} * {y}"),
+    "l": ("{l}", "len({l})", "sum({l})", "max({l})", "min({l})", "sorted({l})", "{l}[::-1]", "{l}[1:]",
+          "{l}[0]", "{l}[-1]"),
+}
+#: How far off a *near* constant is: ``k ± 1 ... k ± NEAR_CONSTANT`` (besides every other
+#: constant in the template's range).
+NEAR_CONSTANT = 3
+
+
+def _problem_fill(p: Problem) -> tuple[CodeTemplate, dict[str, str], dict[str, int]]:
+    """A code problem's template, names (from its prompt) and constants (from its key)."""
+    t = _CODE_BY_NAME[p.key.split(":")[1]]
+    consts = dict(zip(t.consts, map(int, p.key.split(":")[2:])))
+    params = p.prompt.split("(", 1)[1].split(")", 1)[0].split(", ")
+    names = {"l": params[0]} if t.args == "l" else {"x": params[0], "y": params[-1]}
+    return t, names, consts
+
+
+def trivial_bodies(p: Problem) -> dict[str, list[str]]:
+    """Wrong completions of code problem ``p`` that its hidden tests must reject, by kind:
+
+    - ``trivial``: :data:`TRIVIAL_BODIES` (constants, the argument itself, ``len``/``sum``/...
+      of the list);
+    - ``constant``: the template's reference body with every other constant in its range
+      and every constant within :data:`NEAR_CONSTANT` of the right one (each constant varied
+      on its own; for ``lin``, every other ``(k, m)`` pair in range);
+    - ``near``: the template's near misses (``>=`` for ``>``, operands swapped, ...).
+
+    Each completion is a full line, ``"    return ...\\n"``, as a model's would be."""
+    t, names, consts = _problem_fill(p)
+    fill = {**names, **{c: str(v) for c, v in consts.items()}}
+
+    def line(body: str, values: dict[str, int] | None = None) -> str:
+        return "    return " + body.format(**{**fill, **{c: str(v) for c, v in (values or {}).items()}}) + "\n"
+
+    trivial = [line(b) for b in TRIVIAL_BODIES["any"] + TRIVIAL_BODIES[t.args]]
+    others: list[dict[str, int]] = [dict(zip(t.consts, vs))
+                                    for vs in itertools.product(range(t.lo, t.hi + 1), repeat=len(t.consts))]
+    for c in t.consts:
+        others += [{**consts, c: consts[c] + d} for d in range(-NEAR_CONSTANT, NEAR_CONSTANT + 1)]
+    constant = list(dict.fromkeys(line(t.bodies[0], vs) for vs in others if vs != consts))
+    return {"trivial": list(dict.fromkeys(trivial)), "constant": constant, "near": [line(b) for b in t.near]}
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled_tests(tests: str) -> Any:
+    return compile(tests, "<tests>", "exec")
+
+
+def _run_own_code(program: str, tests: str) -> bool:
+    """Runs the generator's *own* programs in-process (the reference and the bodies of
+    :func:`trivial_bodies`): never a model's output, which goes to the sandbox."""
+    namespace: dict[str, Any] = {}
+    try:
+        exec(compile(program, "<benchgen>", "exec"), namespace)  # noqa: S102 - our own code, see the docstring
+        exec(_compiled_tests(tests), namespace)  # noqa: S102
+    except Exception:  # noqa: BLE001 - a wrong body may raise anything (ZeroDivisionError, IndexError, ...)
+        return False
+    return True
+
+
+def trivial_pass_rate(problems: list[Problem], run_code: Callable[[str, str], bool] | None = None,
+                      kinds: tuple[str, ...] = ("trivial", "constant", "near")) -> dict[str, float]:
+    """How often the bodies of :func:`trivial_bodies` pass the hidden tests of ``problems``
+    (code problems): for each kind, ``kind`` is the share of (problem, body) pairs that pass (the
+    pass@1 of a guesser drawing one such body at random: the *blind baseline* of the code task)
+    and ``kind_any`` the share of problems that at least one body of the kind passes.
+
+    ``run_code(program, tests) -> passed`` defaults to running in-process, which is only
+    for these bodies: they are the generator's own code.  ``kinds`` picks the kinds reported."""
+    run = _run_own_code if run_code is None else run_code
+    out: dict[str, float] = {}
+    for kind in kinds:
+        pairs = passed = anyp = 0
+        for p in problems:
+            ok = [run(code_program(p.prompt, body), p.meta["tests"]) for body in trivial_bodies(p)[kind]]
+            pairs, passed, anyp = pairs + len(ok), passed + sum(ok), anyp + any(ok)
+        out[kind] = passed / pairs if pairs else 0.0
+        out[f"{kind}_any"] = anyp / len(problems) if problems else 0.0
+    return out
 
 
 def code_program(prompt: str, completion: str) -> str:
@@ -236,62 +383,172 @@ def arith_answer(text: str) -> str | None:
 
 _NAMES = mathgen._NAMES
 _ITEMS = mathgen._ITEMS
+_OPS: dict[str, Callable[[int, int], int]] = {"+": lambda a, b: a + b, "-": lambda a, b: a - b,
+                                              "*": lambda a, b: a * b}
 
 
-def _gsm_buy_give(rng, n, it):
-    a, b = rng.randint(1, 9), rng.randint(1, 9)
-    c = rng.randint(1, a + b)
-    q = f"{n} has {a} {it}. {n} buys {b} more and gives {c} away. How many {it} does {n} have now?"
-    return q, (a, b, c), [(a, "+", b), (a + b, "-", c)]
+@dataclass(frozen=True)
+class GsmTemplate:
+    """A two-step word problem on three numbers ``a, b, c``: ``question`` (with ``{n}`` a name,
+    ``{it}`` an item), ``ranges`` (each number's bounds, inclusive, from the numbers before it:
+    drawn one after the other, uniformly), and the steps: ``first = (i, op, j)`` computes
+    ``nums[i] op nums[j]``, then ``then = (op, k)`` computes ``that op nums[k]``, the answer."""
+
+    name: str
+    question: str
+    ranges: tuple[Callable[..., tuple[int, int]], ...]
+    first: tuple[int, str, int]
+    then: tuple[str, int]
+
+    def steps(self, nums: tuple[int, ...]) -> list[tuple[int, str, int]]:
+        """The two steps, as ``(left, op, right)`` on numbers."""
+        i, op, j = self.first
+        mid = _OPS[op](nums[i], nums[j])
+        return [(nums[i], op, nums[j]), (mid, self.then[0], nums[self.then[1]])]
+
+    def value(self, nums: tuple[int, ...]) -> int:
+        """The answer."""
+        return _apply(*self.steps(nums)[-1])
+
+    def shortcuts(self, nums: tuple[int, ...]) -> dict[str, list[int]]:
+        """What guessers who read the numbers but do not solve the problem answer, by kind (all
+        equally likely within a kind): ``copy`` a number of the question; ``one_step``: one of
+        the template's two operations on an ordered pair of the numbers (the first step's
+        result among them: stopping early); ``wrong_pair``: the template's two steps with the
+        first one on a wrong pair (either order) and the remaining number in the second."""
+        ops = tuple(dict.fromkeys((self.first[1], self.then[0])))
+        pairs = [(i, j) for i in range(3) for j in range(3) if i != j]
+        ref = {self.first[0], self.first[2]}
+        return {"copy": list(nums),
+                "one_step": [_apply(nums[i], op, nums[j]) for op in ops for i, j in pairs],
+                "wrong_pair": [_apply(_apply(nums[i], self.first[1], nums[j]), self.then[0], nums[3 - i - j])
+                               for i, j in pairs if {i, j} != ref]}
+
+    def valid(self, nums: tuple[int, ...]) -> bool:
+        """Whether ``nums`` makes a problem: the answer is positive and no shortcut of
+        :meth:`shortcuts` gives it (so copying a number, stopping after one step or pairing
+        the wrong numbers never scores)."""
+        v = self.value(nums)
+        return v > 0 and all(v not in guesses for guesses in self.shortcuts(nums).values())
 
 
-def _gsm_bags(rng, n, it):
-    a, b = rng.randint(2, 4), rng.randint(2, 4)
-    c = rng.randint(1, a * b)
-    q = f"{n} buys {a} bags with {b} {it} in each and eats {c} of them. How many {it} are left?"
-    return q, (a, b, c), [(a, "*", b), (a * b, "-", c)]
-
-
-def _gsm_times(rng, n, it):
-    a, b = rng.randint(2, 9), rng.randint(2, 3)
-    m = rng.choice([x for x in _NAMES if x != n])
-    q = f"{n} has {a} {it} and {m} has {b} times as many. How many {it} do they have together?"
-    return q, (a, b), [(a, "*", b), (a, "+", a * b)]
-
-
-def _gsm_days(rng, n, it):
-    a, b, c = rng.randint(2, 4), rng.randint(2, 4), rng.randint(1, 9)
-    q = f"{n} collects {a} {it} a day for {b} days, then finds {c} more. How many {it} does {n} have?"
-    return q, (a, b, c), [(a, "*", b), (a * b, "+", c)]
-
-
-_GSM_TEMPLATES = {"buy_give": _gsm_buy_give, "bags": _gsm_bags, "times": _gsm_times, "days": _gsm_days}
+#: The word-problem templates, every number one digit.  Each has 230-450 valid number
+#: triples, so 65+ held-out keys (``eval_problems`` takes the same number from each).
+GSM_TEMPLATES: tuple[GsmTemplate, ...] = (
+    GsmTemplate("bags", "{n} buys {a} bags with {b} {it} in each and eats {c} of them. How many {it} are left?",
+                (lambda: (2, 9), lambda a: (2, 9), lambda a, b: (1, min(9, a * b - 1))), (0, "*", 1), ("-", 2)),
+    GsmTemplate("boxes", "{n} has {a} boxes with {b} {it} in each and buys {c} more boxes. How many {it} does {n} "
+                "have now?", (lambda: (1, 8), lambda a: (2, 9), lambda a, b: (1, 9 - a)), (0, "+", 2), ("*", 1)),
+    GsmTemplate("buy_give", "{n} has {a} {it}. {n} buys {b} more and gives {c} away. How many {it} does {n} have "
+                "now?", (lambda: (1, 9), lambda a: (1, 9), lambda a, b: (1, min(9, a + b - 1))), (0, "+", 1), ("-", 2)),
+    GsmTemplate("days", "{n} collects {a} {it} a day for {b} days, then finds {c} more. How many {it} does {n} have?",
+                (lambda: (2, 9), lambda a: (2, 9), lambda a, b: (1, 9)), (0, "*", 1), ("+", 2)),
+)
+_GSM_BY_NAME = {t.name: t for t in GSM_TEMPLATES}
 
 
 def _apply(a: int, op: str, b: int) -> int:
-    return {"+": a + b, "-": a - b, "*": a * b}[op]
+    return _OPS[op](a, b)
 
 
-def _gsm_problem(rng: random.Random, split: str) -> Problem:
+def _gsm_key(t: GsmTemplate, nums: tuple[int, ...]) -> str:
+    return f"gsm:{t.name}:" + ":".join(map(str, nums))
+
+
+def _gsm_problem(rng: random.Random, split: str, template: str | None = None) -> Problem:
+    """A word problem: the template drawn uniformly (or ``template``), then its numbers until
+    they are valid and their key is in ``split``'s class.  Drawing the template first and
+    splitting within it keeps the templates equally frequent in both splits."""
+    t = _GSM_BY_NAME[template] if template is not None else rng.choice(GSM_TEMPLATES)
     while True:
-        name = rng.choice(sorted(_GSM_TEMPLATES))
-        n, it = rng.choice(_NAMES), rng.choice(_ITEMS)
-        q, nums, steps = _GSM_TEMPLATES[name](rng, n, it)
-        key = f"gsm:{name}:" + ":".join(map(str, nums))
-        if heldout(key, "gsm") == (split == "eval"):
+        nums: tuple[int, ...] = ()
+        for r in t.ranges:
+            nums += (rng.randint(*r(*nums)),)
+        if t.valid(nums) and heldout(_gsm_key(t, nums), "gsm") == (split == "eval"):
             break
-    parts = []
-    for a, op, b in steps:
-        parts.append(f"{a}{op}{b}={_apply(a, op, b)}.")
-    value = _apply(*steps[-1])
-    return Problem("gsm", key, f"Question: {q}\nAnswer:", " " + " ".join(parts) + f" #### {value}",
-                   {"target": str(value), "template": name})
+    n, it = rng.choice(_NAMES), rng.choice(_ITEMS)
+    q = t.question.format(n=n, it=it, **dict(zip("abc", nums)))
+    steps = t.steps(nums)
+    parts = [f"{a}{op}{b}={_apply(a, op, b)}." for a, op, b in steps]
+    value = t.value(nums)
+    return Problem("gsm", _gsm_key(t, nums), f"Question: {q}\nAnswer:", " " + " ".join(parts) + f" #### {value}",
+                   {"target": str(value), "template": t.name})
 
 
 def gsm_answer(text: str) -> str | None:
     """The number after ``####`` (GSM8K's strict format), else None."""
     m = re.search(r"####\s*(-?\d+)", text)
     return m.group(1) if m else None
+
+
+def _gsm_space(t: GsmTemplate) -> Iterator[tuple[tuple[int, ...], float]]:
+    """Every valid number triple of ``t`` with its probability under the generator (before the
+    split), the sequential uniform draws renormalised over the valid triples."""
+    def walk(prefix: tuple[int, ...], p: float) -> Iterator[tuple[tuple[int, ...], float]]:
+        if len(prefix) == len(t.ranges):
+            yield prefix, p
+            return
+        lo, hi = t.ranges[len(prefix)](*prefix)
+        for v in range(lo, hi + 1):
+            yield from walk(prefix + (v,), p / (hi - lo + 1))
+
+    space = [(nums, p) for nums, p in walk((), 1.0) if t.valid(nums)]
+    z = sum(p for _, p in space)
+    return ((nums, p / z) for nums, p in space)
+
+
+def gsm_answer_distribution(split: str = "train", template: str | None = None) -> dict[int, float]:
+    """The exact distribution of gsm answers in ``split`` (all templates, equally likely, or one)."""
+    ts = GSM_TEMPLATES if template is None else (_GSM_BY_NAME[template],)
+    out: dict[int, float] = {}
+    for t in ts:
+        space = [(nums, p) for nums, p in _gsm_space(t) if heldout(_gsm_key(t, nums), "gsm") == (split == "eval")]
+        z = sum(p for _, p in space)
+        for nums, p in space:
+            out[t.value(nums)] = out.get(t.value(nums), 0.0) + p / z / len(ts)
+    return out
+
+
+def gsm_chance_floors(problems: list[Problem] | None = None) -> dict[str, float]:
+    """The pass@1 that guessers who do not solve the problem get on ``problems`` (default the
+    held-out set, ``eval_problems("gsm", 200)``), exactly (each guesser's expected score, no
+    sampling):
+
+    - ``blind_mode``: number-blind, always the most frequent answer of the training split;
+    - ``blind_sample``: number-blind, an answer drawn from the training split's answer
+      distribution;
+    - ``blind_template``: number-blind but template-aware, the most frequent training answer
+      of the problem's template (reads the wording, ignores the numbers);
+    - ``copy``, ``one_step``, ``wrong_pair``: myopic, the guesses of
+      :meth:`GsmTemplate.shortcuts` (a number of the question copied at random; one right
+      operation on a random pair; both steps with the first on a wrong pair), each 0 by
+      construction (:meth:`GsmTemplate.valid`), computed all the same;
+    - ``blind_oracle``: the best single answer for ``problems`` in hindsight (not a guesser
+      one can build; an upper bound on every constant guess);
+    - ``floor``: the largest of these (a conservative floor: a model scoring below it has
+      shown nothing that a guesser of these kinds lacks)."""
+    problems = eval_problems("gsm", 200) if problems is None else problems
+    train = gsm_answer_distribution("train")
+    mode = max(train, key=lambda v: (train[v], -v))
+    tmode = {}
+    for t in GSM_TEMPLATES:
+        d = gsm_answer_distribution("train", t.name)
+        tmode[t.name] = max(d, key=lambda v, d=d: (d[v], -v))
+    sums = dict.fromkeys(("blind_mode", "blind_sample", "blind_template", "copy", "one_step", "wrong_pair"), 0.0)
+    for p in problems:
+        t = _GSM_BY_NAME[p.meta["template"]]
+        nums = tuple(map(int, p.key.split(":")[2:]))
+        target = int(p.meta["target"])
+        guesses = t.shortcuts(nums)
+        sums["blind_mode"] += target == mode
+        sums["blind_sample"] += train.get(target, 0.0)
+        sums["blind_template"] += target == tmode[t.name]
+        for kind, vs in guesses.items():
+            sums[kind] += sum(v == target for v in vs) / len(vs)
+    out = {k: v / len(problems) for k, v in sums.items()}
+    out["blind_oracle"] = max(collections.Counter(p.meta["target"] for p in problems).values()) / len(problems)
+    out["floor"] = max(out.values())
+    return out
 
 
 # ------------------------------------------------------------------------------------- path
@@ -375,7 +632,17 @@ def draw(family: str, rng: random.Random, split: str) -> Problem:
 
 
 def eval_problems(family: str, n: int, seed: int = 0) -> list[Problem]:
-    """``n`` held-out problems of ``family`` with distinct keys, in a fixed order."""
+    """``n`` held-out problems of ``family`` with distinct keys, in a fixed order.  Word problems
+    (``gsm``) are drawn template by template and interleaved: each template has ``n // T`` or one
+    more, and the first ``m`` of ``n`` problems are ``eval_problems("gsm", m)``."""
+    if family == "gsm":  # template by template, so the templates are equally represented
+        per = []
+        for i, t in enumerate(GSM_TEMPLATES):
+            trng = random.Random(f"bench-eval:gsm:{t.name}:{seed}")
+            per.append(mathgen.distinct(lambda trng=trng, t=t: _gsm_problem(trng, "eval", t.name), lambda p: p.key,
+                                        n // len(GSM_TEMPLATES) + (i < n % len(GSM_TEMPLATES)),
+                                        f"held-out gsm {t.name}"))
+        return [ps[j] for j in range(max(map(len, per), default=0)) for ps in per if j < len(ps)]
     rng = random.Random(f"bench-eval:{family}:{seed}")
     return mathgen.distinct(lambda: draw(family, rng, "eval"), lambda p: p.key, n, f"held-out {family}")
 

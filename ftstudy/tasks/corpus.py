@@ -9,6 +9,10 @@
 - ``math``: generated arithmetic (GPT-3 format) and GSM8K-style word problems from the
   training templates of :mod:`ftstudy.tasks.mathgen` (held-out material never enters).
 
+``--corpus bench`` and ``--corpus decide`` build the benchmark suites' training problems
+(:mod:`ftstudy.tasks.benchgen`; :mod:`ftstudy.tasks.decide`, with ``--seed-prefix`` for the
+seed-conditioned baseline's copy); held-out problems never enter.
+
 ``--corpus text --input PATH ...`` builds shards from a user's own files (``.txt``, ``.py``,
 ``.md``…, or ``.jsonl`` with a ``"text"`` field per line).
 
@@ -67,7 +71,7 @@ from tqdm import tqdm
 from ftstudy.tasks import distributed_rank_world
 
 __all__ = ["FORMAT", "EOT", "ByteTokenizer", "FileTokenizer", "tokenizer_from_spec", "DataError", "Document",
-           "Undecodable", "stdlib_documents", "sympy_documents", "math_documents", "bench_documents", "text_documents", "prepare",
+           "Undecodable", "stdlib_documents", "sympy_documents", "math_documents", "bench_documents", "decide_documents", "text_documents", "prepare",
            "read_manifest", "is_shard_folder", "TokenDataModule", "tokenizer_spec", "load_tokenizer", "main"]
 
 FORMAT = "ftstudy-shards"
@@ -77,7 +81,7 @@ PAD = "<|pad|>"
 SYMPY_VERSION = "1.14.0"  # the version constraints.txt pins (torch depends on it)
 DEFAULT_CACHE = Path(os.environ.get("FTSTUDY_CACHE", Path.home() / ".cache" / "ftstudy"))
 SHARD_TOKENS = 1 << 27  # tokens per shard file (256 MiB at uint16)
-CORPORA = ("code-math", "bench", "text")
+CORPORA = ("code-math", "bench", "decide", "text")
 CODE_MATH_SOURCES = ("stdlib", "sympy", "math")
 MAX_SKIPPED_EXAMPLES = 10  # undecodable files named in the manifest (all are counted)
 
@@ -271,6 +275,15 @@ def bench_documents(n: int, seed: int = 0) -> Iterator[Document]:
         yield Document("bench", f"{p.family}/{i:07d}", benchgen.document(p))
 
 
+def decide_documents(n: int, seed: int = 0, prefixed: bool = False) -> Iterator[Document]:
+    """The decision benchmark's training documents (ftstudy.tasks.decide: route problems of the
+    training split, the creativity tasks' edges and examples); ``prefixed``: each one after a
+    random seed-conditioning prefix (the seed-conditioned baseline's corpus)."""
+    from ftstudy.tasks import decide
+    for i, (family, text) in enumerate(decide.training_documents(n, seed, prefixed)):
+        yield Document("decide", f"{family}/{i:07d}", text)
+
+
 def text_documents(inputs: Sequence[str]) -> Iterator[Document | Undecodable]:
     """A user's corpus: files, folders (every file inside) or globs; .jsonl lines need "text"."""
     files: list[Path] = []
@@ -358,6 +371,9 @@ def _gather(corpus: str, args: argparse.Namespace) -> Iterator[Document | Undeco
         return
     if corpus == "bench":
         yield from bench_documents(args.bench_docs, args.seed)
+        return
+    if corpus == "decide":
+        yield from decide_documents(args.decide_docs, args.seed, args.seed_prefix)
         return
     sources = args.sources
     if "stdlib" in sources:
@@ -659,6 +675,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generated word-problem documents, 10 problems each (default 3000, ~6.3 MB)")
     q.add_argument("--bench-docs", type=int, default=100_000,
                    help="--corpus bench: generated training problems, one per document (default 100000, ~7.7 MB)")
+    q.add_argument("--decide-docs", type=int, default=200_000,
+                   help="--corpus decide: generated training documents (default 200000)")
+    q.add_argument("--seed-prefix", action="store_true",
+                   help="--corpus decide: every document after a random seed-conditioning prefix '#abcd\\n' "
+                        "(the seed-conditioned baseline's corpus)")
     q.add_argument("--sympy-version", default=SYMPY_VERSION)
     q.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where pip downloads wheels")
     q.add_argument("--val-percent", type=float, default=1.0, help="percent of documents in validation")
@@ -678,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.corpus == "text" and not args.input:
             raise DataError("--corpus text needs --input PATH ...")
-        for name in ("math_arithmetic_docs", "math_word_docs", "bench_docs"):
+        for name in ("math_arithmetic_docs", "math_word_docs", "bench_docs", "decide_docs"):
             if getattr(args, name) < 0:
                 raise DataError(f"--{name.replace('_', '-')} = {getattr(args, name)} must be >= 0")
         if args.shard_tokens < 1:
@@ -688,6 +709,12 @@ def main(argv: list[str] | None = None) -> int:
             from ftstudy.tasks import benchgen
             desc.update(seed=args.seed, bench_docs=args.bench_docs, mix=benchgen.MIX,
                         heldout_mod=benchgen.HELDOUT_MOD)
+        if args.seed_prefix and args.corpus != "decide":
+            raise DataError(f"--seed-prefix is only allowed with --corpus decide, not --corpus {args.corpus}")
+        if args.corpus == "decide":
+            from ftstudy.tasks import decide
+            desc.update(seed=args.seed, decide_docs=args.decide_docs, mix=decide.MIX, seed_prefix=args.seed_prefix,
+                        route_heldout_mod=decide.routegen.HELDOUT_MOD)
         if args.corpus == "code-math":
             desc.update(sources=args.sources, seed=args.seed, stdlib=sysconfig.get_paths()["stdlib"],
                         math_arithmetic_docs=args.math_arithmetic_docs, math_word_docs=args.math_word_docs)

@@ -1,7 +1,8 @@
 """Route choice with dead-end decoys: a decision benchmark where look-ahead is needed.
 
-The prompt lists the edges of a graph on 12–17 letter nodes and asks for a route from a start
-to an end node; any simple path along listed edges is a valid answer.  The graph is built so
+The prompt gives a graph on 12–17 letter nodes as adjacency lists (``Graph: A:BC B:AD ...``)
+and asks for a route from a start to an end node (``Route from A to D:``); the answer is the
+route's letters (`` A B D``); any simple path along the graph's edges is a valid answer.  The graph is built so
 that a model must *decide* and must *look ahead*:
 
 - **main**: start and end are joined by exactly two node-disjoint routes of 2–3 inner nodes
@@ -37,7 +38,7 @@ from ftstudy.tasks import benchgen, mathgen
 
 __all__ = ["CONDITIONS", "HELDOUT_MOD", "RouteProblem", "route_key", "heldout", "draw", "eval_problems",
            "training_problems", "answer_nodes", "route_valid", "edge_validity", "route_of", "walker_success",
-           "walker_rate", "blind_guess", "blind_rate", "simple_paths"]
+           "walker_rate", "adjacency_text", "blind_guess", "blind_rate", "simple_paths"]
 
 CONDITIONS = ("main", "two_routes", "one_route")
 #: 1 in HELDOUT_MOD keys is held out for evaluation.
@@ -111,6 +112,25 @@ def _build(rng: random.Random, condition: str) -> tuple[list[tuple[str, str]], s
     return edges, source, target, routes
 
 
+def adjacency_text(edges: list[tuple[str, str]], rng: random.Random) -> str:
+    """The graph as adjacency lists, ``"A:BC D:A ..."``: every node once, in random order, each
+    followed by its neighbours in random order (so every edge is listed from both ends).
+
+    Adjacency lists, not an edge list: one step of a route is then one look-up (find ``X:``
+    and copy a letter after it), a skill a small model learns, so that what the task measures
+    is the decision and the look-ahead rather than parsing an edge list in both orientations
+    (the v1 path task's models never learned to read their edge lists)."""
+    adj: dict[str, list[str]] = {}
+    for a, b in edges:
+        adj.setdefault(a, []).append(b)
+        adj.setdefault(b, []).append(a)
+    nodes = list(adj)
+    rng.shuffle(nodes)
+    for v in nodes:
+        rng.shuffle(adj[v])
+    return " ".join(f"{v}:{''.join(adj[v])}" for v in nodes)
+
+
 def draw(condition: str, rng: random.Random, split: str) -> RouteProblem:
     """One problem of ``condition`` from the ``train`` or ``eval`` split."""
     _check_condition(condition)
@@ -121,9 +141,7 @@ def draw(condition: str, rng: random.Random, split: str) -> RouteProblem:
         key = route_key(condition, edges, source, target)
         if heldout(key) == (split == "eval"):
             break
-    listed = [f"{a}-{b}" if rng.random() < 0.5 else f"{b}-{a}" for a, b in edges]
-    rng.shuffle(listed)
-    prompt = f"Graph: {' '.join(listed)}\nRoute from {source} to {target}:"
+    prompt = f"Graph: {adjacency_text(edges, rng)}\nRoute from {source} to {target}:"
     answer = " " + " ".join(rng.choice(routes)) + "\n"
     return RouteProblem(condition, key, prompt, answer, tuple(sorted("".join(sorted(e)) for e in edges)), source,
                         target, tuple(sorted(routes)))

@@ -10,7 +10,11 @@
 - ``ftstudy_synthetic``: the paper's synthetic task as generation, scored by validity;
 - ``ftstudy_bench`` (group of ``ftstudy_bench_{code,arith,gsm,path}``): the CPU-scale suite of
   issue 15 (:mod:`ftstudy.tasks.benchgen`), 10 samples per held-out problem, pass@1/5/10 and
-  the number of distinct correct answers; its code is executed in the sandbox (``unsafe_code``).
+  the number of distinct correct answers; its code is executed in the sandbox (``unsafe_code``);
+- ``ftstudy_decide`` (group of ``ftstudy_decide_{route_main,route_two_routes,route_one_route,
+  sibling,triangle}``): the decision benchmark of issue 23 (:mod:`ftstudy.tasks.decide`): route
+  choice with dead-end decoys and its two controls (pass@1, per-step edge validity, the share
+  of samples on each route), and the algorithmic-creativity tasks (valid, novel, unique).
 
 ``dataset_path: json`` needs absolute ``data_files``, so the YAML files in ``templates/`` carry a
 ``@DATA_DIR@`` placeholder and :func:`materialize` writes the data (deterministically) and the
@@ -39,6 +43,8 @@ from ftstudy.eval.suite.build import (
     ARITHMETIC_TASKS,
     BENCH_REPEATS,
     BENCH_TASKS,
+    DECIDE_METRICS,
+    DECIDE_TASKS,
     GROUPS,
     METRIC_KEYS,
     N_ARITHMETIC,
@@ -60,6 +66,8 @@ __all__ = [
     "ARITHMETIC_TASKS",
     "BENCH_REPEATS",
     "BENCH_TASKS",
+    "DECIDE_METRICS",
+    "DECIDE_TASKS",
     "GROUPS",
     "METRIC_KEYS",
     "N_ARITHMETIC",

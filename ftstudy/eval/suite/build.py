@@ -22,11 +22,13 @@ from typing import Any
 
 import yaml
 
-from ftstudy.tasks import benchgen, mathgen
+from ftstudy.tasks import benchgen, decide, mathgen
 
 __all__ = [
     "ARITHMETIC_TASKS",
     "BENCH_TASKS",
+    "DECIDE_TASKS",
+    "DECIDE_METRICS",
     "N_BENCH",
     "BENCH_REPEATS",
     "GROUPS",
@@ -65,10 +67,23 @@ BENCH_REPEATS = 10
 _BENCH_GEN = {"code": (["\ndef", "\nclass", "\nif", "\nprint", "\n#", "\n\n"], 80),
               "arith": (["\n", "Question:"], 48), "gsm": (["\n", "Question:"], 48), "path": (["\n"], 24)}
 
+#: The decision benchmark (issue 23): its tasks, their compared and reported scores, and the
+#: longest generation (bytes; the longest route answer is 13 bytes, a creativity answer 12).
+DECIDE_METRICS = {"route": ("pass@1", "distinct_correct", "edge_validity", "route_a"),
+                  "creative": ("pass@1", "valid", "novel", "creativity")}
+_DECIDE_MAX_GEN = 24
+
+
+def decide_kind(task: str) -> str:
+    """``route`` or ``creative``: which scores a decision task reports."""
+    return "route" if task in decide.ROUTE_TASKS else "creative"
+
+
 ARITHMETIC_TASKS: tuple[str, ...] = tuple(f"ftstudy_arithmetic_{k}" for k in mathgen.ARITH_KINDS)
 BENCH_TASKS: tuple[str, ...] = tuple(f"ftstudy_bench_{f}" for f in benchgen.FAMILIES)
-GROUPS: tuple[str, ...] = ("ftstudy_arithmetic", "ftstudy_bench")
-TASKS: tuple[str, ...] = ARITHMETIC_TASKS + BENCH_TASKS + (
+DECIDE_TASKS: tuple[str, ...] = tuple(f"ftstudy_decide_{t}" for t in decide.TASKS)
+GROUPS: tuple[str, ...] = ("ftstudy_arithmetic", "ftstudy_bench", "ftstudy_decide")
+TASKS: tuple[str, ...] = ARITHMETIC_TASKS + BENCH_TASKS + DECIDE_TASKS + (
     "ftstudy_gsm",
     "ftstudy_humaneval",
     "ftstudy_humaneval_bpb",
@@ -84,6 +99,8 @@ METRIC_KEYS: dict[str, tuple[str, ...]] = {
     "ftstudy_synthetic": ("valid,none",),
     **{t: ("pass@1,samples", "pass@10,samples", "distinct_correct,samples") for t in BENCH_TASKS},
     "ftstudy_bench": (),  # a group without an aggregate: its tasks carry the scores
+    **{f"ftstudy_decide_{t}": tuple(f"{m},samples" for m in DECIDE_METRICS[decide_kind(t)]) for t in decide.TASKS},
+    "ftstudy_decide": (),
 }
 
 _DATA_DIR = "@DATA_DIR@"
@@ -189,6 +206,16 @@ def render() -> dict[str, bytes]:
             .replace("@UNTIL@", json.dumps(until)).replace("@MAX_GEN@", str(max_gen))
             .replace("@UNSAFE@", "true" if family == "code" else "false"))
         files[f"bench_{family}.test.jsonl"] = _jsonl(_bench_rows(family))
+    files["ftstudy_decide.yaml"] = _template("ftstudy_decide.yaml").replace(
+        "@TASK_LIST@", "\n".join(f"  - {t}" for t in DECIDE_TASKS))
+    task_yaml = _template("decide_task.yaml")
+    for t in decide.TASKS:
+        metrics = "\n".join(f"  - metric: {m}\n    aggregation: mean\n    higher_is_better: true"
+                            for m in DECIDE_METRICS[decide_kind(t)])
+        files[f"ftstudy_decide_{t}.yaml"] = (
+            task_yaml.replace("@TASK@", t).replace("@REPEATS@", str(decide.REPEATS))
+            .replace("@MAX_GEN@", str(_DECIDE_MAX_GEN)).replace("@METRIC_LIST@", metrics))
+        files[f"decide_{t}.test.jsonl"] = _jsonl(decide.eval_rows(t))
     for name in ("ftstudy_gsm", "ftstudy_humaneval", "ftstudy_humaneval_bpb", "ftstudy_synthetic"):
         files[f"{name}.yaml"] = _template(f"{name}.yaml")
     files["gsm.test.jsonl"] = _jsonl(_gsm_rows("eval", N_GSM))
@@ -199,7 +226,8 @@ def render() -> dict[str, bytes]:
     for name, data in out.items():
         if name.endswith("yaml"):
             text = data.decode("utf-8")
-            if any(p in text for p in ("@KIND@", "@FAMILY@", "@REPEATS@", "@UNTIL@", "@MAX_GEN@", "@UNSAFE@")) \
+            if any(p in text for p in ("@KIND@", "@FAMILY@", "@REPEATS@", "@UNTIL@", "@MAX_GEN@", "@UNSAFE@", "@TASK@",
+                                       "@TASK_LIST@", "@METRIC_LIST@")) \
                     or _DATA_DIR in _DATA_REF.sub("", text):
                 raise AssertionError(f"template {name}: placeholder outside a quoted data path")
             for ref in _DATA_REF.findall(text):

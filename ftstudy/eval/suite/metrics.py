@@ -27,7 +27,7 @@ from lm_eval.api.registry import metric_registry, register_metric
 
 from ftstudy.eval.suite import execution
 from ftstudy.results.benchstats import pass_at_k
-from ftstudy.tasks import benchgen
+from ftstudy.tasks import benchgen, decide
 
 #: pass@k reported by the benchmark suite's tasks (each needs at least k samples per problem).
 BENCH_K = (1, 5, 10)
@@ -37,6 +37,11 @@ __all__ = [
     "bench_arith",
     "bench_gsm",
     "bench_path",
+    "decide_route_main",
+    "decide_route_two_routes",
+    "decide_route_one_route",
+    "decide_sibling",
+    "decide_triangle",
     "humaneval_program",
     "humaneval_pass_at_1",
     "humaneval_bits_per_byte",
@@ -49,7 +54,8 @@ def _per_doc_score(items: Any) -> Any:
     return items
 
 
-for _name in ("pass@1", "valid", *(f"pass@{k}" for k in BENCH_K if k != 1), "distinct_correct"):
+for _name in ("pass@1", "valid", *(f"pass@{k}" for k in BENCH_K if k != 1), "distinct_correct", "edge_validity",
+              "route_a", "novel", "creativity"):
     if _name not in metric_registry:
         register_metric(metric=_name, higher_is_better=True, aggregation="mean")(_per_doc_score)
 
@@ -133,16 +139,36 @@ def bench_scores(family: str, doc: dict[str, Any], samples: Sequence[str]) -> di
     return out
 
 
-def _bench_task(family: str):
+def _process(task: str, score: Any, doc_ref: str):
+    """A task's ``process_results``: ``score(doc, samples)`` of the one response list of a doc."""
     def process(doc: dict[str, Any], results: Sequence[Any]) -> dict[str, float]:
-        return bench_scores(family, doc, _single(results, f"ftstudy_bench_{family}"))
+        return score(doc, _single(results, task))
 
-    process.__name__ = f"bench_{family}"
-    process.__doc__ = f"Scores of ftstudy_bench_{family}: see :func:`bench_scores`."
+    process.__name__ = task.removeprefix("ftstudy_")
+    process.__doc__ = f"Scores of {task}: see {doc_ref}."
     return process
+
+
+def _bench_task(family: str):
+    return _process(f"ftstudy_bench_{family}", lambda doc, samples: bench_scores(family, doc, samples),
+                    ":func:`bench_scores`")
 
 
 bench_code = _bench_task("code")
 bench_arith = _bench_task("arith")
 bench_gsm = _bench_task("gsm")
 bench_path = _bench_task("path")
+
+
+# ------------------------------------------------------------------ the decision benchmark (issue 23)
+
+def _decide_task(task: str):
+    score = decide.route_scores if task in decide.ROUTE_TASKS else decide.creative_scores
+    return _process(f"ftstudy_decide_{task}", score, f":func:`ftstudy.tasks.decide.{score.__name__}`")
+
+
+decide_route_main = _decide_task("route_main")
+decide_route_two_routes = _decide_task("route_two_routes")
+decide_route_one_route = _decide_task("route_one_route")
+decide_sibling = _decide_task("sibling")
+decide_triangle = _decide_task("triangle")
