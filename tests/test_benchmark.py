@@ -60,7 +60,9 @@ def _fake_evaluations(out: Path, seeds: list[int], gain: dict[str, float]) -> No
 
 
 def test_pooled_report(tmp_path: Path) -> None:
-    _fake_evaluations(tmp_path, [0, 1, 2], {"free k=1:path": 0.2})
+    # the path task's baseline above its chance (the best graph-blind guess, 0.43), Free κ = 1 above that
+    lift = {f"{lab}:path": 0.15 for lab in ("baseline", "matched (L=5)", "free k=0.25", "free k=0.5")}
+    _fake_evaluations(tmp_path, [0, 1, 2], {**lift, "free k=1:path": 0.35})
     rep = benchmark.pooled_report(tmp_path, [0, 1, 2], n_boot=500)
     rows = {r["family"]: r for r in rep["rows"]}
     assert set(rows) == {"code", "arith", "gsm", "path"}
@@ -69,9 +71,16 @@ def test_pooled_report(tmp_path: Path) -> None:
     c = path["comparisons"]["free k=1 vs baseline"]["pass@1"]
     assert c["ci_low"] > 0 and c["rel"] > 0.25
     assert "free k=1 vs matched (L=5)" in path["comparisons"]
-    assert path["verdict"].startswith("Free gain") and "free k=1" in path["verdict"]
-    assert rows["code"]["verdict"].startswith("no Free gain detected")
-    assert 0 < path["mde"]["mde_rel"] < 1 and path["mde_test"]["mde_rel"] >= path["mde"]["mde_rel"] * 0.8
+    assert path["beats_chance"] and 0.4 < path["chance"] < 0.45
+    seed = path["seed_level"]["free k=1 vs baseline"]
+    assert seed["verdict"] == "shown" and seed["p_holm"] >= seed["p"] and seed["lo"] > 0
+    assert "free k=1 vs baseline: shown" in path["verdict"]
+    assert "shown" not in rows["code"]["verdict"], rows["code"]["verdict"]
+    assert 0 < path["mde"]["mde_rel"] < 1 and path["mde"]["seeds"] == 3 and path["mde_test"]["mde_rel"] > 0
+    # below chance: no verdict at all
+    _fake_evaluations(tmp_path / "blind", [0, 1, 2], {"free k=1:path": 0.2})
+    low = {r["family"]: r for r in benchmark.pooled_report(tmp_path / "blind", [0, 1, 2], n_boot=200)["rows"]}
+    assert low["path"]["verdict"].startswith("not gated: a baseline seed does not beat chance")
     md = (tmp_path / "report.md").read_text()
     assert "| Decision (many valid outputs) | ftstudy_bench_path |" in md and "matched (L=5)" in md
     assert json.loads((tmp_path / "report.json").read_text())["settings"]["temperature"] == 0.8

@@ -31,6 +31,7 @@ import json
 import math
 import os
 import shlex
+import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -38,12 +39,14 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ftstudy.core.checkpoint import atomic_write_text
 from ftstudy.core.config import get_preset
 from ftstudy.eval.evaluate import (EvalError, _check_sandbox, _task_manager, entry_paths, evaluate_one, label_slug,
                                    text_perplexity)
 from ftstudy.io import RunDir
-from ftstudy.results import benchstats
+from ftstudy.results import benchstats, seedstats
 from ftstudy.run.train import REPO_ROOT
 
 __all__ = ["STAGES", "model_label", "planned_models", "ensure_models", "run_parallel", "add_common_args", "check_common_args",
@@ -238,16 +241,25 @@ def pooled_report(out: Path, seeds: list[int], n_boot: int = 4000) -> dict[str, 
         if ("baseline", "pass@1") in mats:
             comp = benchstats.variance_components(mats[("baseline", "pass@1")], BENCH_REPEATS)
             row["components"] = comp.to_dict()
+            by_seed = row["models"]["baseline"]["pass@1_by_seed"]
             if comp.n_seeds >= 2:
-                row["mde"] = benchstats.mde(comp)
+                # primary: the seed-level test's detectable effect (t quantiles, this many seeds per
+                # model, both varying like the baseline; its range from the seed variance's interval)
+                row["mde"] = seedstats.design_mde(statistics.stdev(by_seed), len(by_seed), float(np.mean(by_seed)),
+                                                  sd_df=len(by_seed) - 1)
+                row["mde_z"] = benchstats.mde(comp)
                 # the bootstrap test's own detectable effect, simulated from the same components
                 row["mde_test"] = benchstats.bootstrap_mde(comp)
             else:  # the seed variance needs two seeds or more
-                row["mde"] = row["mde_test"] = {"mde_abs": math.nan, "mde_rel": math.nan}
-            row["detects_target"] = max(row["mde"]["mde_rel"], row["mde_test"]["mde_rel"]) <= TARGET_MDE_REL
+                row["mde"] = row["mde_z"] = row["mde_test"] = {"mde_abs": math.nan, "mde_rel": math.nan}
+            row["detects_target"] = row["mde"]["mde_rel"] <= TARGET_MDE_REL
             row["calibrated"] = all(CALIBRATION_RANGE[0] <= v <= CALIBRATION_RANGE[1]
                                     for v in row["models"]["baseline"]["pass@1_by_seed"])
-            row["comparisons"] = {}
+            chance = _chance(family)
+            if chance is not None:
+                row["chance"] = chance
+                row["beats_chance"] = all(v > chance for v in row["models"]["baseline"]["pass@1_by_seed"])
+            row["comparisons"], row["seed_level"] = {}, {}
             for ref in ("baseline", next((lab for lab in labels if lab.startswith("matched")), None)):
                 if ref is None or (ref, "pass@1") not in mats:
                     continue
@@ -255,11 +267,15 @@ def pooled_report(out: Path, seeds: list[int], n_boot: int = 4000) -> dict[str, 
                     if lab == ref or (lab, "pass@1") not in mats or (ref.startswith("matched") and
                                                                      not lab.startswith("free")):
                         continue
-                    row["comparisons"][f"{lab} vs {ref}"] = {
+                    name = f"{lab} vs {ref}"
+                    row["comparisons"][name] = {
                         m: benchstats.paired_bootstrap(mats[(ref, m)], mats[(lab, m)], n_boot=n_boot, seed=0)
                         for m in METRICS}
-            row["verdict"] = _verdict(row)
+                    a, b = row["models"][ref]["pass@1_by_seed"], row["models"][lab]["pass@1_by_seed"]
+                    if len(a) >= 2 and len(b) >= 2:
+                        row["seed_level"][name] = seedstats.compare_seeds(a, b, bounds=(-1.0, 1.0)).to_dict()
         rows.append(row)
+    _seed_verdicts(rows)
     likelihood = _pooled_likelihood(out, seeds, labels, have)
     report = {"labels": labels, "seeds": seeds, "params": params, "rows": rows, "likelihood": likelihood,
               "settings": {**EVAL_SETTINGS, "samples_per_problem": BENCH_REPEATS, "temperature": 0.8, "top_p": 0.95,
@@ -294,30 +310,41 @@ def _pooled_likelihood(out: Path, seeds: list[int], labels: list[str], have: dic
     return res
 
 
-def _verdict(row: dict[str, Any]) -> str:
-    """One line per task: whether any Free model beats both baselines, and what a null rules out."""
-    comps = row.get("comparisons", {})
-    mde_rel = max(row["mde"]["mde_rel"], row["mde_test"]["mde_rel"])
-    if not row["calibrated"]:
-        return "not calibrated: a baseline seed scores outside [0.2, 0.8]"
-    wins, losses = [], []
-    for name, c in comps.items():
-        if not name.startswith("free") or not name.endswith("vs baseline"):
+def _chance(family: str) -> float | None:
+    """A task's chance pass@1 where the generator gives one exactly: the path task's best
+    graph-blind guess (:func:`ftstudy.tasks.benchgen.path_blind_rate`)."""
+    from ftstudy.eval.suite import N_BENCH
+    from ftstudy.tasks import benchgen
+    if family == "path":
+        return benchgen.path_blind_rate(benchgen.eval_problems("path", N_BENCH["path"]))
+    return None
+
+
+def _gate_failure(row: dict[str, Any]) -> str | None:
+    if not row.get("calibrated"):
+        return "a baseline seed scores outside [0.2, 0.8]"
+    if row.get("beats_chance") is False:
+        return f"a baseline seed does not beat chance ({row['chance']:.3f}, the best graph-blind guess)"
+    return None
+
+
+def _seed_verdicts(rows: list[dict[str, Any]]) -> None:
+    """Seed-level verdicts: Holm over every comparison against the baseline on the tasks that
+    pass their gates (calibrated, above chance), then :func:`ftstudy.results.benchstats.seed_verdict` for each; the row's verdict line
+    lists them (the paired bootstrap stays a secondary column)."""
+    fam = [(r, k) for r in rows if "models" in r and "baseline" in r["models"] and _gate_failure(r) is None
+           for k in r.get("seed_level", {}) if k.endswith("vs baseline")]
+    for (r, k), p in zip(fam, seedstats.holm([r["seed_level"][k]["p"] for r, k in fam]) if fam else []):
+        r["seed_level"][k]["p_holm"] = p
+    for r in rows:
+        if "models" not in r or "baseline" not in r["models"]:
             continue
-        lab = name.removesuffix(" vs baseline")
-        vs_matched = next((v for k, v in comps.items() if k.startswith(lab + " vs matched")), None)
-        p1 = c["pass@1"]
-        if p1["ci_low"] > 0 and (vs_matched is None or vs_matched["pass@1"]["ci_low"] > 0):
-            wins.append(f"{lab} {p1['rel']:+.0%}")
-        elif p1["ci_high"] < 0:
-            losses.append(f"{lab} {p1['rel']:+.0%}")
-    if wins:
-        return "Free gain beyond both baselines: " + ", ".join(wins)
-    text = "no Free gain detected; " + (f"the design detects a {mde_rel:+.0%} relative change (80% power)"
-                                          if mde_rel == mde_rel else "one seed: no detectable effect computed")
-    if losses:
-        text += "; worse than the baseline: " + ", ".join(losses)
-    return text
+        why = _gate_failure(r)
+        for c in r.get("seed_level", {}).values():
+            c["verdict"] = benchstats.seed_verdict(c, r["models"]["baseline"]["pass@1"], why)
+        free = {k: c["verdict"] for k, c in r.get("seed_level", {}).items() if k.startswith("free")}
+        r["verdict"] = f"not gated: {why}" if why else \
+            "; ".join(f"{k}: {v}" for k, v in free.items()) or "no Free comparison"
 
 
 def _pct(x: float) -> str:
@@ -335,12 +362,15 @@ def _markdown(rep: dict[str, Any]) -> str:
     lines = ["# Benchmark suite at CPU scale (issue 15)", "",
              f"Seeds {', '.join(map(str, rep['seeds']))}; {st['samples_per_problem']} samples per problem at "
              f"temperature {st['temperature']}, top-p {st['top_p']}; Z: encoder on the prompt only, prior on every "
-             "generated token (one draw). Cells: mean over seeds and problems; below the baseline's column, Δ to "
-             "the baseline with the 95% interval of a hierarchical bootstrap (problems paired, seeds resampled "
-             "per model), the relative change with its interval, and the bootstrap p-value. MDE: the smallest "
-             "relative change this design detects (two-sided α = 0.05, power 0.8), from the baseline's variance "
-             "components: (z) for a z-test with the design's standard error, (bootstrap) for the bootstrap interval "
-             "used here, by simulation (it is conservative: it resamples the residual at both levels).",
+             "generated token (one draw). **Primary test: seed level** (the seed, one trained model, is the unit): "
+             "Welch's t over per-seed means, the exact permutation p beside it, Holm over the comparisons against "
+             "the baseline on the calibrated tasks; verdicts `shown` / `no effect within ±m` (m = 25% of the "
+             "baseline) / `inconclusive`, none on an uncalibrated task (table below the next ones). Secondary: "
+             "cells give the mean over seeds and problems and, below it, Δ to the baseline with the 95% interval "
+             "of a hierarchical bootstrap (problems paired, seeds resampled per model), which rejects a true null "
+             "too often with few seeds. MDE: the smallest relative change the design detects (two-sided α = 0.05, "
+             "power 0.8): (seed t) from t quantiles and the baseline's seed spread, (bootstrap) for the bootstrap "
+             "interval, by simulation.",
              "", "Parameters: " + ", ".join(f"{lab} {rep['params'][lab]:,}" for lab in labels), ""]
     for metric, title in (("pass@1", "pass@1 (fraction of correct samples)"), ("pass@10", "pass@10"),
                           ("distinct_correct", "distinct correct answers among the samples (diversity)")):
@@ -362,12 +392,21 @@ def _markdown(rep: dict[str, Any]) -> str:
                 if cm is not None:
                     cell += "<br>vs matched: " + _fmt_cmp(cm[metric])
                 cells.append(cell)
-            mde = (f"{_pct(row['mde']['mde_rel'])} (z), {_pct(row['mde_test']['mde_rel'])} (bootstrap)"
+            mde = (f"{_pct(row['mde']['mde_rel'])} (seed t), {_pct(row['mde_test']['mde_rel'])} (bootstrap)"
                    if "mde" in row and metric == "pass@1" else "—")
             verdict = row.get("verdict", "—") if metric == "pass@1" else ""
             lines.append(f"| {row['group']} | {row['task']} | {mde} | " + " | ".join(cells) + f" | {verdict} |")
         lines.append("")
-    lines += ["## Calibration: baseline pass@1 by seed (target 0.2-0.8)", "", "| task | by seed | in range |",
+    lines += ["## Seed-level comparisons (primary)", "",
+              "| task | comparison | Δ [95% t interval] | p (Welch) | p (perm.) | p Holm | detectable rel. [range] | "
+              "verdict |", "|" + "---|" * 8]
+    for row in rep["rows"]:
+        for name, c in row.get("seed_level", {}).items():
+            holm = "—" if "p_holm" not in c else f"{c['p_holm']:.3g}"
+            lines.append(f"| {row['task']} | {name} | {c['diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}] | "
+                         f"{c['p']:.3g} | {c['p_perm']:.3g} | {holm} | {_pct(c['mde_rel'])} "
+                         f"[{_pct(c['mde_rel_lo'])}, {_pct(c['mde_rel_hi'])}] | {c['verdict']} |")
+    lines += ["", "## Calibration: baseline pass@1 by seed (target 0.2-0.8)", "", "| task | by seed | in range |",
               "|---|---|---|"]
     for row in rep["rows"]:
         b = row["models"].get("baseline")

@@ -442,33 +442,18 @@ def _bootstrap(out: Path, seeds: list[int], task: str, ref: str, lab: str, bench
 def _holm_and_verdicts(rows: dict[str, Any]) -> None:
     """The family: every comparison against the baseline on every task that passed its gate;
     Holm's step-down over their Welch p; verdicts per RULE.md."""
-    from ftstudy.results import seedstats
+    from ftstudy.results import benchstats, seedstats
     fam = [(t, k) for t, r in rows.items() if r.get("gate", {}).get("passed") for k in r.get("comparisons", {})
            if k.endswith("vs baseline")]
     adj = seedstats.holm([rows[t]["comparisons"][k]["p"] for t, k in fam]) if fam else []
     for (t, k), p in zip(fam, adj):
         rows[t]["comparisons"][k]["p_holm"] = p
     for t, r in rows.items():
-        for k, c in r.get("comparisons", {}).items():
-            c["verdict"] = _verdict(c, r, k)
-
-
-def _verdict(c: dict[str, Any], row: dict[str, Any], name: str) -> str:
-    if not row.get("gate", {}).get("passed"):
-        return "not gated: a baseline seed fails the calibration gate"
-    base = row["models"]["baseline"]["pass@1"]
-    margin = EQUIV_REL * base
-    p = c.get("p_holm", c["p"])
-    if p < 0.05 and (c["lo"] > 0 or c["hi"] < 0):
-        return "shown"
-    if -margin < c["lo"] and c["hi"] < margin:
-        return f"no effect within ±{margin:.3f}"
-    return "inconclusive"
-
-
-#: The equivalence margin of "no effect within ±m": 25% of the baseline's score (the issue's
-#: detectable-effect target), so a null verdict rules out the effect size the design is built for.
-EQUIV_REL = 0.25
+        gate = r.get("gate", {})
+        why = None if gate.get("passed") else "a baseline seed fails the gate (" + ", ".join(
+            k for k, v in gate.items() if k != "passed" and not v) + ")"
+        for c in r.get("comparisons", {}).values():
+            c["verdict"] = benchstats.seed_verdict(c, r["models"]["baseline"]["pass@1"], why)
 
 
 def _difference_in_differences(rows: dict[str, Any], labels: list[str]) -> dict[str, Any]:

@@ -337,3 +337,29 @@ def null_false_positive_rate(*, n_seeds: int = 5, n_problems: int = 200, n_sampl
         lo, hi = clopper_pearson(k, len(h))
         out.update({name: k / len(h), f"{name}_lo": lo, f"{name}_hi": hi})
     return out
+
+
+# ---------------------------------------------------------------- verdicts (seed level)
+
+#: The equivalence margin of "no effect within ±m" for the benchmark suites: 25% of the
+#: baseline's score (the detectable effect the designs target), so a null verdict rules out
+#: the effect size a design is built for.
+EQUIV_REL = 0.25
+
+
+def seed_verdict(c: dict[str, Any], base_mean: float, gate: str | None = None, alpha: float = 0.05) -> str:
+    """The verdict of one seed-level comparison (:func:`ftstudy.results.seedstats.compare_seeds`
+    as a dict, with ``p_holm`` where it belongs to a Holm family): ``shown`` when the Holm
+    p-value (the plain one outside a family) is below ``alpha`` and the interval excludes 0;
+    ``no effect within ±m`` when the interval lies inside ±m, m = :data:`EQUIV_REL` × the
+    baseline's mean; ``inconclusive`` otherwise; ``not gated: <why>`` when ``gate`` names a
+    failed gate (no verdict is drawn on a task the models have not learned)."""
+    if gate:
+        return f"not gated: {gate}"
+    p = c.get("p_holm", c["p"])
+    if p < alpha and (c["lo"] > 0 or c["hi"] < 0):
+        return "shown"
+    margin = EQUIV_REL * base_mean
+    if -margin < c["lo"] and c["hi"] < margin:
+        return f"no effect within ±{margin:.3f}"
+    return "inconclusive"

@@ -230,10 +230,13 @@ def _suite_cells(rep: dict[str, Any], row: dict[str, Any], metric: str, digits: 
         if m is None:
             continue
         cell = f"{lab.replace('free k=', 'κ ')} {m[metric]:.{digits}f}"
+        seed = row.get("seed_level", {}).get(f"{lab} vs baseline") if metric == "pass@1" else None
         c = row["comparisons"].get(f"{lab} vs baseline")
-        if c is not None:
+        if seed is not None:  # the primary, seed-level test
+            cell += f" (Δ [{seed['lo']:+.{digits}f}, {seed['hi']:+.{digits}f}], p {seed['p']:.2g})"
+        elif c is not None:
             c = c[metric]
-            cell += f" (Δ [{c['ci_low']:+.{digits}f}, {c['ci_high']:+.{digits}f}], p {c['p']:.2g})"
+            cell += f" (bootstrap Δ [{c['ci_low']:+.{digits}f}, {c['ci_high']:+.{digits}f}], p {c['p']:.2g})"
         parts.append(cell)
     return "; ".join(parts)
 
@@ -242,8 +245,8 @@ def _suite_task(task: str, what: str) -> Callable[[Path], str]:
     def measure(root: Path) -> str:
         rep, row = _suite_row(root, task)
         seeds = row["models"]["baseline"]["seeds"]
-        return (f"{what}, pass@1 ({seeds} seeds, paired): {_suite_cells(rep, row, 'pass@1')}; detectable "
-                f"{row['mde']['mde_rel']:+.0%} (z) / {row['mde_test']['mde_rel']:+.0%} (bootstrap); "
+        return (f"{what}, pass@1 ({seeds} seeds; Welch over seeds): {_suite_cells(rep, row, 'pass@1')}; detectable "
+                f"{row['mde']['mde_rel']:+.0%} (seed t) / {row['mde_test']['mde_rel']:+.0%} (bootstrap); "
                 f"{row['verdict']}")
     return measure
 

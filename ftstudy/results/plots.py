@@ -548,7 +548,7 @@ def bench_table(report: Path | dict[str, Any], metric: str = "pass@1") -> pd.Dat
         d = {"group": row["group"], "task": row["task"].removeprefix("ftstudy_bench_")}
         d.update({lab: _bench_cell(row, lab, metric) for lab in r["labels"]})
         if "mde" in row:
-            d["detectable (z / bootstrap)"] = " / ".join("—" if v != v else f"{v:+.0%}"
+            d["detectable (seed t / bootstrap)"] = " / ".join("—" if v != v else f"{v:+.0%}"
                                                          for v in (row["mde"]["mde_rel"], row["mde_test"]["mde_rel"]))
             d["verdict"] = row["verdict"]
         rows.append(d)

@@ -56,7 +56,7 @@ from ftstudy.tasks import mathgen
 
 __all__ = ["FAMILIES", "HELDOUT_MOD", "MIX", "ARITH_KINDS", "CODE_TEMPLATES", "GSM_TEMPLATES", "TRIVIAL_BODIES",
            "NEAR_CONSTANT", "Problem", "heldout", "in_heldout_class", "draw", "eval_problems", "training_documents",
-           "document", "code_program", "gsm_answer", "path_valid", "simple_paths", "path_answer", "arith_answer",
+           "document", "code_program", "gsm_answer", "path_valid", "simple_paths", "path_answer", "path_blind_rate", "arith_answer",
            "score_text", "canonical_output", "canonical_program", "eval_row", "trivial_bodies", "trivial_pass_rate",
            "gsm_answer_distribution", "gsm_chance_floors"]
 
@@ -600,6 +600,23 @@ def _path_problem(rng: random.Random, split: str) -> Problem:
     answer = " " + " ".join(rng.choice(paths)) + "\n"
     return Problem("path", key, prompt, answer, {"edges": sorted(a + b for a, b in edges), "source": s, "target": t,
                                                  "n_paths": len(paths)})
+
+
+def path_blind_rate(problems: list[Problem]) -> float:
+    """The exact pass@1 of the best graph-blind guess on path problems: the start, ``k``
+    distinct other nodes in random order, the end, with the one ``k`` (1-3 inner nodes) that
+    does best over ``problems``.  It ignores the edge list (it knows the node set and the
+    answers' length distribution only): a model that never reads the graph scores at most
+    about this, so it is the path task's chance."""
+    rates = {}
+    for k in (1, 2, 3):
+        total = 0.0
+        for p in problems:
+            s, t = p.meta["source"], p.meta["target"]
+            seqs = list(itertools.permutations([v for v in _NODES if v not in (s, t)], k))
+            total += sum(path_valid(p.meta, " ".join((s, *mid, t))) for mid in seqs) / len(seqs)
+        rates[k] = total / len(problems)
+    return max(rates.values())
 
 
 def path_answer(text: str) -> tuple[str, ...]:
