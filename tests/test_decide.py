@@ -153,6 +153,9 @@ def test_calibration_curves_table(tmp_path: Path) -> None:
     assert "| 300 |" in md and md.split("| 300 |")[1].split("\n")[0].endswith("— |")
     assert md.split("| 600 |")[1].split("\n")[0].endswith("pass |")
     assert (tmp_path / "curves.csv").read_text().count("\n") == len(rows) + 1
+    from ftstudy.results import plots
+    fig = plots.plot_decide_curves(tmp_path / "curves.csv")
+    assert len(fig.axes) == len(decide.TASKS)
 
 
 def _fake_samples(out: Path, seed: int, label: str, level: dict[str, float], sub: str = "",
@@ -219,6 +222,11 @@ def test_report_gates_tests_and_verdicts(tmp_path: Path) -> None:
     assert set(rep["diversity_fixed_correct"]["route_main"]) == set(labels)
     md = (tmp_path / "report.md").read_text()
     assert "| route_main | free k=1 vs baseline |" in md and "shown" in md
+    from ftstudy.results import plots
+    table = plots.decide_table(tmp_path / "report.json")
+    assert list(table.index) == list(decide.TASKS) and table.loc["route_one_route", "gate"].startswith("fail")
+    comps = plots.decide_comparisons(rep)
+    assert comps.loc[("route_main", "free k=1 vs baseline"), "verdict"] == "shown"
 
 
 def test_snapshots_and_the_retrain_of_a_missing_checkpoint(tmp_path: Path) -> None:

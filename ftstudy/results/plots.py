@@ -597,6 +597,60 @@ def plot_bench(report: Path | dict[str, Any]) -> plt.Figure:
 
 # ---------------------------------------------------------------- the synthetic task itself
 
+def decide_table(report: Path | dict[str, Any]) -> pd.DataFrame:
+    """The decision benchmark's report (``ftstudy decide``): a row per task with its gate and
+    trivial baselines, a column per model: pass@1, mean over seeds, and the per-seed values."""
+    r = _report(report)
+    rows = []
+    for task, row in r["tasks"].items():
+        gate = row.get("gate", {})
+        d = {"task": task, "gate": "pass" if gate.get("passed") else
+             ("fail: " + ", ".join(k for k, v in gate.items() if k != "passed" and not v) if gate else "—"),
+             "baselines": ", ".join(f"{k} {v:.3f}" for k, v in row["baselines"].items())}
+        for lab in r["labels"]:
+            m = row["models"].get(lab)
+            d[lab] = "—" if m is None else f"{m['pass@1']:.3f} (" + " ".join(f"{v:.2f}" for v in m["pass@1_by_seed"]) + ")"
+        rows.append(d)
+    return pd.DataFrame(rows).set_index("task")
+
+
+def decide_comparisons(report: Path | dict[str, Any]) -> pd.DataFrame:
+    """The decision benchmark's seed-level comparisons (primary), with the bootstrap beside."""
+    r = _report(report)
+    rows = []
+    for task, row in r["tasks"].items():
+        for name, c in row.get("comparisons", {}).items():
+            bs = c.get("bootstrap") or {}
+            rows.append({"task": task, "comparison": name, "Δ": round(c["diff"], 3),
+                         "95% t interval": f"[{c['lo']:+.3f}, {c['hi']:+.3f}]", "p": c["p"], "p perm.": c["p_perm"],
+                         "p Holm": c.get("p_holm"), "detectable (rel.)": f"{c['mde_rel']:+.0%}",
+                         "bootstrap interval": f"[{bs['ci_low']:+.3f}, {bs['ci_high']:+.3f}]" if bs else "—",
+                         "verdict": c["verdict"]})
+    return pd.DataFrame(rows).set_index(["task", "comparison"]) if rows else pd.DataFrame()
+
+
+def plot_decide_curves(curves_csv: Path | str, gate: tuple[float, float] = (0.2, 0.8)) -> plt.Figure:
+    """Calibration curves: each task's pass@1 (and the route tasks' edge validity, dashed)
+    against the training step, one line per baseline seed, the gate's band shaded."""
+    df = pd.read_csv(curves_csv)
+    tasks = list(dict.fromkeys(df["task"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.0), sharey=True, squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        ax.axhspan(*gate, color="0.92")
+        for seed, g in df[df["task"] == task].groupby("seed"):
+            g = g.sort_values("step")
+            line = ax.plot(g["step"], g["pass@1"], marker="o", ms=3, label=f"seed {seed}")[0]
+            if g["edge_validity"].notna().any():
+                ax.plot(g["step"], g["edge_validity"], ls="--", color=line.get_color(), lw=1)
+        ax.set_title(task, fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylim(0, 1.02)
+    axes[0][0].set_ylabel("pass@1 (dashed: edge validity)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def synthetic_examples(n: int = 8, seed: int = 0) -> pd.DataFrame:
     """Samples from the task's generator with their ground truth, and what the checker says
     about each sample and about a corrupted copy of it (one body character changed)."""
