@@ -9,6 +9,12 @@ No other module spells a file name of these folders.  Kept free of heavy imports
 plotting (notebooks, ``ftstudy.results.plots``) starts fast.
 
 Every temporary name carries the writer's pid, so two processes never share one.
+
+What ftstudy made is decided by a marker file it writes into each folder it makes
+(:func:`write_marker`: ``.ftstudy-run`` here, ``.ftstudy-shards`` in a shard folder), never
+by the shape of a file a user could have written.  ftstudy deletes only the names it writes
+(:func:`clear_folder`): a folder that holds anything else is refused whole, and nothing in
+it is deleted.  Nothing is written or deleted through a symbolic link (:func:`refuse_link`).
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ import fcntl
 import io
 import json
 import os
+import shlex
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -32,6 +40,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 __all__ = ["REPO_ROOT", "atomic_write_text", "read_metrics", "LOCK_NAME", "FolderBusyError", "folder_lock", "clear_folder",
+           "foreign_entries", "owned_entry", "refuse_link", "MARKER_VERSION", "write_marker", "marker_state",
            "CsvTable", "RunError", "RunDir", "StudyDir", "write_config_file", "read_config_file"]
 
 # The lock file of a run or sweep folder: git-ignored, ignored by the run status logic,
@@ -167,16 +176,133 @@ def folder_lock(folder: Path, *, wait: bool = False, what: str = "folder",
         os.close(fd)
 
 
-def clear_folder(folder: Path) -> None:
-    """Delete everything in ``folder`` except its lock file.  Only for a folder the caller has
-    checked is ftstudy's and whose lock it holds."""
+# ---------------------------------------------------------------- markers and deletion
+
+#: The version of the marker's JSON line (:func:`write_marker`).
+MARKER_VERSION = 1
+_MARKER_COMMAND_CHARS = 300  # the marker stays one short line (config.json keeps the whole command)
+
+
+def _this_command() -> str:
+    return shlex.join(["python", *sys.argv])
+
+
+def write_marker(folder: Path, name: str, kind: str, command: str | None = None) -> Path:
+    """Mark ``folder`` as made by ftstudy: ``folder/name`` holds one JSON line, ``{"kind":
+    kind, "version": MARKER_VERSION, "command": the command that made it}`` (this process's
+    own when None; cut to a few hundred characters).  The marker, not the shape of any other
+    file, is what lets ftstudy later delete in the folder (:func:`clear_folder`)."""
+    command = _this_command() if command is None else command
+    if len(command) > _MARKER_COMMAND_CHARS:
+        command = command[:_MARKER_COMMAND_CHARS - 1] + "…"
+    path = Path(folder) / name
+    atomic_write_text(path, json.dumps({"kind": kind, "version": MARKER_VERSION, "command": command},
+                                       ensure_ascii=False) + "\n")
+    return path
+
+
+def marker_state(folder: Path, name: str, kind: str) -> str:
+    """``absent`` (no ``folder/name``), ``ours`` (a plain file holding a marker of ``kind``) or
+    ``bad`` (anything else by that name: a link, a folder, another kind, not JSON), which
+    marks nothing: a folder with a bad marker is not taken for ftstudy's."""
+    path = Path(folder) / name
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return "absent"
+    except OSError:
+        return "bad"
+    if not stat.S_ISREG(st.st_mode) or st.st_size > 4096:
+        return "bad"
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return "bad"
+    return "ours" if isinstance(m, dict) and m.get("kind") == kind and isinstance(m.get("version"), int) else "bad"
+
+
+def owned_entry(entry: Path, files: Iterable[str] = (), dirs: Iterable[str] = (),
+                match: Callable[[str], bool] | None = None) -> bool:
+    """Whether ``entry`` (a direct child of a folder) is one ftstudy writes there: a plain
+    file named in ``files`` (or accepted by ``match``), the leftover temporary file of an
+    atomic write of one of ``files``, or a real folder named in ``dirs``.  A symbolic link is
+    never ftstudy's, whatever its name (deleting it would not delete what ftstudy wrote)."""
+    try:
+        mode = os.lstat(entry).st_mode
+    except FileNotFoundError:
+        return True  # gone meanwhile: nothing left to judge
+    name = entry.name
+    files = set(files)
+    if name in set(dirs):
+        return stat.S_ISDIR(mode)
+    is_file = name in files or (match is not None and match(name)) or (
+        _is_temp(name) and name[1:].rpartition(".tmp")[0] in files)
+    return is_file and stat.S_ISREG(mode)
+
+
+def foreign_entries(folder: Path, owns: Callable[[Path], bool]) -> list[str]:
+    """The names in ``folder`` that ``owns`` rejects (sorted; folders end in "/", links in
+    "@"); the lock file is never foreign."""
+    out = []
     for p in Path(folder).iterdir():
-        if p.name == LOCK_NAME:
+        if p.name == LOCK_NAME or owns(p):
             continue
-        if p.is_dir() and not p.is_symlink():
+        out.append(p.name + ("@" if p.is_symlink() else "/" if p.is_dir() else ""))
+    return sorted(out)
+
+
+def _names(names: list[str], most: int = 8) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def clear_folder(folder: Path, owns: Callable[[Path], bool], *, what: str = "folder",
+                 error: type[Exception] = RuntimeError, first: Iterable[str] = (), last: Iterable[str] = (),
+                 hint: str = "") -> None:
+    """Delete the entries of ``folder`` that ftstudy writes (those ``owns`` accepts:
+    see :func:`owned_entry`), all or nothing.
+
+    When ``folder`` holds anything else, ``error`` names it and nothing is deleted (then
+    ``hint`` ends the message, e.g. "pick another --out").  ``folder`` itself is never a
+    symbolic link here (``error`` too).  The lock file is kept: its holder is the caller.
+    ``first`` / ``last``: names deleted before / after all others, in that order: the file
+    that says a folder is finished goes first, its marks (config, marker) last, so that a
+    deletion cut short leaves a folder still recognised as ftstudy's, and not as finished.
+    Entries that turn up while it runs are judged one by one: only ``owns``'s are deleted.
+    """
+    folder = Path(folder)
+    refuse_link(folder, what, error)
+    foreign = foreign_entries(folder, owns)
+    if foreign:
+        raise error(f"{what} {folder} holds {len(foreign)} name(s) ftstudy does not write ({_names(foreign)}); "
+                    f"ftstudy deletes only its own files, so nothing was deleted"
+                    + (f": {hint}" if hint else ""))
+    first, last = list(first), list(last)
+    order = {n: i for i, n in enumerate(first)} | {n: len(first) + 1 + i for i, n in enumerate(last)}
+    for p in sorted(folder.iterdir(), key=lambda p: (order.get(p.name, len(first)), p.name)):
+        if p.name == LOCK_NAME or not owns(p):
+            continue
+        try:
+            is_dir = stat.S_ISDIR(os.lstat(p).st_mode)
+        except FileNotFoundError:
+            continue
+        if is_dir:
             shutil.rmtree(p)
         else:
-            p.unlink()
+            p.unlink(missing_ok=True)
+
+
+def refuse_link(path: Path, what: str, error: type[Exception] = RuntimeError) -> None:
+    """``error`` when ``path`` is a symbolic link: ftstudy neither writes nor deletes through
+    one (a link in one results folder once let ``--overwrite`` empty the run it pointed at)."""
+    path = Path(path)
+    if path.is_symlink():
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        raise error(f"{what} {path} is a symbolic link (to {target}); ftstudy neither writes nor deletes "
+                    f"through a link: give the real folder")
 
 
 # ---------------------------------------------------------------- run folders
@@ -232,13 +358,28 @@ class RunDir(_Folder):
                        codes.encoder.json, the aggregate posterior over whole codes (no protocol)
         tb/            git-ignored: the TensorBoard log of the same figures
         COPIED_FROM    a run copied from an identical one of another study
+        .ftstudy-run   the marker: ftstudy made this folder (one JSON line: kind
+                       "ftstudy-run", version, the command; written with config.json)
         .ftstudy.lock  held by the one process writing the folder
 
-    Status: ``new`` (absent, or empty but for a lock file), ``foreign`` (holds something
-    that is not an ftstudy run: never written into nor deleted), ``started`` (an ftstudy
-    config, but neither checkpoint nor summary), ``interrupted`` (a resumable checkpoint),
-    ``finished`` (a summary), and, for a wanted config with more steps than a finished
-    run made, ``extendable``.  Every write is atomic.
+    Status: ``new`` (absent, or empty but for a lock file or a marker), ``foreign`` (not an
+    ftstudy run: never written into nor deleted), ``started`` (an ftstudy config, but
+    neither checkpoint nor summary), ``interrupted`` (a resumable checkpoint), ``finished``
+    (a summary), and, for a wanted config with more steps than a finished run made,
+    ``extendable``.  Every write is atomic.
+
+    An ftstudy run is a folder with the marker and a config.json of the shape train writes
+    ({"config": {"model": …, "task": …, "train": …}}).  Runs made before the marker existed
+    (every run committed under results/ until then) have none: such a *legacy* run is one
+    whose config.json holds a complete config (the fields every ftstudy has written:
+    :data:`LEGACY_FIELDS`), which a foreign file of the same outline does not.  A legacy run
+    reads, resumes, extends and is re-measured as any other (its next config.json write
+    marks it).
+
+    Deleting (``--overwrite``, :meth:`delete`) removes only the names above, marked run or
+    legacy alike, and refuses, listing them, when the folder holds anything else (a user's
+    notes, a folder, a symbolic link): then nothing is deleted.  Neither the run folder nor
+    the folder it is in may be a symbolic link for any write (:meth:`check_not_linked`).
     """
 
     CONFIG = "config.json"
@@ -253,6 +394,16 @@ class RunDir(_Folder):
     COPIED_FROM = "COPIED_FROM"
     RETRAIN = "retrain"
     MEASURE = "measure"
+    MARKER = ".ftstudy-run"
+    #: The marker's kind (:func:`write_marker`).
+    KIND = "ftstudy-run"
+    #: The files and folders ftstudy writes at a run folder's top (the only names it deletes).
+    OWN_FILES = (CONFIG, METRICS, SUMMARY, SAMPLES, GROUPS, COPIED_FROM, MARKER)
+    OWN_DIRS = (CKPT, TB, MEASURE)
+    #: The fields a legacy run's config.json (no marker) holds in each section: what every
+    #: ftstudy has written, and what tells a run apart from a file of the same outline.
+    LEGACY_FIELDS = {"model": ("dim", "n_layers", "n_heads", "vocab_size", "latent_bits"), "task": ("name",),
+                     "train": ("steps", "seed", "lr", "batch_size")}
 
     config_file = _File(CONFIG)
     metrics_file = _File(METRICS)
@@ -315,6 +466,11 @@ class RunDir(_Folder):
             raise RunError(f"{self.config_file} cannot be read as an ftstudy config: {e}") from e
 
     def write_config(self, record: dict[str, Any]) -> None:
+        """Write config.json, after the marker (written once: the folder is ftstudy's from
+        its first file on; its command is the run's, as recorded)."""
+        if marker_state(self.path, self.MARKER, self.KIND) != "ours":
+            command = record.get("command") if isinstance(record, dict) else None
+            write_marker(self.path, self.MARKER, self.KIND, command if isinstance(command, str) else None)
         _write_json(self.config_file, record)
 
     def saved_steps(self) -> int | None:
@@ -359,21 +515,49 @@ class RunDir(_Folder):
     # ------------------------------------------------------------ status
 
     def is_ftstudy(self) -> bool:
-        """Whether the folder holds an ftstudy run: a config.json of the shape train writes
-        ({"config": {"model": …, "task": …, "train": …}}, from this ftstudy or an older one)."""
+        """Whether the folder holds an ftstudy run: the marker and a config.json of the shape
+        train writes, or, without a marker (a legacy run: see the class), a config.json that
+        holds a complete config.  A marker of another kind, or unreadable, marks nothing."""
+        marker = marker_state(self.path, self.MARKER, self.KIND)
+        if marker == "bad":
+            return False
         try:
+            if os.path.islink(self.config_file):
+                return False
             saved = self.record()
         except (OSError, ValueError):
             return False
         cfg = saved.get("config") if isinstance(saved, dict) else None
-        return isinstance(cfg, dict) and all(isinstance(cfg.get(s), dict) for s in ("model", "task", "train"))
+        if not (isinstance(cfg, dict) and all(isinstance(cfg.get(s), dict) for s in ("model", "task", "train"))):
+            return False
+        return marker == "ours" or all(f in cfg[s] for s, fields in self.LEGACY_FIELDS.items() for f in fields)
+
+    def is_legacy(self) -> bool:
+        """An ftstudy run made before the marker existed (see the class)."""
+        return marker_state(self.path, self.MARKER, self.KIND) == "absent" and self.is_ftstudy()
+
+    def owns(self, entry: Path) -> bool:
+        """Whether ``entry``, a name at the top of the folder, is one ftstudy writes there."""
+        return owned_entry(entry, self.OWN_FILES, self.OWN_DIRS)
+
+    def foreign(self) -> list[str]:
+        """The names in the folder ftstudy does not write (see :func:`foreign_entries`)."""
+        return foreign_entries(self.path, self.owns) if self.path.is_dir() else []
+
+    def check_not_linked(self) -> None:
+        """RunError when the run folder, or the folder it is in (``--out``), is a symbolic
+        link: ftstudy writes no run and deletes nothing through one."""
+        refuse_link(self.path.parent, "the folder the run goes in (--out)", RunError)
+        refuse_link(self.path, "run folder", RunError)
 
     def status(self) -> str:
         """new, foreign, finished, interrupted or started (see the class)."""
         p = self.path
-        if not p.exists() or (p.is_dir() and all(q.name == LOCK_NAME or _is_temp(q.name) for q in p.iterdir())):
+        if not p.exists() or (p.is_dir() and all(q.name in (LOCK_NAME, self.MARKER) or _is_temp(q.name)
+                                                 for q in p.iterdir())):
             # A lock file alone is no start: its holder may not have written anything yet (or
-            # only the temporary file of its first atomic write, config.json, not renamed yet).
+            # only the temporary file of its first atomic write, config.json, not renamed yet,
+            # or only the marker written just before it).
             return "new"
         if not self.is_ftstudy():
             return "foreign"
@@ -387,9 +571,9 @@ class RunDir(_Folder):
         """The status; RunError for a foreign folder."""
         status = self.status()
         if status == "foreign":
-            raise RunError(f"{self.path} exists and is not an ftstudy run folder (no ftstudy {self.CONFIG}); "
-                           f"ftstudy neither writes into nor deletes it (--overwrite included): pick another --out "
-                           f"or --name")
+            raise RunError(f"{self.path} exists and is not an ftstudy run folder (neither ftstudy's marker "
+                           f"{self.MARKER} with its {self.CONFIG}, nor a complete ftstudy {self.CONFIG}); ftstudy "
+                           f"neither writes into nor deletes it (--overwrite included): pick another --out or --name")
         return status
 
     def check(self, want: dict[str, Any], complete: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> str:
@@ -419,19 +603,40 @@ class RunDir(_Folder):
     # ------------------------------------------------------------ whole folders
 
     def lock(self, *, wait: bool = False) -> contextlib.AbstractContextManager[Path]:
-        """Hold the run's lock (:func:`folder_lock`; RunError if another process holds it)."""
+        """Hold the run's lock (:func:`folder_lock`; RunError if another process holds it, or
+        if the folder or the one it is in is a symbolic link: see :meth:`check_not_linked`)."""
+        self.check_not_linked()
         return folder_lock(self.path, wait=wait, what="run folder", error=RunError)
 
+    def check_deletable(self) -> str:
+        """The status, when :meth:`delete` would go through; RunError (naming the reason:
+        a link, a folder that is not an ftstudy run, names ftstudy does not write) otherwise.
+        Reads only."""
+        self.check_not_linked()
+        status = self.check_ours()
+        foreign = self.foreign()
+        if foreign:
+            raise RunError(f"run folder {self.path} holds {len(foreign)} name(s) ftstudy does not write "
+                           f"({_names(foreign)}); ftstudy deletes only its own files, so nothing was deleted "
+                           f"(--overwrite included): move them out, or pick another --out or --name")
+        return status
+
     def delete(self, *, locked: bool = False, wait: bool = False) -> None:
-        """Empty a run folder that ftstudy made (RunError for any other folder: nothing is
-        touched).  ``locked``: the caller holds the run's lock already; else it is taken here."""
-        if self.check_ours() == "new":
+        """Empty a run folder that ftstudy made of the names ftstudy writes (the class's list).
+        RunError, and nothing deleted, for a folder that is not an ftstudy run, for a
+        symbolic link, and for one that holds any other name (listed).  The lock file stays
+        (it goes when its holder lets go).  ``locked``: the caller holds the run's lock
+        already; else it is taken here."""
+        if not locked:
+            if self.check_deletable() == "new" and not self.path.exists():
+                return  # nothing to delete (and no lock file to make)
+            with self.lock(wait=wait):
+                self.delete(locked=True)
             return
-        if locked:
-            clear_folder(self.path)
-            return
-        with self.lock(wait=wait):
-            self.delete(locked=True)
+        self.check_deletable()  # under the lock: what is there now
+        # summary.json first (a deletion cut short never looks finished), the marks last.
+        clear_folder(self.path, self.owns, what="run folder", error=RunError, first=(self.SUMMARY,),
+                     last=(self.CONFIG, self.MARKER), hint="move them out, or pick another --out or --name")
 
     def copy_to(self, dst: RunDir, *, wait: bool = False) -> None:
         """Copy this finished run into ``dst`` (missing, or empty but for a lock file),
@@ -445,6 +650,8 @@ class RunDir(_Folder):
             try:
                 shutil.copytree(self.path, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(LOCK_NAME))
                 (tmp / self.COPIED_FROM).write_text(f"{self.path.parent.name}/{self.name}\n")
+                # The copy is a folder ftstudy made here (a legacy source gives a marked copy).
+                write_marker(tmp, self.MARKER, self.KIND)
                 for p in sorted(tmp.iterdir(), key=lambda p: p.name == self.SUMMARY):
                     os.replace(p, dst.path / p.name)
             finally:

@@ -44,9 +44,9 @@ def test_byte_shards_hold_the_documents_in_order(tmp_path: Path) -> None:
 
 def test_prepare_is_not_redone_and_never_leaves_half_a_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "s"
-    prepare(_docs(5), out, progress=False)
+    prepare(_docs(), out, val_percent=20, progress=False)
     mtime = (out / "manifest.json").stat().st_mtime_ns
-    prepare(_docs(5), out, progress=False)
+    prepare(_docs(), out, val_percent=20, progress=False)
     assert (out / "manifest.json").stat().st_mtime_ns == mtime
 
     def boom(*a, **k):
@@ -62,13 +62,14 @@ def test_prepare_is_not_redone_and_never_leaves_half_a_folder(tmp_path: Path, mo
 
 
 def test_bpe_and_user_tokenizers(tmp_path: Path) -> None:
-    docs = _docs(20)
-    m = prepare(docs, tmp_path / "bpe", tokenizer="bpe", bpe_vocab=300, progress=False)
+    docs = _docs()
+    m = prepare(docs, tmp_path / "bpe", tokenizer="bpe", bpe_vocab=300, val_percent=20, progress=False)
     tok = data.load_tokenizer(tmp_path / "bpe")
     assert m["vocab_size"] == tok.vocab_size <= 300
     assert tok.decode(tok.encode(docs[0].text)) == docs[0].text
     assert len(tok.encode(docs[0].text)) < len(docs[0].text.encode())
-    m2 = prepare(docs, tmp_path / "user", tokenizer=str(tmp_path / "bpe" / "tokenizer.json"), progress=False)
+    m2 = prepare(docs, tmp_path / "user", tokenizer=str(tmp_path / "bpe" / "tokenizer.json"), val_percent=20,
+                 progress=False)
     assert m2["splits"] == m["splits"]
     from tokenizers import Tokenizer, models
     bare = tmp_path / "bare.json"
@@ -92,7 +93,8 @@ def test_bad_tokenizer_file_is_a_one_line_error(tmp_path: Path, capsys: pytest.C
 
 def test_overwrite_replaces_only_shard_folders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "a.txt").write_text("hello world\n" * 20)
-    args = ["prepare", "--corpus", "text", "--input", str(tmp_path / "a.txt"), "--no-progress", "--overwrite"]
+    args = ["prepare", "--corpus", "text", "--input", str(tmp_path / "a.txt"), "--no-progress", "--overwrite",
+            "--val-percent", "0"]  # one document: no validation split
     thesis = tmp_path / "mine" / "thesis.tex"
     thesis.parent.mkdir()
     thesis.write_text("\\documentclass{article}")
@@ -105,10 +107,127 @@ def test_overwrite_replaces_only_shard_folders(tmp_path: Path, capsys: pytest.Ca
     assert thesis.read_text() == "\\documentclass{article}"
     # A real shard folder is rebuilt.
     shards = tmp_path / "shards"
-    prepare(_docs(5), shards, progress=False)
+    prepare(_docs(), shards, val_percent=20, progress=False)
     assert data.main([*args, "--out", str(shards)]) == 0
     m = read_manifest(shards)
     assert m["splits"]["train"]["documents"] + m["splits"]["val"]["documents"] == 1 and "a.txt" in m["command"]
+
+
+def _cli(corpus: Path, out: Path, *extra: str) -> list[str]:
+    return ["prepare", "--corpus", "text", "--input", str(corpus), "--out", str(out), "--no-progress", *extra]
+
+
+def _corpus(tmp_path: Path) -> Path:
+    """A user corpus of 30 files that splits into a training and a validation split (20%)."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for d in _docs():
+        (folder / f"{d.path}.txt").write_text(d.text)
+    return folder
+
+
+def test_shard_folders_are_marked_and_shared(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        m = prepare(_docs(), tmp_path / "s", val_percent=20, progress=False, command="python -m ftstudy.data x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "s").stat().st_mode) == 0o755  # not mkdtemp's 0700
+    marker = (tmp_path / "s" / data.SHARDS_MARKER).read_text()
+    assert marker.count("\n") == 1
+    assert json.loads(marker) == {"kind": "ftstudy-shards", "version": 1, "command": "python -m ftstudy.data x"}
+    assert read_manifest(tmp_path / "s") == m
+
+
+def test_overwrite_deletes_only_the_shard_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corpus, out = _corpus(tmp_path), tmp_path / "s"
+    assert data.main(_cli(corpus, out, "--val-percent", "20")) == 0
+    (out / "notes.txt").write_text("mine\n")
+    (out / "mydata").mkdir()
+    before = sorted(p.name for p in out.iterdir())
+    manifest = (out / "manifest.json").read_text()
+    assert data.main(_cli(corpus, out, "--val-percent", "20", "--overwrite")) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out} holds 2 name(s) ftstudy does not write in a shard folder (mydata/, notes.txt)" in err
+    assert "nothing was deleted" in err and err.count("\n") == 1
+    assert sorted(p.name for p in out.iterdir()) == before and (out / "manifest.json").read_text() == manifest
+    assert not list(tmp_path.glob(".s.tmp*"))
+    assert data.main(_cli(corpus, out, "--val-percent", "20")) == 0  # without --overwrite: prepared, kept
+    assert "already prepared" in capsys.readouterr().out
+    (out / "notes.txt").unlink()
+    (out / "mydata").rmdir()
+    assert data.main(_cli(corpus, out, "--val-percent", "30", "--overwrite")) == 0
+    assert read_manifest(out)["val_percent"] == 30
+
+
+def test_a_legacy_shard_folder_is_rebuilt_and_a_foreign_manifest_is_not_enough(tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture) -> None:
+    corpus, out = _corpus(tmp_path), tmp_path / "s"
+    prepare(_docs(), out, val_percent=20, progress=False)
+    (out / data.SHARDS_MARKER).unlink()  # as prepared before the marker existed (data/decide, say)
+    assert data.main(_cli(corpus, out, "--val-percent", "20", "--overwrite")) == 0
+    assert (out / data.SHARDS_MARKER).exists()
+    # A manifest that only says the format, with a file beside it: neither is deleted.
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "manifest.json").write_text(json.dumps({"format": data.FORMAT}))
+    (fake / "data.txt").write_text("precious\n")
+    assert data.main(_cli(corpus, fake, "--val-percent", "20", "--overwrite")) == 2
+    err = capsys.readouterr().err
+    assert f"{fake} is not empty and is not an ftstudy shard folder" in err and err.count("\n") == 1
+    assert data.main(_cli(corpus, fake, "--val-percent", "20")) == 2  # read as prepared: one line, no traceback
+    err = capsys.readouterr().err
+    assert f"{fake / 'manifest.json'} is not a complete ftstudy shard manifest" in err and err.count("\n") == 1
+    assert sorted(p.name for p in fake.iterdir()) == ["data.txt", "manifest.json"]
+
+
+@pytest.mark.parametrize("overwrite", [True, False])
+def test_a_linked_out_is_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             overwrite: bool) -> None:
+    corpus, real = _corpus(tmp_path), tmp_path / "real"
+    prepare(_docs(), real, val_percent=20, progress=False)
+    before = {p.name: p.stat().st_mtime_ns for p in real.iterdir()}
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    rc = data.main(_cli(corpus, tmp_path / "link", "--val-percent", "20", *(["--overwrite"] if overwrite else [])))
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"--out {tmp_path / 'link'} is a symbolic link (to {real}); ftstudy neither writes nor deletes" in err
+    assert {p.name: p.stat().st_mtime_ns for p in real.iterdir()} == before and (tmp_path / "link").is_symlink()
+    assert not list(tmp_path.glob(".link.tmp*"))
+
+
+def test_an_empty_or_too_small_corpus_is_refused_at_prepare(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty.txt").write_text("")
+    assert data.main(_cli(tmp_path / "empty.txt", tmp_path / "o")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the corpus holds no text" in err and str(tmp_path / "empty.txt") in err
+    (tmp_path / "empty.jsonl").write_text(json.dumps({"text": ""}) + "\n")
+    assert data.main(_cli(tmp_path / "empty.jsonl", tmp_path / "o")) == 2
+    assert "the corpus holds no text" in capsys.readouterr().err
+    (tmp_path / "hi.txt").write_text("hi\n")
+    assert data.main(_cli(tmp_path / "hi.txt", tmp_path / "o", "--val-percent", "0")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(tmp_path / "hi.txt") in err
+    assert "is too small: its training split holds 4 tokens in 1 document(s)" in err and "window of 33" in err
+    assert data.main(_cli(tmp_path / "hi.txt", tmp_path / "o", "--val-percent", "0", "--min-seq-len", "2")) == 0
+    # A validation split without one window (here: no document drew it) is refused too.
+    corpus = _corpus(tmp_path)
+    assert data.main(_cli(corpus, tmp_path / "v", "--val-percent", "0.01")) == 2
+    err = capsys.readouterr().err
+    assert "too small for --val-percent 0.01: its validation split holds 0 tokens in 0 document(s)" in err
+    assert not (tmp_path / "v").exists() and not list(tmp_path.glob(".v.tmp*"))
+    with pytest.raises(DataError, match="the corpus 'bench' has no documents"):
+        prepare([], tmp_path / "n", description={"corpus": "bench"}, progress=False)
+    assert data.main(_cli(corpus, tmp_path / "w", "--min-seq-len", "0")) == 2
+    assert "--min-seq-len = 0 is not allowed: a positive integer" in capsys.readouterr().err
+    # What prepare lets through, training reads (the same window rules).
+    m = prepare(_docs(), tmp_path / "ok", val_percent=20, progress=False, min_seq_len=32)
+    assert m["splits"]["val"]["tokens"] >= 33
+    TokenDataModule(tmp_path / "ok", batch_size=2, seq_len=32, val_size=1)
 
 
 def test_files_that_are_not_utf8_are_skipped_and_counted_or_refused(tmp_path: Path,
@@ -130,7 +249,7 @@ def test_files_that_are_not_utf8_are_skipped_and_counted_or_refused(tmp_path: Pa
     assert m["sources"]["text"]["bytes"] == len("plain text\n") * 30 + len("déjà vu ".encode()) * 10
     assert m["skipped_undecodable"]["count"] == 1
     assert [e["path"] for e in m["skipped_undecodable"]["examples"]] == [(corpus / "b.txt").as_posix()]
-    assert "skipped_undecodable" not in prepare(_docs(5), tmp_path / "clean", progress=False)
+    assert "skipped_undecodable" not in prepare(_docs(5), tmp_path / "clean", val_percent=0, progress=False)
 
 
 def test_sources_skip_tests_and_read_wheels(tmp_path: Path) -> None:
@@ -156,7 +275,7 @@ def test_user_corpus_and_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixtur
     (tmp_path / "a.txt").write_text("hello world\n" * 50)
     (tmp_path / "b.jsonl").write_text(json.dumps({"text": "one doc"}) + "\n" + json.dumps({"text": "two"}) + "\n")
     rc = data.main(["prepare", "--corpus", "text", "--input", str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl"),
-                    "--out", str(tmp_path / "o"), "--no-progress", "--val-percent", "50"])
+                    "--out", str(tmp_path / "o"), "--no-progress", "--val-percent", "0"])
     assert rc == 0
     m = read_manifest(tmp_path / "o")
     assert m["splits"]["train"]["documents"] + m["splits"]["val"]["documents"] == 3

@@ -33,7 +33,8 @@ def test_shapes(condition: str) -> None:
             assert 12 <= len(nodes) <= 17
         assert R.route_valid(p, p.answer) and R.edge_validity(p, p.answer) == 1.0
         assert R.route_of(p, p.answer) in range(len(p.routes))
-        listed = dict(e.split(":") for e in p.prompt.split("\n")[0].removeprefix("Graph: ").split())
+        listed = {e[0]: e[1:].upper() for e in p.prompt.split("\n")[0].removeprefix("Graph: ").split()}
+        assert all(e[0].isupper() and e[1:].islower() for e in p.prompt.split("\n")[0].split()[1:])
         assert set(listed) == nodes, "every node has its adjacency list"
         assert {"".join(sorted(a + b)) for a, nb in listed.items() for b in nb} == set(p.edges)
         assert sum(map(len, listed.values())) == 2 * len(p.edges), "each edge listed from both ends"

@@ -85,6 +85,158 @@ def test_copy_marks_the_source_and_refuses_a_non_empty_target(tmp_path: Path) ->
         src.copy_to(dst)
 
 
+# ---------------------------------------------------------------- what ftstudy made, and deleting it
+
+_TRAIN_TINY = ["--preset", "synthetic-tiny", "--no-progress"]
+
+
+def _finished_run(path: Path, *, marked: bool = True) -> RunDir:
+    """A finished run of synthetic-tiny's config: marked (as train writes it now) or legacy
+    (config.json alone, as every run committed before the marker)."""
+    run = RunDir(path)
+    run.path.mkdir(parents=True)
+    record = {"config": _config(), "run": run.name}
+    if marked:
+        run.write_config(record)
+    else:
+        run.config_file.write_text(json.dumps(record))
+    CsvTable(run.metrics_file, [{"step": 1, "split": "train"}]).write()
+    run.make_ckpt_dir()
+    run.model_file.write_bytes(b"weights")
+    run.write_measurement("t1", {"agreement": 0.5})
+    run.write_summary({"step": 1})
+    return run
+
+
+def _tree(path: Path) -> list[str]:
+    return sorted(p.relative_to(path).as_posix() for p in path.rglob("*"))
+
+
+def test_the_marker_says_what_made_the_folder(tmp_path: Path) -> None:
+    run = _finished_run(tmp_path / "r")
+    marker = (run.path / RunDir.MARKER).read_text()
+    assert marker.count("\n") == 1 and len(marker) < 400
+    fields = json.loads(marker)
+    assert fields["kind"] == "ftstudy-run" and fields["version"] == 1 and isinstance(fields["command"], str)
+    assert run.status() == "finished" and not run.is_legacy() and run.foreign() == []
+    # A marker alone (written just before config.json) is no start.
+    fresh = RunDir(tmp_path / "fresh")
+    fresh.path.mkdir()
+    (fresh.path / RunDir.MARKER).write_text(marker)
+    assert fresh.status() == "new"
+    # A marker of another kind marks nothing, even beside a complete config.
+    (run.path / RunDir.MARKER).write_text('{"kind": "ftstudy-shards", "version": 1}\n')
+    assert run.status() == "foreign"
+    with pytest.raises(RunError, match="not an ftstudy run folder"):
+        run.delete()
+    assert run.summary_file.exists()
+
+
+def test_a_config_json_of_the_right_outline_is_not_enough(tmp_path: Path, capsys) -> None:
+    """The audit's case: a foreign config.json shaped {"config": {"model": {}, "task": {},
+    "train": {}}} was taken for a run, and --overwrite deleted the data.txt beside it."""
+    from ftstudy.run.train import main
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text(json.dumps({"config": {"model": {}, "task": {}, "train": {}}}))
+    (mine / "data.txt").write_text("precious\n")
+    assert RunDir(mine).status() == "foreign"
+    for extra in (["--overwrite"], []):
+        assert main([*_TRAIN_TINY, "--out", str(tmp_path), "--name", "mine", *extra]) == 3
+        err = capsys.readouterr().err
+        assert f"{mine} exists and is not an ftstudy run folder" in err and err.count("\n") == 1
+    assert _tree(mine) == ["config.json", "data.txt"]  # not even a lock file
+    assert (mine / "data.txt").read_text() == "precious\n"
+    (mine / "data.txt").unlink()  # the outline alone is not enough either
+    with pytest.raises(RunError, match="not an ftstudy run folder"):
+        RunDir(mine).delete()
+    assert _tree(mine) == ["config.json"]
+
+
+@pytest.mark.parametrize("marked", [True, False], ids=["marked", "legacy"])
+def test_deleting_a_run_refuses_foreign_names_and_deletes_nothing(tmp_path: Path, capsys, marked: bool) -> None:
+    from ftstudy.run.train import main
+
+    run = _finished_run(tmp_path / "r", marked=marked)
+    assert run.is_legacy() is not marked and run.status() == "finished"
+    (run.path / "notes.txt").write_text("mine\n")
+    (run.path / "mydata").mkdir()
+    (run.path / "mydata" / "x.csv").write_text("1\n")
+    (run.path / "big").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    before = _tree(run.path)
+    assert run.foreign() == ["big@", "mydata/", "notes.txt"]
+    with pytest.raises(RunError, match=r"holds 3 name\(s\) ftstudy does not write \(big@, mydata/, notes.txt\)"):
+        run.delete()
+    assert main([*_TRAIN_TINY, "--out", str(tmp_path), "--name", "r", "--overwrite"]) == 3
+    err = capsys.readouterr().err
+    assert "big@, mydata/, notes.txt" in err and "nothing was deleted" in err and err.count("\n") == 1
+    assert _tree(run.path) == before  # nothing deleted, not even the summary
+    # Reading is not refused: the run is still finished and measured.
+    assert run.summary() == {"step": 1} and run.measurement("t1") == {"agreement": 0.5}
+    for name in ("notes.txt", "big"):
+        (run.path / name).unlink()
+    (run.path / "mydata" / "x.csv").unlink()
+    (run.path / "mydata").rmdir()
+    run.delete()
+    assert run.status() == "new" and _tree(run.path) == []
+
+
+def test_runs_committed_before_the_marker_are_legacy_runs(tmp_path: Path) -> None:
+    """Every committed run has no marker: each reads as a finished ftstudy run whose folder
+    holds only names ftstudy writes (what --overwrite would delete; checked, nothing deleted)."""
+    committed = [RunDir(f.parent) for f in sorted((REPO / "results").rglob(RunDir.CONFIG))
+                 if RunDir.CKPT not in f.parent.parts]
+    assert len(committed) >= 200
+    for run in committed:
+        status = run.check_deletable()  # RunError if any were foreign or held a foreign name
+        assert status == "finished" or not run.is_legacy(), run.path  # (a run training here now is marked)
+    assert sum(r.is_legacy() for r in committed) >= 200, "the committed runs were made before the marker"
+    # A legacy run copied elsewhere gets a marker (and its source none).
+    old = _finished_run(tmp_path / "a" / "old", marked=False)
+    dst = StudyDir(tmp_path / "b").run(old.name)
+    dst.path.mkdir(parents=True)
+    old.copy_to(dst)
+    assert dst.status() == "finished" and not dst.is_legacy() and old.is_legacy()
+    # A legacy config needs the fields every ftstudy has written: one field short is foreign.
+    record = old.record()
+    del record["config"]["train"]["steps"]
+    old.config_file.write_text(json.dumps(record))
+    assert old.status() == "foreign"
+
+
+def test_nothing_is_written_or_deleted_through_a_link(tmp_path: Path, capsys) -> None:
+    """The audit's case: a symlink in one --out pointing at a run emptied that run."""
+    from ftstudy.run.train import main
+
+    target = _finished_run(tmp_path / "a" / "r")
+    before = _tree(target.path)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "r").symlink_to(target.path, target_is_directory=True)
+    linked = RunDir(tmp_path / "b" / "r")
+    assert linked.status() == "finished" and linked.summary() == {"step": 1}  # reading through it is fine
+    with pytest.raises(RunError, match=r"run folder .*/b/r is a symbolic link \(to .*/a/r\)"):
+        linked.delete()
+    with pytest.raises(RunError, match="is a symbolic link"), linked.lock():
+        pass
+    for extra in (["--overwrite"], []):
+        assert main([*_TRAIN_TINY, "--out", str(tmp_path / "b"), "--name", "r", *extra]) == 3
+        err = capsys.readouterr().err
+        assert f"run folder {tmp_path / 'b' / 'r'} is a symbolic link" in err and err.count("\n") == 1
+    # An --out that is a link: refused by name too, before anything is written.
+    (tmp_path / "out").symlink_to(tmp_path / "a", target_is_directory=True)
+    assert main([*_TRAIN_TINY, "--out", str(tmp_path / "out"), "--name", "r", "--overwrite"]) == 3
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'out'} is a symbolic link (to {tmp_path / 'a'})" in err and err.count("\n") == 1
+    assert main([*_TRAIN_TINY, "--out", str(tmp_path / "out"), "--name", "new"]) == 3
+    assert "is a symbolic link" in capsys.readouterr().err
+    assert _tree(target.path) == before and sorted(p.name for p in (tmp_path / "a").iterdir()) == ["r"]
+    # A copy into a linked run folder is refused as well.
+    with pytest.raises(RunError, match="is a symbolic link"):
+        target.copy_to(RunDir(tmp_path / "b" / "r"))
+    assert _tree(target.path) == before
+
+
 def test_one_csv_writer(tmp_path: Path) -> None:
     table = CsvTable(tmp_path / "t.csv", [{"a": 1, "b": None}, {"b": True, "c": 0.1}])
     table.write()

@@ -156,8 +156,13 @@ def test_overwrite_and_started_dirs(tmp_path: Path) -> None:
     (run_dir / "stray.txt").write_text("?")
     with pytest.raises(RunError, match="--overwrite"):
         train(tiny_cfg(steps=5, n_generate=0), run_dir, progress=False)
+    # --overwrite deletes only the names ftstudy writes: a foreign file is listed, nothing deleted
+    with pytest.raises(RunError, match=r"holds 1 name\(s\) ftstudy does not write \(stray.txt\)"):
+        train(tiny_cfg(steps=5, n_generate=0), run_dir, overwrite=True, progress=False)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "stray.txt"]
+    (run_dir / "stray.txt").unlink()
     summary = train(tiny_cfg(steps=5, n_generate=0), run_dir, overwrite=True, progress=False)
-    assert summary["step"] == 5 and not (run_dir / "stray.txt").exists()
+    assert summary["step"] == 5 and (run_dir / ".ftstudy-run").exists()
     assert not (run_dir / ".ftstudy.lock").exists()  # the run's lock, let go at its end
 
 

@@ -12,7 +12,10 @@ timestamp) under ``results/runs/``::
 
 Rerunning the same command never overwrites: a finished run is reported and skipped, an
 interrupted one resumes from ``ckpt/last.ckpt``; ``--overwrite`` starts over, and deletes
-only a folder that holds an ftstudy ``config.json`` (anything else is refused, untouched).
+only the names ftstudy writes, in a folder ftstudy made (its marker ``.ftstudy-run``, or, for
+a run made before markers, a complete ftstudy ``config.json``): a folder that is not a run,
+or that holds anything else, is refused with those names listed and left untouched.  A run
+folder, or an ``--out``, that is a symbolic link is refused before anything is written.
 Every file is written atomically, only by rank 0, which holds the run folder's lock
 (``.ftstudy.lock``) for the whole run: a second process on the same folder is refused with
 the holder's pid, or waits with ``--wait``.
@@ -296,7 +299,13 @@ def train(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, wait: bool 
         # (it launches us, or starts with us and waits for us at the first collective).
         status = "interrupted" if folder.last_ckpt.exists() else "new"
         return _fit(cfg, run_dir, status, argv, progress, launcher, extra_callbacks)
-    folder.check_ours()  # before the lock: not even a lock file goes into a folder that is not ours
+    # Before the lock: not even a lock file goes into a folder that is not ours, nor through a
+    # link; and --overwrite is refused before anything is deleted when it could not delete all.
+    folder.check_not_linked()
+    if overwrite:
+        folder.check_deletable()
+    else:
+        folder.check_ours()
     with folder.lock(wait=wait):
         if overwrite:
             folder.delete(locked=True)
@@ -496,7 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=DEFAULT_RESULTS, help="parent folder of run directories")
     p.add_argument("--name", default=None, help="run directory name (default: deterministic from the config)")
     p.add_argument("--overwrite", action="store_true",
-                   help="delete an existing run directory (only one with an ftstudy config.json) and start over")
+                   help="delete an existing run directory and start over (only the files ftstudy writes, in a run "
+                        "folder ftstudy made; refused, untouched, if it holds anything else)")
     p.add_argument("--wait", action="store_true",
                    help="if another process is writing the run directory, wait for it rather than fail")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

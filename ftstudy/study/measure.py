@@ -30,7 +30,7 @@ import torch
 from ftstudy.core.checkpoint import load_model
 from ftstudy.core.config import RunConfig
 from ftstudy.core.model import FreeTransformer
-from ftstudy.io import RunDir, RunError, atomic_write_text, clear_folder
+from ftstudy.io import RunDir, RunError, atomic_write_text
 from ftstudy.run.train import finite_or_none, saved_config, train
 from ftstudy.study.protocols import Protocol
 from ftstudy.tasks import agreement, synthetic
@@ -107,7 +107,9 @@ def ensure_model(run_dir: Path, *, wait: bool = False, rel: float = 1e-6) -> str
                            f"({len(diffs)} figures differ beyond a relative {rel:g}, e.g. {diffs[0]}); its model "
                            f"is left in {scratch.path} and nothing is measured")
         scratch.model_file.replace(folder.model_file)
-        clear_folder(scratch.path)  # made above by train(), a run folder of ours
+        # Made above by train(): a run folder of ours, emptied of the names ftstudy writes
+        # (RunError, and nothing deleted, if anything else turned up in it).
+        scratch.delete(wait=wait)
         scratch.path.rmdir()
         how = "retrained"
     return how

@@ -33,13 +33,23 @@ Output folder (the format :class:`TokenDataModule` reads, whoever wrote it)::
     val-00000.bin …
     tokenizer.json           (BPE or user tokenizer only)
     sources.jsonl            every input document: source, path, sha256, bytes, split
+    .ftstudy-shards          the marker: ftstudy made this folder (one JSON line: kind
+                             "ftstudy-shards", version, the command)
 
 A document goes to validation when the SHA-256 of its name falls in the ``--val-percent``
 class, so the split never depends on file order and never cuts a document in two.  The
 folder is written under a temporary name and renamed when complete: an interrupted
-``prepare`` leaves nothing that looks finished, and a finished one is not redone.
-``--overwrite`` replaces only a folder that holds an ftstudy ``manifest.json``; any other
-non-empty folder is refused and left untouched.
+``prepare`` leaves nothing that looks finished, and a finished one is not redone.  The
+folder gets the usual permissions (``0777`` less the umask), not the temporary folder's 0700.
+
+``--overwrite`` replaces only a folder ftstudy made: one with the marker, or, made before
+markers, one with an ftstudy ``manifest.json``; and it deletes only the names above: a
+folder holding anything else (an extra file, a folder, a link) is refused with those names
+listed, and nothing in it is deleted.  An ``--out`` that is a symbolic link is refused.
+
+A corpus too small to train on is refused here, not at ``train``: no documents, no text in
+any, a training split without one window of ``--min-seq-len`` + 1 tokens, or (with
+``--val-percent`` above 0) a validation split without one.
 """
 
 from __future__ import annotations
@@ -68,6 +78,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
+from ftstudy.io import clear_folder, foreign_entries, marker_state, owned_entry, refuse_link, write_marker
 from ftstudy.tasks import distributed_rank_world
 
 __all__ = ["FORMAT", "EOT", "ByteTokenizer", "FileTokenizer", "tokenizer_from_spec", "DataError", "Document",
@@ -76,6 +87,18 @@ __all__ = ["FORMAT", "EOT", "ByteTokenizer", "FileTokenizer", "tokenizer_from_sp
 
 FORMAT = "ftstudy-shards"
 FORMAT_VERSION = 1
+#: The marker file of a shard folder ftstudy made (ftstudy.io.write_marker; its kind is FORMAT).
+SHARDS_MARKER = ".ftstudy-shards"
+MANIFEST = "manifest.json"
+#: The names ftstudy writes in a shard folder (and the only ones --overwrite deletes), with the shards.
+OWN_FILES = (MANIFEST, "tokenizer.json", "sources.jsonl", SHARDS_MARKER)
+#: What a shard folder made before markers holds in its manifest.json (every prepare wrote
+#: them), and a foreign manifest that merely says format "ftstudy-shards" does not.
+LEGACY_MANIFEST_KEYS = ("format", "format_version", "dtype", "vocab_size", "eot_id", "tokenizer", "splits",
+                        "sources_sha256", "command")
+#: The shortest training sequence a prepared folder must hold one window of (the max_seq_len of
+#: tokens-tiny, the smallest token preset); --min-seq-len sets another.
+MIN_SEQ_LEN = 32
 EOT = "<|endoftext|>"
 PAD = "<|pad|>"
 SYMPY_VERSION = "1.14.0"  # the version constraints.txt pins (torch depends on it)
@@ -391,20 +414,92 @@ def is_shard_folder(folder: Path | str) -> bool:
 
 def _manifest_json(folder: Path) -> dict[str, Any] | None:
     try:
-        m = json.loads((folder / "manifest.json").read_text())
+        m = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
     return m if isinstance(m, dict) and m.get("format") == FORMAT else None
 
 
-def _check_replaceable(out: Path) -> None:
-    """DataError unless ``out`` is missing, an empty folder or an ftstudy shard folder."""
+def _is_shard_name(name: str) -> bool:
+    split, dash, rest = name.partition("-")
+    return split in ("train", "val") and bool(dash) and rest.endswith(".bin") and rest[:-4].isdigit() \
+        and len(rest) >= 9
+
+
+def _owns(entry: Path) -> bool:
+    """Whether ``entry``, a name at the top of a shard folder, is one ftstudy writes there."""
+    return owned_entry(entry, OWN_FILES, match=_is_shard_name)
+
+
+def _made_by_ftstudy(folder: Path) -> bool:
+    """A shard folder ftstudy made: its marker, or, without one (a legacy folder, made before
+    markers), a complete ftstudy manifest.json (:data:`LEGACY_MANIFEST_KEYS`).  A marker of
+    another kind, or unreadable, marks nothing."""
+    marker = marker_state(folder, SHARDS_MARKER, FORMAT)
+    if marker != "absent":
+        return marker == "ours"
+    m = _manifest_json(folder)
+    return m is not None and all(k in m for k in LEGACY_MANIFEST_KEYS)
+
+
+def _check_out(out: Path) -> None:
+    """DataError unless ``out`` is missing, an empty folder or a folder ftstudy made; never a link."""
+    refuse_link(out, "--out", DataError)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} exists and is not a folder; pick another --out")
-    if out.is_dir() and any(out.iterdir()) and not is_shard_folder(out):
-        raise DataError(f"{out} is not empty and is not an ftstudy shard folder (no manifest.json of format "
-                        f"{FORMAT!r}); ftstudy neither writes into nor deletes it (--overwrite included): "
-                        f"pick another --out")
+    if out.is_dir() and any(out.iterdir()) and not _made_by_ftstudy(out):
+        raise DataError(f"{out} is not empty and is not an ftstudy shard folder (neither ftstudy's marker "
+                        f"{SHARDS_MARKER} nor a manifest.json of format {FORMAT!r}); ftstudy neither writes into "
+                        f"nor deletes it (--overwrite included): pick another --out")
+
+
+def _check_replaceable(out: Path) -> None:
+    """DataError unless ``out`` is missing, empty, or a folder ftstudy made that holds only
+    names it writes (the others are listed: --overwrite deletes nothing then)."""
+    _check_out(out)
+    foreign = foreign_entries(out, _owns) if out.is_dir() else []
+    if foreign:
+        shown = ", ".join(foreign[:8]) + (f" and {len(foreign) - 8} more" if len(foreign) > 8 else "")
+        raise DataError(f"--out {out} holds {len(foreign)} name(s) ftstudy does not write in a shard folder "
+                        f"({shown}); ftstudy deletes only its own files, so nothing was deleted (--overwrite "
+                        f"included): move them out, or pick another --out")
+
+
+def _umask() -> int:
+    """The process's umask: read from /proc where there is one (no window with another mask
+    set), else set and put back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _inputs(docs: Sequence[Document]) -> str:
+    """The corpus's inputs as an error names them: its first documents (source and name)."""
+    shown = ", ".join(f"{d.source} {d.path}" for d in docs[:3])
+    return shown + (f" and {len(docs) - 3} more" if len(docs) > 3 else "")
+
+
+def _check_size(docs: Sequence[Document], splits: dict[str, Any], val_percent: float, min_seq_len: int) -> None:
+    """DataError when the prepared splits cannot train a model of ``min_seq_len`` tokens: the
+    training split needs more than one window of ``min_seq_len + 1`` tokens, the validation
+    split (unless ``val_percent`` is 0) one window (the rules of :class:`TokenDataModule`)."""
+    window = min_seq_len + 1
+    train, val = splits["train"], splits["val"]
+    if train["tokens"] <= window:
+        raise DataError(f"the corpus ({_inputs(docs)}) is too small: its training split holds {train['tokens']} "
+                        f"tokens in {train['documents']} document(s), and training needs more than one window of "
+                        f"{window} (--min-seq-len {min_seq_len} + 1); add text, or lower --min-seq-len")
+    if val_percent > 0 and val["tokens"] < window:
+        raise DataError(f"the corpus ({_inputs(docs)}) is too small for --val-percent {val_percent:g}: its "
+                        f"validation split holds {val['tokens']} tokens in {val['documents']} document(s), fewer "
+                        f"than one window of {window} (--min-seq-len {min_seq_len} + 1); whole documents go to one "
+                        f"split: add documents or raise --val-percent")
 
 
 def _load_tokenizer(tokenizer: str, docs: list[Document], split: list[str],
@@ -451,24 +546,40 @@ def _read_documents(documents: Iterable[Document | Undecodable], strict: bool,
 def prepare(documents: Iterable[Document | Undecodable], out: Path, tokenizer: str = "byte", *,
             bpe_vocab: int = 4096, val_percent: float = 1.0, shard_tokens: int = SHARD_TOKENS,
             overwrite: bool = False, strict: bool = False, command: str = "",
-            description: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
-    """Tokenize documents into ``out`` (see the module docstring); returns the manifest."""
+            description: dict[str, Any] | None = None, progress: bool = True,
+            min_seq_len: int = MIN_SEQ_LEN) -> dict[str, Any]:
+    """Tokenize documents into ``out`` (see the module docstring); returns the manifest.
+
+    ``min_seq_len``: the shortest training sequence the folder must hold a window of (a
+    smaller corpus is refused here rather than at ``train``)."""
     out = Path(out)
     if not 0 <= val_percent < 100:
         raise DataError(f"val_percent = {val_percent} is not allowed: 0 <= val_percent < 100")
-    _check_replaceable(out)
-    if is_shard_folder(out) and not overwrite:
+    if min_seq_len < 1:
+        raise DataError(f"--min-seq-len = {min_seq_len} is not allowed: a positive integer")
+    refuse_link(out, "--out", DataError)
+    if is_shard_folder(out) and not overwrite:  # reads only
         print(f"[ftstudy.tasks.corpus] {out} is already prepared; pass --overwrite to rebuild it")
         return read_manifest(out)
+    _check_out(out)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise DataError(f"{out} holds an unfinished ftstudy shard folder (no {MANIFEST}); pass --overwrite "
+                        f"to rebuild it")
+    _check_replaceable(out)  # before any work: --overwrite that could not delete all is refused now
     docs, skipped = _read_documents(documents, strict, progress)
     if not docs:
-        raise DataError("the corpus has no documents")
+        corpus = (description or {}).get("corpus")
+        raise DataError(f"the corpus{f' {corpus!r}' if corpus else ''} has no documents; nothing to prepare")
+    if not any(d.text for d in docs):
+        raise DataError(f"the corpus holds no text: its {len(docs)} document(s) are all empty ({_inputs(docs)})")
     split = [_split_of(d, val_percent) for d in docs]
     tok, spec = _load_tokenizer(tokenizer, docs, split, bpe_vocab)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp{os.getpid()}-", dir=out.parent))
     try:
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private (0700); a shard folder is meant to be shared
         manifest = _write_shards(docs, split, tok, spec, tmp, shard_tokens, progress)
+        _check_size(docs, manifest["splits"], val_percent, min_seq_len)
         manifest.update(val_percent=val_percent, python=sys.version.split()[0], description=description or {},
                         command=command)
         if skipped:
@@ -476,11 +587,18 @@ def prepare(documents: Iterable[Document | Undecodable], out: Path, tokenizer: s
                 "count": len(skipped),
                 "examples": [{"source": d.source, "path": d.path, "reason": d.reason}
                              for d in skipped[:MAX_SKIPPED_EXAMPLES]]}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        write_marker(tmp, SHARDS_MARKER, FORMAT, command or None)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         _check_replaceable(out)  # again: the folder may have changed while we tokenized
         if out.exists():
-            shutil.rmtree(out)  # empty, or an ftstudy shard folder (checked just above)
-        os.replace(tmp, out)
+            # Only the names ftstudy writes (the manifest first, the marker last), all or none.
+            clear_folder(out, _owns, what="--out", error=DataError, first=(MANIFEST,), last=(SHARDS_MARKER,),
+                         hint="move them out, or pick another --out")
+        try:
+            os.replace(tmp, out)  # onto a missing or an empty folder only
+        except OSError as e:
+            raise DataError(f"cannot move the prepared shards into --out {out}: {e.strerror} (did something "
+                            f"appear in it meanwhile?); pick another --out") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # made above by this process, never anyone else's
         raise
@@ -520,19 +638,22 @@ def _write_shards(docs: list[Document], split: list[str], tok: ByteTokenizer | F
 
 def read_manifest(folder: Path | str) -> dict[str, Any]:
     folder = Path(folder)
-    path = folder / "manifest.json"
+    path = folder / MANIFEST
     if not path.is_file():
         raise DataError(f"{folder} has no manifest.json: not a prepared shard folder "
                         f"(make one with `python -m ftstudy.data prepare ... --out {folder}`)")
     m = _manifest_json(folder)
     if m is None:
         raise DataError(f"{path} is not an ftstudy shard manifest (JSON with format {FORMAT!r})")
-    for s in ("train", "val"):
-        for sh in m["splits"][s]["shards"]:
-            f = folder / sh["file"]
-            size = np.dtype(m["dtype"]).itemsize * sh["tokens"]
-            if not f.is_file() or f.stat().st_size != size:
-                raise DataError(f"shard {f} is missing or not {size} bytes as the manifest says")
+    try:
+        shards = [(folder / sh["file"], np.dtype(m["dtype"]).itemsize * sh["tokens"])
+                  for s in ("train", "val") for sh in m["splits"][s]["shards"]]
+    except (KeyError, TypeError, ValueError) as e:  # a manifest that only says the format
+        raise DataError(f"{path} is not a complete ftstudy shard manifest ({type(e).__name__} {e} reading its "
+                        f"splits, shards and dtype); prepare the folder again") from e
+    for f, size in shards:
+        if not f.is_file() or f.stat().st_size != size:
+            raise DataError(f"shard {f} is missing or not {size} bytes as the manifest says")
     return m
 
 
@@ -686,7 +807,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0, help="seed of the generated math")
     q.add_argument("--shard-tokens", type=int, default=SHARD_TOKENS)
     q.add_argument("--overwrite", action="store_true",
-                   help="rebuild an existing shard folder (only one with an ftstudy manifest.json)")
+                   help="rebuild an existing shard folder (only one ftstudy made, and only if it holds nothing "
+                        "but the files ftstudy writes)")
+    q.add_argument("--min-seq-len", type=int, default=MIN_SEQ_LEN,
+                   help=f"the shortest training sequence (model max_seq_len) the corpus must hold one window of, "
+                        f"in each split (default {MIN_SEQ_LEN}); a smaller corpus is refused")
     q.add_argument("--strict", action="store_true",
                    help="refuse input files that are not UTF-8 text (default: skip them, counted in the manifest)")
     q.add_argument("--no-progress", action="store_true")
@@ -725,7 +850,7 @@ def main(argv: list[str] | None = None) -> int:
         m = prepare(_gather(args.corpus, args), args.out, args.tokenizer, bpe_vocab=args.bpe_vocab,
                     val_percent=args.val_percent, shard_tokens=args.shard_tokens, overwrite=args.overwrite,
                     strict=args.strict, command="python -m ftstudy.data " + shlex.join(argv), description=desc,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, min_seq_len=args.min_seq_len)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,6 +1,6 @@
 """Route choice with dead-end decoys: a decision benchmark where look-ahead is needed.
 
-The prompt gives a graph on 12–17 letter nodes as adjacency lists (``Graph: A:BC B:AD ...``)
+The prompt gives a graph on 12–17 letter nodes as adjacency lists (``Graph: Abc Bad ...``)
 and asks for a route from a start to an end node (``Route from A to D:``); the answer is the
 route's letters (`` A B D``); any simple path along the graph's edges is a valid answer.  The graph is built so
 that a model must *decide* and must *look ahead*:
@@ -113,13 +113,16 @@ def _build(rng: random.Random, condition: str) -> tuple[list[tuple[str, str]], s
 
 
 def adjacency_text(edges: list[tuple[str, str]], rng: random.Random) -> str:
-    """The graph as adjacency lists, ``"A:BC D:A ..."``: every node once, in random order, each
-    followed by its neighbours in random order (so every edge is listed from both ends).
+    """The graph as adjacency lists, ``"Abc Da ..."``: every node once, in random order, as its
+    capital letter followed by its neighbours in small letters, in random order (so every edge
+    is listed from both ends).
 
-    Adjacency lists, not an edge list: one step of a route is then one look-up (find ``X:``
-    and copy a letter after it), a skill a small model learns, so that what the task measures
-    is the decision and the look-ahead rather than parsing an edge list in both orientations
-    (the v1 path task's models never learned to read their edge lists)."""
+    Adjacency lists, and a node written in capitals only where its list starts: one step of a
+    route is one look-up (find the capital the route has just reached, copy a small letter
+    after it, as a capital), the pattern an induction head learns, so that what the task
+    measures is the decision and the look-ahead rather than parsing.  The first version (an
+    edge list ``A-B``, then ``A:BC`` lists) was not learned by the calibration baselines
+    within 3,000 steps (per-step edge validity 0.15; ``results/benchmarks/decide/calibration``)."""
     adj: dict[str, list[str]] = {}
     for a, b in edges:
         adj.setdefault(a, []).append(b)
@@ -128,7 +131,7 @@ def adjacency_text(edges: list[tuple[str, str]], rng: random.Random) -> str:
     rng.shuffle(nodes)
     for v in nodes:
         rng.shuffle(adj[v])
-    return " ".join(f"{v}:{''.join(adj[v])}" for v in nodes)
+    return " ".join(v + "".join(adj[v]).lower() for v in nodes)
 
 
 def draw(condition: str, rng: random.Random, split: str) -> RouteProblem:
