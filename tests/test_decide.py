@@ -213,6 +213,9 @@ def test_report_gates_tests_and_verdicts(tmp_path: Path) -> None:
     assert main["comparisons"]["matched (L=5) vs baseline"]["verdict"] in ("inconclusive",) or \
         main["comparisons"]["matched (L=5) vs baseline"]["verdict"].startswith("no effect within ±")
     assert "in_range" not in rep["tasks"]["route_two_routes"]["gate"], "control (a) is a ceiling control"
+    # creativity: gated on the valid rate (RULE.md, amendment 1), compared at its floor
+    assert rep["tasks"]["sibling"]["gate"] == {"learned": True, "passed": True}
+    assert decide.creative_valid_rates("sibling")["memorizer"] == 1.0
     one = rep["tasks"]["route_one_route"]
     assert one["gate"]["reads_graph"] is False and not one["gate"]["passed"]
     assert all(v["verdict"].startswith("not gated") for v in one["comparisons"].values())

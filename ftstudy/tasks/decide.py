@@ -35,6 +35,7 @@ from ftstudy.tasks import creativity, routegen
 
 __all__ = ["ROUTE_TASKS", "CREATIVE_TASKS", "TASKS", "MIX", "N_ROUTE", "N_CREATIVE_DOCS", "REPEATS", "PREFIX_LEN",
            "seed_prefix", "training_documents", "eval_rows", "route_scores", "creative_scores", "baselines",
+           "creative_valid_rates",
            "task_of"]
 
 ROUTE_TASKS = tuple(f"route_{c}" for c in routegen.CONDITIONS)
@@ -142,3 +143,13 @@ def baselines(task: str) -> dict[str, float]:
         return {"blind": routegen.blind_rate(probs), "walker": routegen.walker_rate(probs)}
     rates = creativity.baseline_rates(task, n=REPEATS)
     return {name: rates[name]["creativity"] for name in ("blind", "memorizer", "myopic", "oracle")}
+
+
+def creative_valid_rates(task: str) -> dict[str, float]:
+    """The valid rate of each reference strategy of a creativity task (blind, memoriser,
+    myopic, oracle): what its gate compares a baseline's valid rate with."""
+    task = task_of(task)
+    if task not in CREATIVE_TASKS:
+        raise ValueError(f"{task!r} is not a creativity task; allowed: {list(CREATIVE_TASKS)}")
+    rates = creativity.baseline_rates(task)
+    return {name: rates[name]["valid_rate"] for name in ("blind", "memorizer", "myopic", "oracle")}
