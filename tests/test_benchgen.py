@@ -18,15 +18,12 @@ from ftstudy.tasks import benchgen
 SANDBOX = execution.sandbox_problem() is None
 
 
-def _trusted_run(program: str, tests: str) -> bool:
-    """Runs *our own* reference programs in-process (never a model's output)."""
+def _trusted_run(program: str, entry_point: str, cases: list) -> bool:
+    """Runs *our own* reference programs in-process (never a model's output), comparing as the
+    sandbox's verdict does: exact type-aware equality."""
     namespace: dict = {}
-    try:
-        exec(compile(program, "<reference>", "exec"), namespace)  # noqa: S102 - generator's own code
-        exec(compile(tests, "<tests>", "exec"), namespace)  # noqa: S102
-    except AssertionError:
-        return False
-    return True
+    exec(compile(program, "<reference>", "exec"), namespace)  # noqa: S102 - generator's own code
+    return all(benchgen.same_output(namespace[entry_point](*args), want) for args, want in cases)
 
 
 @pytest.mark.parametrize("family", benchgen.FAMILIES)
@@ -80,8 +77,9 @@ def test_every_equivalent_body_passes(template: benchgen.CodeTemplate) -> None:
         fill = {**names, **dict(zip(template.consts, consts))}
         for body in template.bodies:
             program = benchgen.code_program(p.prompt, "    return " + body.format(**fill))
-            assert _trusted_run(program, p.meta["tests"]), (template.name, body)
-        assert not _trusted_run(benchgen.code_program(p.prompt, "    return None"), p.meta["tests"])
+            assert _trusted_run(program, p.meta["entry_point"], benchgen.code_cases(p.meta)), (template.name, body)
+        assert not _trusted_run(benchgen.code_program(p.prompt, "    return None"), p.meta["entry_point"],
+                                benchgen.code_cases(p.meta))
 
 
 def test_checkers_reject_wrong_answers() -> None:
@@ -195,9 +193,9 @@ def test_no_trivial_body_passes_a_held_out_code_problem() -> None:
     assert benchgen.trivial_pass_rate(evals[:10], run_code=_trusted_run_any)["trivial_any"] == 0.0
 
 
-def _trusted_run_any(program: str, tests: str) -> bool:
+def _trusted_run_any(program: str, entry_point: str, cases: list) -> bool:
     try:
-        return _trusted_run(program, tests)
+        return _trusted_run(program, entry_point, cases)
     except Exception:  # noqa: BLE001 - a wrong body may raise anything
         return False
 
@@ -245,6 +243,25 @@ def test_code_hidden_tests_have_boundary_inputs() -> None:
     assert "([]) == 0" in p.meta["tests"] and "([5]) == 0" in p.meta["tests"] and "([5, 6, 4]) == 1" in p.meta["tests"]
     p = benchgen._code_make(benchgen._CODE_BY_NAME["maxk"], {"k": 5}, random.Random(0))
     assert "([]) ==" not in p.meta["tests"]  # max of nothing: outside the docstring
+    assert all(args[0] for args, _ in benchgen.code_cases(p.meta))  # no empty list among the cases either
+
+
+def test_code_cases_are_the_displayed_tests_as_plain_data() -> None:
+    """Scoring reads ``cases`` (JSON: arguments and expected output); ``tests`` shows the same
+    cases as asserts. Bools stay bools and ints ints, so the exact comparison can tell them apart."""
+    p = benchgen._code_make(benchgen._CODE_BY_NAME["gt"], {"k": 17}, random.Random(0))
+    cases = benchgen.code_cases(p.meta)
+    assert ((18,), True) in cases and all(type(want) is bool for _, want in cases)
+    f = p.meta["entry_point"]
+    assert p.meta["tests"] == "".join(f"assert {f}({', '.join(map(repr, a))}) == {w!r}\n" for a, w in cases)
+    row = benchgen.eval_row(p, 0)
+    assert isinstance(row["cases"], str) and benchgen.code_cases(row) == cases  # a flat string in the row
+    assert benchgen.same_output([1, 2], [1, 2]) and not benchgen.same_output(True, 1)
+    assert not benchgen.same_output([1], [1.0]) and not benchgen.same_output((1,), [1])
+    with pytest.raises(ValueError, match="no 'cases' field"):
+        benchgen.code_cases({"id": "code-0", "tests": "assert f(1) == 2\n"})
+    with pytest.raises(ValueError, match="pairs"):
+        benchgen.code_cases({"cases": "[1, 2]"})
 
 
 def test_gsm_templates_are_balanced() -> None:

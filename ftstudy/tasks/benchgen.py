@@ -6,9 +6,13 @@ held-out evaluation split that never overlap:
 
 - ``code``: MBPP-like function synthesis.  The prompt is a signature and a docstring
   (``def f(x):\\n    \"\"\"Return x plus 3.\"\"\"\\n``), the answer a one-line body.  Hidden
-  unit tests (four to six asserts: boundary inputs, such as ``k - 1``, ``k``, ``k + 1``, 0, a
-  negative number, the empty and one-element lists, then random ones drawn from the problem's
-  key) decide a pass, run in the sandbox of :mod:`ftstudy.eval.suite.execution`.  No trivial
+  tests (four to six *cases*, (arguments, expected output) pairs of plain JSON values: boundary
+  inputs, such as ``k - 1``, ``k``, ``k + 1``, 0, a negative number, the empty and one-element
+  lists, then random ones drawn from the problem's key) decide a pass: the sandbox of
+  :mod:`ftstudy.eval.suite.execution` calls the completed function on the arguments only, and
+  its outputs are compared with the expected ones outside it, with exact type-aware equality
+  (``True`` is not ``1``; every output is an int, a bool or a list of ints, so no tolerance is
+  needed).  An object that claims to equal anything never leaves the sandbox.  No trivial
   body (a constant, the argument, ``len(xs)``, ...), wrong constant or near miss
   (:func:`trivial_bodies`) passes any problem: the code task's blind baseline
   (:func:`trivial_pass_rate`) is 0.  Many templates accept several
@@ -43,9 +47,9 @@ from __future__ import annotations
 
 import ast
 import collections
-import functools
 import hashlib
 import itertools
+import json
 import random
 import re
 from collections.abc import Callable, Iterator
@@ -58,6 +62,7 @@ __all__ = ["FAMILIES", "HELDOUT_MOD", "MIX", "ARITH_KINDS", "CODE_TEMPLATES", "G
            "NEAR_CONSTANT", "Problem", "heldout", "in_heldout_class", "draw", "eval_problems", "training_documents",
            "document", "code_program", "gsm_answer", "path_valid", "simple_paths", "path_answer", "path_blind_rate", "arith_answer",
            "score_text", "canonical_output", "canonical_program", "eval_row", "trivial_bodies", "trivial_pass_rate",
+           "code_cases", "same_output", "RunCode",
            "gsm_answer_distribution", "gsm_chance_floors"]
 
 FAMILIES = ("code", "arith", "gsm", "path")
@@ -74,7 +79,7 @@ ARITH_KINDS = ("2d1a", "2da", "3da")
 class Problem:
     """One problem: ``prompt`` is what the model is given, ``answer`` a reference completion
     (one of possibly many valid ones); ``key`` decides the split; ``meta`` is what a checker
-    needs (tests, graph, target number)."""
+    needs (cases, graph, target number)."""
 
     family: str
     key: str
@@ -234,14 +239,30 @@ def _code_make(t: CodeTemplate, consts: dict[str, int], rng: random.Random) -> P
     doc = t.doc.format(**fill)
     prompt = f'def {fname}({params}):\n    """{doc}"""\n'
     body = "    return " + rng.choice(t.bodies).format(**fill) + "\n"
-    # Tests depend only on the key, so every wording of a problem has the same hidden tests.
+    # Cases depend only on the key, so every wording of a problem has the same hidden tests.
     trng = random.Random(key)
-    tests = []
-    for args in _code_inputs(t, trng, consts[t.consts[0]]):
-        want = t.ref(*args, *(consts[c] for c in t.consts))
-        tests.append(f"assert {fname}({', '.join(repr(a) for a in args)}) == {want!r}")
-    return Problem("code", key, prompt, body, {"entry_point": fname, "tests": "\n".join(tests) + "\n",
+    cases = [[list(args), t.ref(*args, *(consts[c] for c in t.consts))]
+             for args in _code_inputs(t, trng, consts[t.consts[0]])]
+    # "cases" (JSON text: rows stay flat strings for lm-eval's Arrow loader) is what scoring uses;
+    # "tests" shows the same cases as asserts, for readers only.
+    tests = "".join(f"assert {fname}({', '.join(map(repr, args))}) == {want!r}\n" for args, want in cases)
+    return Problem("code", key, prompt, body, {"entry_point": fname, "cases": json.dumps(cases), "tests": tests,
                                                "template": t.name})
+
+
+def code_cases(row: dict[str, Any]) -> list[tuple[tuple[Any, ...], Any]]:
+    """The hidden tests of a code row (or a code problem's ``meta``): ``(arguments, expected
+    output)`` pairs of plain JSON values, parsed from its ``cases`` field."""
+    text = row.get("cases")
+    if not isinstance(text, str):
+        raise ValueError(f"code row {row.get('id', row.get('entry_point', '?'))!r} has no 'cases' field (a task "
+                         f"folder from before issue 24?); rebuild it with `python -m ftstudy.eval.suite path`")
+    data = json.loads(text)
+    if not (isinstance(data, list) and data and all(isinstance(c, list) and len(c) == 2 and isinstance(c[0], list)
+                                                   for c in data)):
+        raise ValueError(f"'cases' must be a non-empty JSON list of [arguments list, expected output] pairs, "
+                         f"got {text[:100]!r}")
+    return [(tuple(args), want) for args, want in data]
 
 
 #: Bodies that ignore the specification: constants, an argument returned as it is, a
@@ -293,38 +314,50 @@ def trivial_bodies(p: Problem) -> dict[str, list[str]]:
     return {"trivial": list(dict.fromkeys(trivial)), "constant": constant, "near": [line(b) for b in t.near]}
 
 
-@functools.lru_cache(maxsize=256)
-def _compiled_tests(tests: str) -> Any:
-    return compile(tests, "<tests>", "exec")
+def same_output(a: Any, b: Any) -> bool:
+    """Exact type-aware equality of plain JSON values (``True`` is not ``1``, ``1.0`` is not
+    ``1``): what the sandbox's verdict checks for this task, for the in-process runs below."""
+    if type(a) is not type(b):
+        return False
+    if type(a) is list:
+        return len(a) == len(b) and all(map(same_output, a, b))
+    if type(a) is dict:
+        return a.keys() == b.keys() and all(same_output(a[k], b[k]) for k in a)
+    return a == b
 
 
-def _run_own_code(program: str, tests: str) -> bool:
+def _run_own_code(program: str, entry_point: str, cases: list[tuple[tuple[Any, ...], Any]]) -> bool:
     """Runs the generator's *own* programs in-process (the reference and the bodies of
     :func:`trivial_bodies`): never a model's output, which goes to the sandbox."""
     namespace: dict[str, Any] = {}
     try:
         exec(compile(program, "<benchgen>", "exec"), namespace)  # noqa: S102 - our own code, see the docstring
-        exec(_compiled_tests(tests), namespace)  # noqa: S102
+        fn = namespace[entry_point]
+        return all(same_output(fn(*args), want) for args, want in cases)
     except Exception:  # noqa: BLE001 - a wrong body may raise anything (ZeroDivisionError, IndexError, ...)
         return False
-    return True
 
 
-def trivial_pass_rate(problems: list[Problem], run_code: Callable[[str, str], bool] | None = None,
+#: How code is run for a verdict: ``run_code(program, entry_point, cases) -> passed``.
+RunCode = Callable[[str, str, list[tuple[tuple[Any, ...], Any]]], bool]
+
+
+def trivial_pass_rate(problems: list[Problem], run_code: RunCode | None = None,
                       kinds: tuple[str, ...] = ("trivial", "constant", "near")) -> dict[str, float]:
     """How often the bodies of :func:`trivial_bodies` pass the hidden tests of ``problems``
     (code problems): for each kind, ``kind`` is the share of (problem, body) pairs that pass (the
     pass@1 of a guesser drawing one such body at random: the *blind baseline* of the code task)
     and ``kind_any`` the share of problems that at least one body of the kind passes.
 
-    ``run_code(program, tests) -> passed`` defaults to running in-process, which is only
-    for these bodies: they are the generator's own code.  ``kinds`` picks the kinds reported."""
+    ``run_code(program, entry_point, cases) -> passed`` defaults to running in-process, which
+    is only for these bodies: they are the generator's own code.  ``kinds`` picks the kinds reported."""
     run = _run_own_code if run_code is None else run_code
     out: dict[str, float] = {}
     for kind in kinds:
         pairs = passed = anyp = 0
         for p in problems:
-            ok = [run(code_program(p.prompt, body), p.meta["tests"]) for body in trivial_bodies(p)[kind]]
+            cases = code_cases(p.meta)
+            ok = [run(code_program(p.prompt, body), p.meta["entry_point"], cases) for body in trivial_bodies(p)[kind]]
             pairs, passed, anyp = pairs + len(ok), passed + sum(ok), anyp + any(ok)
         out[kind] = passed / pairs if pairs else 0.0
         out[f"{kind}_any"] = anyp / len(problems) if problems else 0.0
@@ -694,15 +727,16 @@ def canonical_output(family: str, completion: str) -> str:
     return str(arith_answer(completion))
 
 
-def score_text(family: str, doc: dict[str, Any], completion: str,
-               run_code: Callable[[str, str], bool] | None = None) -> bool:
+def score_text(family: str, doc: dict[str, Any], completion: str, run_code: RunCode | None = None) -> bool:
     """Whether ``completion`` solves ``doc`` (an evaluation row, see the lm-eval builder).
 
-    Code needs ``run_code(program, tests) -> passed``: the sandbox, never called here on its own."""
+    Code needs ``run_code(program, entry_point, cases) -> passed`` (:func:`code_cases`): the
+    sandbox, which runs the program on the cases' arguments and compares the outputs outside
+    it; never called here on its own."""
     if family == "code":
         if run_code is None:
             raise ValueError("scoring code needs run_code (the sandbox of ftstudy.eval.suite.execution)")
-        return run_code(code_program(doc["prompt"], completion), doc["tests"])
+        return run_code(code_program(doc["prompt"], completion), doc["entry_point"], code_cases(doc))
     if family == "arith":
         return arith_answer(completion) == doc["target"]
     if family == "gsm":

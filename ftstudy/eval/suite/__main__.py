@@ -4,11 +4,12 @@
                                           ``--include_path "$(python -m ftstudy.eval.suite path)"``
 ``python -m ftstudy.eval.suite list``          our task and group names with the keys of their scores
 ``python -m ftstudy.eval.suite check FOLDER``  check that the data files of FOLDER's tasks exist
-``python -m ftstudy.eval.suite sandbox [--samples F ...] [--json OUT]``
+``python -m ftstudy.eval.suite sandbox [--samples F ...] [--json OUT] [--no-canonical]``
                                           check the code sandbox: its status, HumanEval's 164
                                           canonical solutions as completions (all must pass), and
-                                          the stored completions of ``ftstudy.eval.evaluate`` sample
-                                          files re-scored (compared with their stored pass@1)
+                                          the stored completions (``ftstudy_humaneval``,
+                                          ``ftstudy_bench_code``) of ``ftstudy.eval.evaluate``
+                                          sample files re-scored (compared with their stored pass@1)
 """
 
 from __future__ import annotations
@@ -22,47 +23,61 @@ from ftstudy.eval.suite.build import METRIC_KEYS, check_data_files, materialize,
 GROUP_ONLY = "(a group: see its tasks' scores)"
 
 
-def sandbox_check(samples: Sequence[str], workers: int = 4) -> dict:
-    """Run HumanEval's canonical solutions, and the stored completions of each samples file, in
-    the sandbox (refuses where there is none)."""
+def sandbox_check(samples: Sequence[str], workers: int = 4, canonical: bool = True) -> dict:
+    """Check the code sandbox (refuses where there is none): HumanEval's canonical solutions as
+    completions (unless ``canonical`` is False), then the stored completions of each samples file
+    re-scored by the same verdicts as lm-eval's ``process_results``: ``ftstudy_humaneval`` rows
+    (:func:`ftstudy.eval.suite.metrics.humaneval_check`) and ``ftstudy_bench_code`` rows (the
+    first stored sample of each problem, :func:`ftstudy.eval.suite.metrics.bench_scores`'s check,
+    against the current task folder's rows; the stored pass@1 is over all repeats)."""
     import json
+    import subprocess
     import time
     from concurrent.futures import ThreadPoolExecutor
     from pathlib import Path
 
     from ftstudy.eval.suite import execution, metrics
+    from ftstudy.tasks import benchgen
 
     execution.require_sandbox(False)
-    docs = {d["task_id"]: d for d in map(json.loads, (Path(materialize()) / "humaneval.test.jsonl").open())}
+    folder = Path(materialize())
 
-    def score(pairs: list[tuple[dict, str]]) -> list[bool]:
-        def one(pair: tuple[dict, str]) -> bool:
-            program, tests = metrics.humaneval_program(*pair)
-            return execution.run_program(program, execution.DEFAULT_TIMEOUT, tests=tests).passed
+    def rows(name: str) -> list[dict]:
+        return [json.loads(line) for line in (folder / name).open()]
+
+    docs = {d["task_id"]: d for d in rows("humaneval.test.jsonl")}
+    order = list(docs)
+    code_docs: list[dict] = []
+
+    def verdicts(one, items: list) -> list[bool]:
         with ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(one, pairs))
-
-    t0 = time.perf_counter()
-    canonical = score([(d, d["canonical_solution"]) for d in docs.values()])
-    import subprocess
+            return list(pool.map(one, items))
 
     version = subprocess.run([str(execution.bwrap_binary()), "--version"], capture_output=True, text=True).stdout
     report = {"bwrap": version.strip(), "timeout_s": execution.DEFAULT_TIMEOUT,
-              "canonical": {"passed": sum(canonical), "n": len(canonical),
-                            "failed": [t for t, ok in zip(docs, canonical) if not ok],
-                            "seconds": round(time.perf_counter() - t0, 1)},
-              "samples": []}
-    order = list(docs)
+              "humaneval_tests_apart": list(metrics.HUMANEVAL_TESTS_APART), "canonical": None, "samples": []}
+    if canonical:
+        t0 = time.perf_counter()
+        ok = verdicts(lambda d: metrics.humaneval_check(d, d["canonical_solution"]).passed, list(docs.values()))
+        report["canonical"] = {"passed": sum(ok), "n": len(ok), "failed": [t for t, good in zip(docs, ok) if not good],
+                               "seconds": round(time.perf_counter() - t0, 1)}
     for path in samples:
-        rows = json.loads(Path(path).read_text()).get("ftstudy_humaneval", [])
-        rows = [r for r in rows if isinstance(r.get("response"), str)]
-        if not rows:
-            continue
-        passed = score([(docs[order[r["doc_id"]]], r["response"]) for r in rows])
-        report["samples"].append({"file": str(path), "n": len(rows),
-                                  "stored_pass@1": sum(r["pass@1"] for r in rows) / max(len(rows), 1),
-                                  "sandbox_pass@1": sum(passed) / max(len(rows), 1),
-                                  "longest_response_chars": max(len(r["response"]) for r in rows)})
+        stored = json.loads(Path(path).read_text())
+        for task in ("ftstudy_humaneval", "ftstudy_bench_code"):
+            got = [r for r in stored.get(task, []) if isinstance(r.get("response"), str)]
+            if not got:
+                continue
+            if task == "ftstudy_humaneval":
+                ok = verdicts(lambda r: metrics.humaneval_check(docs[order[int(r["doc_id"])]], r["response"]).passed,
+                              got)
+            else:
+                code_docs = code_docs or rows("bench_code.test.jsonl")
+                ok = verdicts(lambda r: benchgen.score_text("code", code_docs[int(r["doc_id"])], r["response"],
+                                                            run_code=metrics._passes), got)
+            report["samples"].append({"file": str(path), "task": task, "n": len(got),
+                                      "stored_pass@1": sum(float(r.get("pass@1", 0)) for r in got) / len(got),
+                                      "sandbox_pass@1": sum(ok) / len(got),
+                                      "longest_response_chars": max(len(r["response"]) for r in got)})
     return report
 
 
@@ -79,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_box = sub.add_parser("sandbox", help="check the code sandbox on canonical and stored completions")
     p_box.add_argument("--samples", nargs="*", default=[], help="ftstudy.eval.evaluate *.samples.json files")
     p_box.add_argument("--json", default=None, help="write the report here")
+    p_box.add_argument("--no-canonical", action="store_true", help="skip HumanEval's 164 canonical solutions")
     args = parser.parse_args(None if argv is None else list(argv))
     if args.command == "path":
         print(materialize(args.out))
@@ -93,19 +109,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ftstudy.eval.suite.execution import SandboxUnavailable
 
         try:
-            report = sandbox_check(args.samples)
+            report = sandbox_check(args.samples, canonical=not args.no_canonical)
         except SandboxUnavailable as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         c = report["canonical"]
-        print(f"sandbox: {report['bwrap']}\ncanonical solutions: {c['passed']}/{c['n']} pass ({c['seconds']} s)")
-        for s in report["samples"]:
-            print(f"{s['file']}: {s['n']} completions, pass@1 stored {s['stored_pass@1']:.3f}, "
-                  f"in the sandbox {s['sandbox_pass@1']:.3f}")
+        print(f"sandbox: {report['bwrap']}")
+        if c is not None:
+            print(f"canonical solutions: {c['passed']}/{c['n']} pass ({c['seconds']} s)")
+        print(f"HumanEval problems whose tests run apart from the program: {len(report['humaneval_tests_apart'])} "
+              f"({', '.join(report['humaneval_tests_apart'])})")
+        for row in report["samples"]:
+            print(f"{row['file']} {row['task']}: {row['n']} completions, pass@1 stored {row['stored_pass@1']:.3f}, "
+                  f"in the sandbox {row['sandbox_pass@1']:.3f}")
         if args.json:
             atomic_write_text(args.json, json.dumps({"command": "python -m ftstudy.eval.suite " + " ".join(
                 sys.argv[1:] if argv is None else argv), **report}, indent=2) + "\n")
-        return 0 if c["passed"] == c["n"] else 1
+        return 0 if c is None or c["passed"] == c["n"] else 1
     else:
         check_data_files(args.folder)
         print(f"ok: {args.folder}")
