@@ -84,6 +84,10 @@ def test_scoring_by_hand() -> None:
     meta = {"condition": "main", "edges": ["AB", "BC", "CD", "AE", "EF", "FD", "AX", "XY"], "source": "A",
             "target": "D", "routes": ["A B C D", "A E F D"]}
     assert R.route_valid(meta, " A B C D\n") and R.route_of(meta, " A E F D\n") == 1
+    # the answer format: each node before the end with its copied neighbour list (not scored)
+    assert R.route_valid(meta, " A(bex) B(ac) C(bd) D\n") and R.route_valid(meta, " A(zz) B() C D\n")
+    assert R.answer_nodes(" A(be B D\n") == ("A(be", "B", "D") and not R.route_valid(meta, " A(be B C D\n")
+    assert not R.route_valid(meta, " A(BE) B C D\n") and not R.route_valid(meta, " Ab B C D\n")
     assert not R.route_valid(meta, " A X Y D\n") and R.edge_validity(meta, " A X Y D\n") == pytest.approx(2 / 3)
     assert not R.route_valid(meta, " A B A B C D\n")  # not simple
     assert R.edge_validity(meta, "A") is None and R.route_of(meta, " A C D\n") is None

@@ -77,7 +77,7 @@ CREATIVE_VALID_GATE = 0.5
 #: Tasks exempt from the [0.2, 0.8] gate: control (a), whose look-ahead-free walker scores 1.0.
 CEILING_CONTROLS = ("route_two_routes",)
 #: Shared-Z route agreement: problems of the main route task, groups per problem, samples per group.
-AGREEMENT = {"problems": 50, "groups": 4, "per_group": 4, "temperature": 0.8, "top_p": 0.95, "max_new": 24}
+AGREEMENT = {"problems": 50, "groups": 4, "per_group": 4, "temperature": 0.8, "top_p": 0.95, "max_new": 56}
 
 
 def _planned(seeds: list[int], out: Path) -> list[tuple[int, str, Path, Any]]:

@@ -2,7 +2,8 @@
 
 The prompt gives a graph on 12–17 letter nodes as adjacency lists (``Graph: Abc Bad ...``)
 and asks for a route from a start to an end node (``Route from A to D:``); the answer is the
-route's letters (`` A B D``); any simple path along the graph's edges is a valid answer.  The graph is built so
+route, each node before the end with its neighbour list copied from the prompt
+(`` A(bc) B(ad) D``); any simple path along the graph's edges is a valid answer.  The graph is built so
 that a model must *decide* and must *look ahead*:
 
 - **main**: start and end are joined by exactly two node-disjoint routes of 2–3 inner nodes
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,7 +40,7 @@ from ftstudy.tasks import benchgen, mathgen
 
 __all__ = ["CONDITIONS", "HELDOUT_MOD", "RouteProblem", "route_key", "heldout", "draw", "eval_problems",
            "training_problems", "answer_nodes", "route_valid", "edge_validity", "route_of", "walker_success",
-           "walker_rate", "adjacency_text", "blind_guess", "blind_rate", "simple_paths"]
+           "walker_rate", "adjacency_text", "route_text", "blind_guess", "blind_rate", "simple_paths"]
 
 CONDITIONS = ("main", "two_routes", "one_route")
 #: 1 in HELDOUT_MOD keys is held out for evaluation.
@@ -112,17 +114,8 @@ def _build(rng: random.Random, condition: str) -> tuple[list[tuple[str, str]], s
     return edges, source, target, routes
 
 
-def adjacency_text(edges: list[tuple[str, str]], rng: random.Random) -> str:
-    """The graph as adjacency lists, ``"Abc Da ..."``: every node once, in random order, as its
-    capital letter followed by its neighbours in small letters, in random order (so every edge
-    is listed from both ends).
-
-    Adjacency lists, and a node written in capitals only where its list starts: one step of a
-    route is one look-up (find the capital the route has just reached, copy a small letter
-    after it, as a capital), the pattern an induction head learns, so that what the task
-    measures is the decision and the look-ahead rather than parsing.  The first version (an
-    edge list ``A-B``, then ``A:BC`` lists) was not learned by the calibration baselines
-    within 3,000 steps (per-step edge validity 0.15; ``results/benchmarks/decide/calibration``)."""
+def _lists(edges: list[tuple[str, str]], rng: random.Random) -> tuple[list[str], dict[str, list[str]]]:
+    """The nodes in random order and each node's neighbours in random order."""
     adj: dict[str, list[str]] = {}
     for a, b in edges:
         adj.setdefault(a, []).append(b)
@@ -131,7 +124,28 @@ def adjacency_text(edges: list[tuple[str, str]], rng: random.Random) -> str:
     rng.shuffle(nodes)
     for v in nodes:
         rng.shuffle(adj[v])
+    return nodes, adj
+
+
+def adjacency_text(nodes: list[str], adj: dict[str, list[str]]) -> str:
+    """The graph as adjacency lists, ``"Abc Da ..."``: every node once, as its capital letter
+    followed by its neighbours in small letters (so every edge is listed from both ends).
+
+    A node is written in capitals only where its list starts, and a route step copies that
+    list (:func:`route_text`): one step is one induction-style look-up (find the capital the
+    route has just reached, copy the small letters after it), so that what the task
+    measures is the decision and the look-ahead rather than parsing.  The first two formats
+    (``A:BC`` lists, then ``Abc`` lists with a bare route ``A B C``) were not learned by the
+    calibration baselines within 3,000 steps (per-step edge validity 0.10 and about 0.3;
+    ``results/benchmarks/decide/calibration-v1``, ``calibration-v2``)."""
     return " ".join(v + "".join(adj[v]).lower() for v in nodes)
+
+
+def route_text(route: tuple[str, ...], adj: dict[str, list[str]]) -> str:
+    """A route as an answer line: each node before the end with its neighbour list copied
+    from the prompt, then the end: ``" S(juxv) X(cs) C(qx) Q(chr) R\n"``.  Only the capitals
+    outside the brackets are the route (:func:`answer_nodes`)."""
+    return " " + " ".join(f"{v}({''.join(adj[v]).lower()})" for v in route[:-1]) + f" {route[-1]}\n"
 
 
 def draw(condition: str, rng: random.Random, split: str) -> RouteProblem:
@@ -144,8 +158,9 @@ def draw(condition: str, rng: random.Random, split: str) -> RouteProblem:
         key = route_key(condition, edges, source, target)
         if heldout(key) == (split == "eval"):
             break
-    prompt = f"Graph: {adjacency_text(edges, rng)}\nRoute from {source} to {target}:"
-    answer = " " + " ".join(rng.choice(routes)) + "\n"
+    nodes, adj = _lists(edges, rng)
+    prompt = f"Graph: {adjacency_text(nodes, adj)}\nRoute from {source} to {target}:"
+    answer = route_text(rng.choice(routes), adj)
     return RouteProblem(condition, key, prompt, answer, tuple(sorted("".join(sorted(e)) for e in edges)), source,
                         target, tuple(sorted(routes)))
 
@@ -176,14 +191,26 @@ def _adjacency(edges: tuple[str, ...] | list[str]) -> dict[str, set[str]]:
     return adj
 
 
-#: The node letters of a generation's first line (the path family's parser: the same answer format).
-answer_nodes = benchgen.path_answer
+_STEP = re.compile(r"([A-Z])(?:\([a-z]*\))?")
+
+
+def answer_nodes(text: str) -> tuple[str, ...]:
+    """The route of a generation's first line: each space-separated item is a capital,
+    optionally followed by a bracketed list of small letters (the copied neighbour list),
+    and stands for that capital; any other item stands for itself (and fails validity)."""
+    line = text.strip("\n").split("\n")[0] if text.strip() else ""
+    return tuple(m.group(1) if (m := _STEP.fullmatch(item)) else item for item in line.split())
 
 
 def route_valid(p: RouteProblem | dict[str, Any], text: str) -> bool:
     """Whether the first line of ``text`` is a simple path from the start to the end along
-    edges (the path family's checker, on this problem's graph)."""
-    return benchgen.path_valid(p.meta if isinstance(p, RouteProblem) else p, text)
+    the graph's edges (the copied neighbour lists are not scored)."""
+    meta = p.meta if isinstance(p, RouteProblem) else p
+    nodes = answer_nodes(text)
+    edges = {frozenset(e) for e in meta["edges"]}
+    return (len(nodes) >= 2 and nodes[0] == meta["source"] and nodes[-1] == meta["target"]
+            and len(set(nodes)) == len(nodes) and all(len(v) == 1 for v in nodes)
+            and all(frozenset((a, b)) in edges for a, b in itertools.pairwise(nodes)))
 
 
 def edge_validity(p: RouteProblem | dict[str, Any], text: str) -> float | None:
