@@ -61,11 +61,15 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write text so that readers see the old file or the new one, never half of one."""
     path = Path(path)
     tmp = path.with_name(_temp_name(path.name))
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or an interrupt leaves no temporary file
+        raise
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, float | str]]:

@@ -44,9 +44,11 @@ def test_grids() -> None:
 def test_bad_input(tmp_path: Path, capsys) -> None:
     assert main(["--study", "kl_budget", "--set", "kapa=1", "--out", str(tmp_path)]) == 2
     assert "unknown config key 'kapa'" in capsys.readouterr().err
-    assert main(["--study", "kl_budget", "--seeds", "-1", "--out", str(tmp_path)]) == 2
-    assert main(["--study", "kl_budget", "--seeds", "0", "4294967296", "--out", str(tmp_path)]) == 2
-    assert "seed = 4294967296 is not allowed: an integer 0 … 4294967295" in capsys.readouterr().err
+    for seeds in (["-1"], ["0", "4294967296"]):
+        assert main(["--study", "kl_budget", "--seeds", *seeds, "--out", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert f"error: --seeds = {seeds[-1]} is not allowed: an integer 0 … 4294967295" in err
+        assert err.count("\n") == 1 and not any(tmp_path.iterdir())
     with pytest.raises(SystemExit):
         main(["--study", "everything"])
     with pytest.raises(SystemExit):
@@ -55,6 +57,15 @@ def test_bad_input(tmp_path: Path, capsys) -> None:
         main(["--study", "kl_budget", "--seeds", "0.5"])
     assert main(["--study", "all", "--dry-run", "--out", str(tmp_path)]) == 0
     assert "28 runs" in capsys.readouterr().out and not any(tmp_path.iterdir())
+
+
+def test_repeated_set_options_merge(tmp_path: Path, capsys) -> None:
+    """A second --set once replaced the first: --set steps=7 --set lr=0.5 trained the preset's steps."""
+    assert main(["--study", "free_bits_scope", "--set", "steps=7", "lr=0.1", "--set", "lr=0.5", "--dry-run",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "-lr0.5-" in out and "-lr0.1-" not in out and "(7 steps left)" in out
+    assert not any(tmp_path.iterdir())
 
 
 def _sweep(out: Path, *extra: str) -> list[str]:

@@ -94,3 +94,51 @@ def test_dry_run_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "--jobs = 0" in capsys.readouterr().err
     assert benchmark.main(["--seeds", "0", "--out", str(tmp_path), "--stage", "eval"]) == 2
     assert "not trained yet" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- one-line refusals (issue 24, part 4)
+
+@pytest.mark.parametrize("command,seeds,extra", [
+    ("benchmark", ["-1"], ["--dry-run"]), ("benchmark", ["0", "4294967296"], []), ("benchmark", ["-1"], []),
+    ("decide", ["-1"], []), ("decide", ["0", "4294967296"], ["--stage", "report"]),
+])
+def test_bad_seeds_are_one_line_before_anything_is_written(command: str, seeds: list[str], extra: list[str],
+                                                           tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--seeds -1 --dry-run was a 38-line traceback; ftstudy decide --seeds -1 the same."""
+    from ftstudy.eval import decide
+
+    main = benchmark.main if command == "benchmark" else decide.main
+    assert main(["--seeds", *seeds, "--out", str(tmp_path / "out"), "--data", str(tmp_path / "data"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --seeds = {seeds[-1]} is not allowed: an integer 0 … 4294967295 (2^32 − 1, what every " \
+                  f"seeded generator takes)\n"
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.fixture
+def no_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This host as one without bubblewrap; FTSTUDY_ALLOW_UNSANDBOXED unset (restored after)."""
+    from ftstudy.eval.suite import execution
+
+    monkeypatch.setattr(execution, "sandbox_problem", lambda: "no bwrap binary (test)")
+    monkeypatch.setenv(execution.ALLOW_UNSANDBOXED_ENV, "")
+
+
+def test_no_sandbox_is_refused_before_any_stage_and_both_opt_outs_work(
+        no_sandbox: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The refusal names --allow-unsandboxed and FTSTUDY_ALLOW_UNSANDBOXED=1: both work in this command."""
+    args = ["--seeds", "0", "--out", str(tmp_path / "out"), "--data", str(tmp_path / "data")]
+    assert benchmark.main(args) == 2  # every stage: refused before the data and the training
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no sandbox for generated code on this host: no bwrap binary (test)" in err
+    assert "pass --allow-unsandboxed (or set FTSTUDY_ALLOW_UNSANDBOXED=1)" in err
+    assert not any(tmp_path.iterdir())
+    for opt_out in ("flag", "env"):
+        if opt_out == "env":
+            monkeypatch.setenv("FTSTUDY_ALLOW_UNSANDBOXED", "1")
+        flag = ["--allow-unsandboxed"] if opt_out == "flag" else []
+        assert benchmark.main([*args, "--stage", "eval", *flag]) == 2  # past the sandbox check: no models yet
+        err = capsys.readouterr().err
+        assert "WARNING: running generated code WITHOUT a sandbox (no bwrap binary (test))" in err
+        assert "not trained yet" in err and "no sandbox for generated code" not in err
+        monkeypatch.setenv("FTSTUDY_ALLOW_UNSANDBOXED", "")

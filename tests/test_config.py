@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import typing
 
 import pytest
 
@@ -15,9 +17,15 @@ from ftstudy.core.config import (
     TaskConfig,
     TrainConfig,
     apply_overrides,
+    check_seed,
     get_preset,
     parse_set_args,
 )
+
+#: Every float field of the three sections (found from the annotations, so a new one is covered).
+FLOAT_FIELDS = [f"{cls.__name__}.{f.name}" for cls in (ModelConfig, TaskConfig, TrainConfig)
+                for f in dataclasses.fields(cls) if float in typing.get_args(typing.get_type_hints(cls)[f.name])
+                or typing.get_type_hints(cls)[f.name] is float]
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -99,3 +107,58 @@ def test_config_knows_no_task() -> None:
         get_preset("synthetic-tiny", {"name": ""})
     with pytest.raises(ConfigError, match=r"TaskConfig\.probe_group_size = -1 .*>= 0"):
         get_preset("synthetic-tiny", {"probe_group_size": -1})
+
+
+def test_every_float_field_is_covered() -> None:
+    assert {"ModelConfig.init_std", "ModelConfig.rope_base", "ModelConfig.norm_eps", "ModelConfig.kappa_bits",
+            "TaskConfig.temperature", "TaskConfig.top_p", "TrainConfig.lr", "TrainConfig.grad_clip",
+            "TrainConfig.weight_decay", "TrainConfig.beta2"} <= set(FLOAT_FIELDS)
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("field", FLOAT_FIELDS)
+def test_nan_and_inf_are_refused_for_every_float_field(field: str, bad: str) -> None:
+    """grad_clip=nan once trained to a "finished" run; lr=inf, weight_decay=nan, init_std=inf were accepted."""
+    section, name = field.split(".")
+    with pytest.raises(ConfigError) as e:  # from the command line (a string) ...
+        get_preset("synthetic-tiny", {name: bad})
+    msg = str(e.value)
+    assert msg.startswith(f"{section}.{name} = ") and "not allowed" in msg and "\n" not in msg
+    if bad == "nan":
+        assert f"{name} = nan" in msg and "finite" in msg
+    with pytest.raises(ConfigError, match="finite"):  # ... and from a config.json (JSON reads NaN and Infinity)
+        RunConfig.from_dict(json.loads(json.dumps({section.removesuffix("Config").lower(): {name: float(bad)}})))
+
+
+@pytest.mark.parametrize("key,value,pattern", [
+    ("init_std", 0.0, r"init_std = 0\.0 .*> 0"),
+    ("norm_eps", -1e-5, r"norm_eps = -1e-05 .*> 0"),
+    ("rope_base", 0.5, r"rope_base = 0\.5 .*> 1"),
+    ("kl_weight_below", -1.0, r"kl_weight_below = -1\.0 .*>= 0"),
+    ("marginal_weight", -1.0, r"marginal_weight = -1\.0 .*>= 0"),
+    ("temperature", -0.5, r"temperature = -0\.5 .*>= 0"),
+    ("top_p", 0.0, r"top_p = 0\.0 .*\(0, 1\]"),
+    ("top_p", 1.5, r"top_p = 1\.5 .*\(0, 1\]"),
+    ("min_lr_ratio", 1.5, r"min_lr_ratio = 1\.5 .*0 … 1"),
+    ("weight_decay", -0.1, r"weight_decay = -0\.1 .*>= 0"),
+    ("grad_clip", -1.0, r"grad_clip = -1\.0 .*>= 0"),
+    ("beta1", 1.0, r"beta1 = 1\.0 .*0 <= beta < 1"),
+])
+def test_float_fields_out_of_range_are_refused(key: str, value: float, pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        get_preset("synthetic-tiny", {key: value})
+
+
+def test_finite_floats_in_range_still_pass() -> None:
+    cfg = get_preset("synthetic-tiny", {"grad_clip": 0, "weight_decay": 0, "temperature": 0, "top_p": 1,
+                                        "min_lr_ratio": 1, "lr": "1/1000"})
+    assert cfg.train.grad_clip == 0.0 and cfg.task.top_p == 1.0 and math.isclose(cfg.train.lr, 1e-3)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, True, "3", 1.0])
+def test_check_seed_is_one_line_naming_the_option(seed: object) -> None:
+    with pytest.raises(ConfigError) as e:
+        check_seed(seed, "--seeds")
+    assert str(e.value).startswith(f"--seeds = {seed!r} is not allowed: an integer 0 … 4294967295")
+    assert "\n" not in str(e.value)
+    assert check_seed(0) == 0 and check_seed(2**32 - 1) == 2**32 - 1

@@ -139,3 +139,47 @@ def test_generated_code_needs_the_opt_in(runs: dict[str, Path], tmp_path: Path,
     assert "task ftstudy_humaneval executes model-generated code; pass --confirm-run-unsafe-code" \
         in capsys.readouterr().err
 
+
+
+# ---------------------------------------------------------------- one-line refusals (issue 24, part 4)
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296"])
+def test_bad_seed_is_refused_before_any_model_load_or_file_write(seed: str, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """--seed -1 was a 29-line traceback, after the model was loaded and command.txt written."""
+    def no_load(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(evaluate, "load_model", no_load)
+    monkeypatch.setattr(evaluate, "resolve_checkpoint", no_load)
+    out = tmp_path / "o"
+    assert evaluate.main(["--checkpoints", str(tmp_path / "base"), "--tasks", "ftstudy_gsm", "--seed", seed,
+                          "--confirm-run-unsafe-code", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --seed = {seed} is not allowed: an integer 0 … 4294967295 (2^32 − 1, what every seeded " \
+                  f"generator takes)\n"
+    assert not out.exists()  # no command.txt
+
+
+def test_no_sandbox_refusal_names_opt_outs_that_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Where no sandbox can be made, the refusal names --allow-unsandboxed and
+    FTSTUDY_ALLOW_UNSANDBOXED=1, and each of them gets past it (here to the missing checkpoint)."""
+    from ftstudy.eval.suite import execution
+
+    monkeypatch.setattr(execution, "sandbox_problem", lambda: "no bwrap binary (test)")
+    monkeypatch.setenv(execution.ALLOW_UNSANDBOXED_ENV, "")
+    args = ["--checkpoints", str(tmp_path / "nope"), "--tasks", "ftstudy_humaneval", "--confirm-run-unsafe-code",
+            "--out", str(tmp_path / "o")]
+    assert evaluate.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pass --allow-unsandboxed (or set FTSTUDY_ALLOW_UNSANDBOXED=1)" in err
+    assert evaluate.main([*args, "--allow-unsandboxed"]) == 2
+    err = capsys.readouterr().err
+    assert "WITHOUT a sandbox" in err and "does not exist" in err
+    monkeypatch.setenv(execution.ALLOW_UNSANDBOXED_ENV, "1")
+    assert evaluate.main(args) == 2
+    err = capsys.readouterr().err
+    assert "WITHOUT a sandbox" in err and "does not exist" in err
+    assert not (tmp_path / "o").exists()

@@ -277,3 +277,122 @@ def test_lm_eval_cli_finds_the_model(base_ckpt: Path, tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "ftstudy_arithmetic_2da" in r.stdout
+
+
+# ---------------------------------------------------------------- python -m ftstudy.harness: one-line refusals
+
+def test_sandboxed_tasks_are_the_suites_unsafe_code_tasks_and_their_groups() -> None:
+    import re
+
+    from ftstudy.eval.harness import SANDBOXED_TASKS
+    from ftstudy.eval.suite import render
+
+    yamls = {name: data.decode() for name, data in render().items() if name.endswith(".yaml")}
+    unsafe = {re.search(r"^task: (\S+)$", text, re.M).group(1) for text in yamls.values()
+              if re.search(r"^unsafe_code: true$", text, re.M)}
+    groups = {re.search(r"^group: (\S+)$", text, re.M).group(1) for text in yamls.values()
+              if re.search(r"^group: ", text, re.M) and any(re.search(rf"^\s+- {t}$", text, re.M) for t in unsafe)}
+    assert unsafe and groups and set(SANDBOXED_TASKS) == unsafe | groups
+
+
+@pytest.fixture
+def lm_eval_cli(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """lm-eval's CLI replaced by a recorder of its sys.argv; FTSTUDY_ALLOW_UNSANDBOXED unset (restored after)."""
+    import lm_eval.__main__
+
+    from ftstudy.eval.suite import execution
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", lambda: calls.append(list(sys.argv[1:])))
+    monkeypatch.setattr(sys, "argv", ["harness"])
+    monkeypatch.setenv(execution.ALLOW_UNSANDBOXED_ENV, "")
+    return calls
+
+
+RUN = ["run", "--model", "ftstudy", "--model_args", "checkpoint=model.pt", "--limit", "2"]
+
+
+@pytest.mark.parametrize("tasks", [["--tasks", "ftstudy_humaneval"], ["--tasks", "ftstudy_gsm,ftstudy_bench"],
+                                   ["-t", "ftstudy_gsm", "ftstudy_bench_code"]])
+def test_no_sandbox_is_refused_before_lm_eval_starts(tasks: list[str], lm_eval_cli: list[list[str]],
+                                                     monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Without bwrap the harness refused only after generating (37-69 lines); now one line, no model loaded."""
+    from ftstudy.eval import harness
+    from ftstudy.eval.suite import execution
+
+    monkeypatch.setattr(execution, "sandbox_problem", lambda: "no bwrap binary (test)")
+    assert harness.main([*RUN, *tasks, "--confirm_run_unsafe_code"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: no sandbox for generated code on this host: no bwrap")
+    assert "pass --allow-unsandboxed (or set FTSTUDY_ALLOW_UNSANDBOXED=1)" in err
+    assert lm_eval_cli == []
+    # Both opt-outs the refusal names work here; ours is taken out of lm-eval's arguments.
+    assert harness.main([*RUN, *tasks, "--confirm_run_unsafe_code", "--allow-unsandboxed"]) == 0
+    assert lm_eval_cli == [[*RUN, *tasks, "--confirm_run_unsafe_code"]]
+    assert "WARNING: running generated code WITHOUT a sandbox" in capsys.readouterr().err
+    monkeypatch.setenv(execution.ALLOW_UNSANDBOXED_ENV, "1")
+    assert harness.main([*RUN, *tasks, "--confirm_run_unsafe_code"]) == 0 and len(lm_eval_cli) == 2
+
+
+def test_code_tasks_need_the_confirmation_and_others_need_no_sandbox(lm_eval_cli: list[list[str]],
+                                                                     monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from ftstudy.eval import harness
+    from ftstudy.eval.suite import execution
+
+    monkeypatch.setattr(execution, "sandbox_problem", lambda: "no bwrap binary (test)")
+    assert harness.main([*RUN, "--tasks", "ftstudy_bench"]) == 2
+    assert capsys.readouterr().err == ("error: task ftstudy_bench executes model-generated code; pass "
+                                       "--confirm_run_unsafe_code to run it (in the sandbox of "
+                                       "ftstudy.eval.suite.execution)\n")
+    assert harness.main([*RUN, "--tasks", "ftstudy_gsm", "ftstudy_bench_arith", "--confirm_run_unsafe_code"]) == 0
+    assert harness.main(["ls", "tasks"]) == 0
+    assert len(lm_eval_cli) == 2 and capsys.readouterr().err == ""
+
+
+def test_errors_of_ours_inside_lm_eval_are_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:
+    import lm_eval.__main__
+
+    from ftstudy.eval import harness
+    from ftstudy.eval.suite import execution
+
+    monkeypatch.setattr(sys, "argv", ["harness"])
+
+    def build_model() -> None:  # what lm-eval does with --model ftstudy --model_args checkpoint=...
+        FTStudyLM(str(tmp_path / "nope.pt"))
+
+    def unsafe() -> None:
+        raise ValueError("Attempted to run task: humaneval which is marked as unsafe. Set "
+                         "confirm_run_unsafe_code=True to run this task.")
+
+    def late_sandbox() -> None:
+        raise execution.SandboxUnavailable("no sandbox for generated code on this host: test")
+
+    for fake, expected in ((build_model, "does not exist"), (unsafe, "humaneval which is marked as unsafe"),
+                           (late_sandbox, "no sandbox")):
+        monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", fake)
+        assert harness.main(["run", "--model", "ftstudy", "--tasks", "gsm8k"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and expected in err and err.count("\n") == 1, err
+
+    def other() -> None:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", other)
+    with pytest.raises(ValueError, match="a bug"):  # not ours: not hidden
+        harness.main(["run", "--tasks", "gsm8k"])
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, "-1", "abc"])
+def test_seed_model_argument_must_be_32_bits(seed: object, base_ckpt: Path) -> None:
+    with pytest.raises(HarnessError, match=r"seed = .* is not allowed: an integer 0 … 4294967295"):
+        FTStudyLM(base_ckpt, seed=seed)
+    assert FTStudyLM(base_ckpt, seed="7").seed == 7
+
+
+def test_the_command_line_refusal_is_one_line_and_exit_status_2(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "ftstudy.harness", "run", "--model", "ftstudy", "--model_args",
+                        f"checkpoint={tmp_path / 'model.pt'}", "--tasks", "ftstudy_humaneval"],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-2000:]
+    assert "task ftstudy_humaneval executes model-generated code" in r.stderr
+    assert not any(tmp_path.iterdir())

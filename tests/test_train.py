@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 from pathlib import Path
@@ -335,3 +336,147 @@ def test_runs_made_before_a_field_existed_still_match(finished: tuple[Path, dict
     (run_dir / "config.json").write_text(json.dumps(saved))
     with pytest.raises(RunError, match="cannot be read as an ftstudy config"):
         train(tiny_cfg(), run_dir, progress=False)
+
+
+# ---------------------------------------------------------------- one-line errors (issue 24, part 4)
+
+TINY_ARGS = ["--preset", "synthetic-tiny", "--no-progress", "--set", "steps=20", "ckpt_every=5", "val_every=10",
+             "log_every=5", "precision=32-true", "n_generate=16"]
+
+
+def _interrupted_copy(finished: tuple[Path, dict], run_dir: Path) -> Path:
+    """A copy of the finished tiny run that a rerun resumes from ckpt/last.ckpt (step 20)."""
+    import shutil
+
+    shutil.copytree(finished[0], run_dir)
+    (run_dir / "summary.json").unlink()
+    return run_dir / "ckpt" / "last.ckpt"
+
+
+def test_repeated_set_options_merge(capsys) -> None:
+    """A second --set once replaced the first (--set steps=7 --set lr=0.5 trained 20 steps)."""
+    assert main(["--preset", "synthetic-tiny", "--set", "steps=7", "--set", "lr=0.5", "--print-config"]) == 0
+    train_cfg = json.loads(capsys.readouterr().out)["train"]
+    assert train_cfg["steps"] == 7 and train_cfg["lr"] == 0.5
+    assert main(["--preset", "synthetic-tiny", "--set", "steps=7", "lr=0.1", "--set", "lr=0.5", "--seed", "3",
+                 "--print-config"]) == 0
+    train_cfg = json.loads(capsys.readouterr().out)["train"]
+    assert (train_cfg["steps"], train_cfg["lr"], train_cfg["seed"]) == (7, 0.5, 3)  # the last value of a key wins
+
+
+@pytest.mark.parametrize("setting", ["lr=inf", "grad_clip=nan", "grad_clip=inf", "weight_decay=nan",
+                                     "init_std=inf", "temperature=nan"])
+def test_non_finite_settings_are_refused_before_anything_is_made(setting: str, tmp_path: Path, capsys) -> None:
+    assert main(["--preset", "synthetic-tiny", "--out", str(tmp_path / "runs"), "--set", setting]) == 2
+    err = capsys.readouterr().err
+    key, _, value = setting.partition("=")
+    assert f"{key} = {value} is not allowed: a finite number" in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def _state(last: Path) -> dict:
+    return torch.load(last, weights_only=True)
+
+
+@pytest.mark.parametrize("case", ["step-abc", "step-only", "full-step-abc", "full-step-negative", "no-loops",
+                                  "other-model"])
+def test_a_last_ckpt_that_cannot_resume_is_one_line(case: str, finished: tuple[Path, dict], tmp_path: Path,
+                                                    capsys) -> None:
+    """A hand-edited or foreign last.ckpt: once a ValueError (24 lines) or Lightning's KeyError
+    'pytorch-lightning_version' (45 lines); now one line, and nothing is written."""
+    last = _interrupted_copy(finished, tmp_path / "r")
+    full = _state(last)
+    content = {
+        "step-abc": {"global_step": "abc"},
+        "step-only": {"global_step": 10},
+        "full-step-abc": {**full, "global_step": "abc"},
+        "full-step-negative": {**full, "global_step": -3},
+        "no-loops": {k: v for k, v in full.items() if k != "loops"},
+        "other-model": {**full, "state_dict": {"model.tok_emb.weight": torch.zeros(3, 3)}},
+    }[case]
+    torch.save(content, last)
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "r").rglob("*") if p.is_file()}
+    assert main([*TINY_ARGS, "--out", str(tmp_path), "--name", "r"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: r cannot resume: checkpoint {last}") and err.count("\n") == 1, err
+    assert "pass --overwrite to start the run over" in err
+    expected = {"step-abc": "lacks", "step-only": "'pytorch-lightning_version'", "full-step-abc": "global_step = 'abc'",
+                "full-step-negative": "global_step = -3", "no-loops": "['loops']", "other-model": "weights"}[case]
+    assert expected in err
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "r").rglob("*") if p.is_file()}
+    assert after == before  # not even config.json or the TensorBoard log
+
+
+@pytest.mark.parametrize("where", ["checkpoint", "config"])
+def test_disk_full_while_extending_a_run_is_one_line(where: str, finished: tuple[Path, dict], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """A full disk (or quota) while a finished run is extended: once 67 lines of traceback; now
+    one line naming the file, the previous checkpoint kept, no partial file left, and the same
+    command resumes once there is space."""
+    import errno
+    import shutil
+
+    import lightning as L
+
+    import ftstudy.io
+
+    run_dir = tmp_path / "r"
+    shutil.copytree(finished[0], run_dir)
+    last = run_dir / "ckpt" / "last.ckpt"
+    if where == "checkpoint":
+        code, named = errno.ENOSPC, last
+
+        def full(self, *a, **k):
+            raise OSError(errno.ENOSPC, "No space left on device")  # as a failed write(): no file name
+
+        monkeypatch.setattr(L.Trainer, "save_checkpoint", full)
+    else:
+        code, named = errno.EDQUOT, run_dir / "config.json"
+        orig = ftstudy.io.atomic_write_text
+
+        def full(path, text):
+            if Path(path).name == "config.json":
+                raise OSError(errno.EDQUOT, "Disk quota exceeded")
+            return orig(path, text)
+
+        monkeypatch.setattr(ftstudy.io, "atomic_write_text", full)
+    args = [*TINY_ARGS, "--out", str(tmp_path), "--name", "r", "--set", "steps=25"]
+    assert main(args) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"error: r: {os.strerror(code)} while writing {named}; nothing finished was lost" in err
+    assert f"rerun the same command: the run resumes from its last checkpoint {last}" in err
+    assert _state(last)["global_step"] == 20  # the previous checkpoint, whole
+    assert not [p.name for p in run_dir.rglob(".*tmp*")]  # no partial copy takes space
+    monkeypatch.undo()
+    assert main(args) == 0  # space freed: the same command goes on
+    assert json.loads((run_dir / "summary.json").read_text())["step"] == 25
+
+
+def test_disk_full_with_no_checkpoint_says_overwrite(tmp_path: Path) -> None:
+    import errno
+
+    from ftstudy.run.train import disk_full_message
+
+    msg = disk_full_message(tmp_path / "new", OSError(errno.ENOSPC, "No space left on device", "x/metrics.csv"))
+    assert msg == ("new: No space left on device while writing x/metrics.csv; nothing finished was lost; no "
+                   "checkpoint was saved yet: once space is freed, rerun the same command with --overwrite")
+
+
+def test_save_model_on_a_full_disk_is_an_oserror_and_leaves_no_partial_file(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.save(payload, name) on a full disk is a RuntimeError naming no cause; through a file
+    object it is the OSError (ENOSPC) that train reports in one line."""
+    import errno
+
+    import ftstudy.core.checkpoint as checkpoint
+
+    def full(obj, f):
+        f.write(b"PK partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    cfg = tiny_cfg()
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    with pytest.raises(OSError) as e:
+        checkpoint.save_model(tmp_path / "model.pt", FreeTransformer(cfg.model), cfg, step=1)
+    assert e.value.errno == errno.ENOSPC and list(tmp_path.iterdir()) == []

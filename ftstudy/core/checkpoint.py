@@ -9,7 +9,9 @@ Two kinds of file live in a run's git-ignored ``ckpt/`` folder:
   "config", "state_dict", "step", "versions"}``, written at the end of a run.
 
 ``load_model`` reads either, never unpickling arbitrary objects, and turns a missing,
-truncated or foreign file into a ``CheckpointError`` that says which.
+truncated or foreign file into a ``CheckpointError`` that says which; ``load_resumable``
+checks, before Lightning restores a run from ``last.ckpt``, that the file holds the training
+state a resume reads (a hand-edited or foreign file would otherwise fail deep in Lightning).
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from ftstudy.core.config import ConfigError, RunConfig
 from ftstudy.io import atomic_write_text, read_metrics  # noqa: F401  (re-exported)
 from ftstudy.core.model import FreeTransformer
 
-__all__ = ["CheckpointError", "FORMAT", "save_model", "load_model", "load_checkpoint_dict", "atomic_write_text",
-           "read_metrics"]
+__all__ = ["CheckpointError", "FORMAT", "save_model", "load_model", "load_checkpoint_dict", "load_resumable",
+           "atomic_write_text", "read_metrics"]
 
 FORMAT = "ftstudy-model"
 FORMAT_VERSION = 1
@@ -52,10 +54,17 @@ def save_model(path: Path, model: FreeTransformer, config: RunConfig, step: int,
         **(extra or {}),
     }
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        # Through a file object: a full disk is then an OSError with its errno (ENOSPC), where
+        # torch.save(payload, name) gives a RuntimeError from its C++ writer that names no cause.
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a partial file only takes space (a full disk's, often)
+        raise
 
 
 def _reason(e: BaseException) -> str:
@@ -79,6 +88,42 @@ def load_checkpoint_dict(path: Path | str) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not an ftstudy checkpoint dict")
     return obj
+
+
+#: What Lightning reads from a checkpoint when it resumes a run (and the type of each).
+_RESUME_KEYS: dict[str, type] = {
+    "pytorch-lightning_version": str, "global_step": int, "epoch": int, "state_dict": dict,
+    "optimizer_states": list, "lr_schedulers": list, "loops": dict, "hyper_parameters": dict,
+}
+
+
+def load_resumable(path: Path | str) -> dict[str, Any]:
+    """The dict of a Lightning ``last.ckpt`` that a run can resume from (weights_only=True), or a
+    one-line CheckpointError naming the missing or wrong entry: Lightning itself would stop with
+    a KeyError or a TypeError deep in its restore code."""
+    obj = load_checkpoint_dict(path)
+    missing = [k for k in _RESUME_KEYS if k not in obj]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is not a resumable training state: it lacks {missing} "
+                              f"(a Lightning checkpoint of ftstudy.run.lit has {sorted(_RESUME_KEYS)})")
+    for key, type_ in _RESUME_KEYS.items():
+        value = obj[key]
+        if not isinstance(value, type_) or isinstance(value, bool):
+            raise CheckpointError(f"checkpoint {path}: {key} = {_short(value)} is not allowed: "
+                                  f"a value of type {type_.__name__}")
+    for key in ("global_step", "epoch"):
+        if obj[key] < 0:
+            raise CheckpointError(f"checkpoint {path}: {key} = {obj[key]} is not allowed: an integer >= 0")
+    if "config" not in obj["hyper_parameters"]:
+        raise CheckpointError(f"checkpoint {path} is not a checkpoint of ftstudy.run.lit (no hyper_parameters "
+                              f"config)")
+    return obj
+
+
+def _short(value: Any) -> str:
+    """A value for a one-line message: its repr when short and on one line, else its type."""
+    text = repr(value)
+    return text if len(text) <= 60 and "\n" not in text else f"a {type(value).__name__}"
 
 
 def load_model(path: Path | str, map_location: str | torch.device = "cpu") -> tuple[FreeTransformer, RunConfig, dict[str, Any]]:

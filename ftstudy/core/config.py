@@ -3,7 +3,8 @@
 Every choice is a typed field (``Literal`` strings where there is a choice) so a config
 serialises to JSON and back exactly; presets are data (dicts of overrides), not
 branches.  Validation happens at construction and names the field, the bad value and
-what is allowed.  ``RunConfig`` bundles the three and is what a run directory and a
+what is allowed: every float field must be finite (nan and inf are refused whatever the
+field), and in its range.  ``RunConfig`` bundles the three and is what a run directory and a
 checkpoint carry.
 
 Nothing here knows a task: ``task.name`` is any registered task (:mod:`ftstudy.tasks`), and
@@ -26,7 +27,7 @@ from ftstudy.core.latent import MAX_LATENT_BITS
 __all__ = [
     "ConfigError", "field_error", "ModelConfig", "TaskConfig", "TrainConfig", "RunConfig",
     "PRESETS", "PRESET_ALIASES", "resolve_preset", "get_preset", "apply_overrides", "parse_set_args", "config_value",
-    "LATENT_ONLY_FIELDS", "MAX_SEED", "check_sampling",
+    "LATENT_ONLY_FIELDS", "MAX_SEED", "check_sampling", "check_seed",
 ]
 
 # Model fields that only a Free model reads: they change nothing in a baseline
@@ -40,6 +41,16 @@ MAX_SEED = 2**32 - 1  # numpy's legacy seeding and Lightning's seed_everything t
 
 class ConfigError(ValueError):
     """A configuration value that is unknown, of the wrong type, or impossible."""
+
+
+def check_seed(seed: Any, option: str = "seed") -> int:
+    """``seed`` if it is an integer 0 … MAX_SEED, else a one-line ConfigError that names the
+    option (``--seed``, ``--seeds``): every command checks its seeds with this before it loads
+    or writes anything, so a bad one never surfaces as a traceback deep in a generator."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{option} = {seed!r} is not allowed: an integer 0 … {MAX_SEED} "
+                          f"(2^32 − 1, what every seeded generator takes)")
+    return seed
 
 
 def field_error(cls: str, name: str, value: Any, allowed: str) -> ConfigError:
@@ -316,7 +327,12 @@ def _check_types(obj: Any) -> None:
             names = " or ".join("None" if t is type(None) else t.__name__ for t in types)
             _fail(type(obj).__name__, f.name, value, f"a value of type {names}")
         if float in types and isinstance(value, int) and not isinstance(value, bool):
-            object.__setattr__(obj, f.name, float(value))  # JSON round trip keeps floats floats
+            value = float(value)
+            object.__setattr__(obj, f.name, value)  # JSON round trip keeps floats floats
+        if isinstance(value, float) and not math.isfinite(value):
+            # Every float setting is a size, a rate or a weight: nan or inf is never meant (nan
+            # slips through every range check below, and grad_clip=nan trained to a "finished" run).
+            _fail(type(obj).__name__, f.name, value, "a finite number (not nan or inf)")
 
 
 # ---------------------------------------------------------------- overrides

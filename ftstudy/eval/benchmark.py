@@ -21,6 +21,11 @@ Stages, each skipping what is already done:
    (:mod:`ftstudy.results.benchstats`), relative changes with intervals and p-values, the
    minimum detectable effect of the design beside every comparison, the diversity of the
    samples and the likelihoods; and the calibration check (baseline pass@1 in [0.2, 0.8]).
+
+The code task runs the generated programs in the sandbox of :mod:`ftstudy.eval.suite.execution`:
+where none can be made, a command with the ``eval`` stage refuses before any stage runs, unless
+``--allow-unsandboxed`` (or ``FTSTUDY_ALLOW_UNSANDBOXED=1``) asks to run them with resource
+limits only.  Every ``--seeds`` value must be an integer 0 … 2^32 − 1.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from ftstudy.core.checkpoint import atomic_write_text
-from ftstudy.core.config import get_preset
+from ftstudy.core.config import ConfigError, check_seed, get_preset
 from ftstudy.eval.evaluate import (EvalError, _check_sandbox, _task_manager, entry_paths, evaluate_one, label_slug,
                                    text_perplexity)
 from ftstudy.io import RunDir
@@ -460,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=REPO_ROOT / "data" / "bench", help="the bench corpus (made if missing)")
     p.add_argument("--bootstrap", type=int, default=4000, help="bootstrap resamples of the pooled report")
     p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated time, run nothing")
+    p.add_argument("--allow-unsandboxed", action="store_true",
+                   help="where no sandbox can be made, run the generated code anyway with resource limits only "
+                        "(the same as FTSTUDY_ALLOW_UNSANDBOXED=1)")
     return p
 
 
@@ -473,7 +481,12 @@ def add_common_args(p: argparse.ArgumentParser, out: Path) -> None:
 
 
 def check_common_args(args: argparse.Namespace) -> None:
-    """EvalError for a bad --jobs or --retrain-tolerance."""
+    """EvalError for a bad --seeds, --jobs or --retrain-tolerance (before anything is loaded or written)."""
+    for seed in getattr(args, "seeds", None) or []:
+        try:
+            check_seed(seed, "--seeds")
+        except ConfigError as e:
+            raise EvalError(str(e)) from None
     if args.jobs < 1:
         raise EvalError(f"--jobs = {args.jobs} is not allowed: an integer >= 1")
     if not 0 <= args.retrain_tolerance < 1:
@@ -489,6 +502,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             _dry_run(planned, args.out, args.seeds, args.jobs)
             return 0
+        if "eval" in args.stage:
+            # Before the data and train stages: a refusal after hours of training helps nobody.
+            _check_sandbox(args.allow_unsandboxed)
         if "data" in args.stage:
             from ftstudy.tasks import corpus
             if not corpus.is_shard_folder(args.data):
@@ -503,7 +519,6 @@ def main(argv: list[str] | None = None) -> int:
             if rc:
                 return rc
         if "eval" in args.stage:
-            _check_sandbox(False)
             _eval_stage(planned, args.out, args.jobs, args.retrain_tolerance)
         if "report" in args.stage:
             pooled_report(args.out, args.seeds, n_boot=args.bootstrap)

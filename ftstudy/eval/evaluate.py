@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from ftstudy.core.checkpoint import CheckpointError, atomic_write_text, load_model
+from ftstudy.core.config import ConfigError, check_seed
 from ftstudy.io import RunDir
 from ftstudy.eval.harness import Z_POLICIES, FTStudyLM, HarnessError
 from ftstudy.results.report import benchmark_cell, bound_name, metric_label, perplexity_cell
@@ -433,11 +434,13 @@ def evaluate_one(ckpt: Path, label: str, tasks: list[str], out: Path, settings: 
 
 def _check_sandbox(allow_unsandboxed: bool) -> None:
     """Refuse before any model is loaded when generated code could not be isolated, unless
-    running it without isolation was asked for (which later calls of run_program then see)."""
+    running it without isolation was asked for (which later calls of run_program then see):
+    by ``--allow-unsandboxed`` or by ``FTSTUDY_ALLOW_UNSANDBOXED=1``, the two opt-outs the
+    refusal names."""
     from ftstudy.eval.suite import execution
 
     try:
-        if execution.require_sandbox(allow_unsandboxed):
+        if execution.require_sandbox(allow_unsandboxed or execution.allow_unsandboxed_from_env()):
             return
     except execution.SandboxUnavailable as e:
         raise EvalError(str(e)) from e
@@ -492,6 +495,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
+        try:
+            check_seed(args.seed, "--seed")  # before any model is loaded or file written
+        except ConfigError as e:
+            raise EvalError(str(e)) from None
         if args.z_samples < 1 or args.batch_size < 1 or args.ppl_k < 1 or args.ppl_windows < 1:
             raise EvalError("--z-samples, --batch-size, --ppl-k and --ppl-windows must be >= 1")
         if args.allow_unsandboxed and not args.confirm_run_unsafe_code:

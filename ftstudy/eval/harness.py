@@ -6,7 +6,12 @@
         --include_path "$(python -m ftstudy.eval.suite path)" --tasks ftstudy_arithmetic
 
 (``python -m ftstudy.harness`` is lm-eval's own command line with this module imported, so
-that ``--model ftstudy`` is registered; every lm-eval option works as documented there.)
+that ``--model ftstudy`` is registered; every lm-eval option works as documented there.  Before
+lm-eval starts, the command refuses in one line a run of our tasks that execute generated code
+(:data:`SANDBOXED_TASKS`) without ``--confirm_run_unsafe_code``, or where no sandbox can be made,
+unless ``--allow-unsandboxed`` (ours, taken out before lm-eval reads the rest) or
+``FTSTUDY_ALLOW_UNSANDBOXED=1`` asks for resource limits only; its own errors (a bad model
+argument, an unreadable checkpoint) are one line and exit status 2.)
 
 How Z is chosen for a Free model (a baseline has no Z; ``z_policy`` and ``z_samples`` do
 nothing there):
@@ -37,8 +42,10 @@ generation continues on the last half window (the tokens keep their Z).  Samplin
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import math
+import os
 import random
 import sys
 from collections import defaultdict
@@ -53,13 +60,17 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from ftstudy.core.checkpoint import CheckpointError, load_model
-from ftstudy.core.config import ModelConfig
+from ftstudy.core.config import ConfigError, ModelConfig, check_seed
 from ftstudy.core.model import FreeTransformer, check_sampling, generate
 from ftstudy.tasks import TextTokenizer as Tokenizer, get_task
 
-__all__ = ["FTStudyLM", "Z_POLICIES", "HarnessError", "main"]
+__all__ = ["FTStudyLM", "Z_POLICIES", "SANDBOXED_TASKS", "HarnessError", "main"]
 
 Z_POLICIES = ("posterior-context", "prior")
+#: Our lm-eval tasks (and the group holding one) whose scoring runs model-generated code in the
+#: sandbox of :mod:`ftstudy.eval.suite.execution`: ``unsafe_code: true`` in their YAML
+#: (tests/test_harness.py checks this list against the suite's YAML files).
+SANDBOXED_TASKS = ("ftstudy_humaneval", "ftstudy_bench", "ftstudy_bench_code")
 
 
 class HarnessError(ValueError):
@@ -116,6 +127,12 @@ class FTStudyLM(TemplateLM):
                 raise HarnessError(f"seed_prefix = {seed_prefix!r} is not allowed: true or false")
             seed_prefix = seed_prefix.lower() == "true"
         self.seed_prefix = bool(seed_prefix)
+        if isinstance(seed, str) and seed.strip().lstrip("-").isdigit():  # from lm-eval's --model_args
+            seed = int(seed)
+        try:
+            check_seed(seed, "seed")
+        except ConfigError as e:
+            raise HarnessError(str(e)) from None
         if (checkpoint is None) == (model is None):
             raise HarnessError("give either a checkpoint path or a model instance (model=..., tokenizer=...)")
         if model is not None and tokenizer is None:
@@ -400,13 +417,71 @@ class FTStudyLM(TemplateLM):
         return texts
 
 
-def main(argv: list[str] | None = None) -> None:
-    """lm-eval's command line with ``--model ftstudy`` registered."""
+def _requested(argv: list[str]) -> tuple[list[str], bool]:
+    """The task names of ``--tasks`` (space- or comma-separated, as lm-eval reads them) and whether
+    ``--confirm_run_unsafe_code`` is given; ([], False) where lm-eval will refuse the line itself."""
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    p.add_argument("--tasks", "-t", nargs="+", default=[])
+    p.add_argument("--confirm_run_unsafe_code", action="store_true")
+    try:
+        known, _ = p.parse_known_args(argv)
+    except argparse.ArgumentError:
+        return [], False
+    return [t for item in known.tasks for t in item.split(",") if t], known.confirm_run_unsafe_code
+
+
+def _refuse_early(argv: list[str]) -> None:
+    """Before any model is loaded: a task of ours that runs generated code needs
+    ``--confirm_run_unsafe_code`` and the sandbox (or an opt-out); without this check lm-eval
+    refuses the first after loading the model, and the sandbox stops the run only when the
+    first program is scored, after every generation."""
+    from ftstudy.eval.suite import execution
+
+    if argv and argv[0] in ("ls", "validate"):
+        return  # lm-eval's other commands run no model
+    tasks, confirmed = _requested(argv)
+    needs = [t for t in tasks if t in SANDBOXED_TASKS]
+    if not needs:
+        return
+    if not confirmed:
+        raise HarnessError(f"task {needs[0]} executes model-generated code; pass --confirm_run_unsafe_code to run "
+                           f"it (in the sandbox of ftstudy.eval.suite.execution)")
+    if not execution.require_sandbox(None):  # SandboxUnavailable names the opt-outs, which both work here
+        print(f"[ftstudy.eval.harness] WARNING: running generated code WITHOUT a sandbox "
+              f"({execution.sandbox_problem()})", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """lm-eval's command line with ``--model ftstudy`` registered; 2 after a one-line error of ours."""
     from lm_eval.__main__ import cli_evaluate
-    if argv is not None:
+
+    from ftstudy.eval.suite import execution
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--allow-unsandboxed" in argv:  # ours, not lm-eval's: the opt-out our refusal names
+        argv = [a for a in argv if a != "--allow-unsandboxed"]
+        os.environ[execution.ALLOW_UNSANDBOXED_ENV] = "1"  # read where each program runs
+    try:
+        _refuse_early(argv)
         sys.argv = [sys.argv[0], *argv]
-    cli_evaluate()
+        cli_evaluate()
+    except Exception as e:
+        # EvalError only where ftstudy.eval.evaluate was imported (importing it here would import
+        # this module a second time under ``python -m``, and register the model twice); under
+        # ``python -m ftstudy.eval.harness`` this module is __main__, and may be imported again.
+        mods = [sys.modules.get(m) for m in ("ftstudy.eval.evaluate", "ftstudy.eval.harness")]
+        ours = (HarnessError, CheckpointError, execution.SandboxUnavailable,
+                *(getattr(m, name) for m, name in zip(mods, ("EvalError", "HarnessError")) if m is not None))
+        if isinstance(e, ours):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if isinstance(e, ValueError) and str(e).startswith("Attempted to run task:"):
+            # lm-eval's own refusal of a task marked unsafe (its humaneval, mbpp, ...), after the model loaded.
+            print(f"error: {str(e).splitlines()[0]} (--confirm_run_unsafe_code)", file=sys.stderr)
+            return 2
+        raise
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -18,12 +18,16 @@ or that holds anything else, is refused with those names listed and left untouch
 folder, or an ``--out``, that is a symbolic link is refused before anything is written.
 Every file is written atomically, only by rank 0, which holds the run folder's lock
 (``.ftstudy.lock``) for the whole run: a second process on the same folder is refused with
-the holder's pid, or waits with ``--wait``.
+the holder's pid, or waits with ``--wait``.  A full disk (or quota) while the run writes stops
+it with one line naming the file; nothing finished is lost, and once space is freed the same
+command resumes from the last checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import math
 import os
@@ -32,6 +36,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +48,7 @@ import ftstudy
 from ftstudy.tasks import FinishedRun, get_task
 from ftstudy.tasks import check_config as check_task_config
 from ftstudy.tasks.corpus import DataError
-from ftstudy.core.checkpoint import CheckpointError, load_checkpoint_dict, save_model
+from ftstudy.core.checkpoint import CheckpointError, load_resumable, save_model
 from ftstudy.core.config import LATENT_ONLY_FIELDS, PRESETS, ConfigError, RunConfig, TrainConfig, get_preset, parse_set_args
 from ftstudy.io import REPO_ROOT, CsvTable, RunDir, RunError, read_config_file
 from ftstudy.run.lit import LitFreeTransformer, NonFiniteLossError, resolve_precision
@@ -109,6 +114,37 @@ def _provenance(argv: list[str] | None, launcher: str | None) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------- disk full
+
+#: errno of a write refused for want of space: the disk is full, or the user's quota is.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Name ``path`` in a disk-full OSError raised inside, for the one-line report of :func:`train`:
+    a failed write() or fsync() names no file, and a failed copy names a temporary one (Lightning
+    writes a checkpoint to a temporary file in the system's temp folder, then moves it)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in DISK_FULL:
+            raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from e
+        raise
+
+
+def disk_full_message(run_dir: Path, e: OSError) -> str:
+    """The one line for a disk-full error while ``run_dir`` trained: what was being written and
+    how to go on (the folder is left as a rerun of the same command expects it)."""
+    last = RunDir(run_dir).last_ckpt
+    what = e.filename or f"the run folder {run_dir}"
+    if last.exists():
+        then = f"once space is freed, rerun the same command: the run resumes from its last checkpoint {last}"
+    else:
+        then = "no checkpoint was saved yet: once space is freed, rerun the same command with --overwrite"
+    return f"{run_dir.name}: {os.strerror(e.errno)} while writing {what}; nothing finished was lost; {then}"
+
+
 # ---------------------------------------------------------------- callbacks
 
 class MetricsCSV(L.Callback):
@@ -129,7 +165,8 @@ class MetricsCSV(L.Callback):
         self.table.load(keep=lambda r: int(r["step"]) <= up_to_step)
 
     def _write(self) -> None:
-        self.table.write()
+        with writing(self.table.path):
+            self.table.write()
 
     def _add(self, trainer: L.Trainer, split: str) -> None:
         prefix = f"{split}/"
@@ -186,14 +223,20 @@ class AtomicCheckpoint(L.Callback):
 
     def save(self, trainer: L.Trainer) -> None:
         tmp = self.tmp
-        # weights_only=False here means "save the optimizer and loop state too" (a resumable
-        # checkpoint); it holds only tensors and plain containers, so it still loads with
-        # torch.load(weights_only=True).
-        trainer.save_checkpoint(tmp, weights_only=False)  # collective; rank 0 writes
-        if trainer.is_global_zero:
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+        try:
+            with writing(self.path):
+                # weights_only=False here means "save the optimizer and loop state too" (a resumable
+                # checkpoint); it holds only tensors and plain containers, so it still loads with
+                # torch.load(weights_only=True).
+                trainer.save_checkpoint(tmp, weights_only=False)  # collective; rank 0 writes
+                if trainer.is_global_zero:
+                    with open(tmp, "rb") as f:
+                        os.fsync(f.fileno())
+                    os.replace(tmp, self.path)
+        except BaseException:
+            if trainer.is_global_zero and tmp.is_file():
+                tmp.unlink()  # the previous last.ckpt stays; a partial copy only takes space
+            raise
         trainer.strategy.barrier()
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
@@ -212,7 +255,8 @@ class Snapshots(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         step = trainer.global_step
         if self.every and step % self.every == 0 and trainer.is_global_zero:
-            save_model(self.folder.snapshot_file(step), pl_module.model, self.cfg, step=step)
+            with writing(self.folder.snapshot_file(step)):
+                save_model(self.folder.snapshot_file(step), pl_module.model, self.cfg, step=step)
 
 
 # ---------------------------------------------------------------- the run
@@ -287,9 +331,21 @@ def train(cfg: RunConfig, run_dir: Path, *, overwrite: bool = False, wait: bool 
     ``argv`` are the ``ftstudy.run.train`` arguments that reproduce the run (recorded in
     config.json); ``launcher`` names the command that actually ran it, if another.
     Rank 0 holds the run folder's lock throughout; ``wait``: wait for another holder
-    rather than fail.
+    rather than fail.  A full disk or quota is a RunError that names the file being written.
     """
     run_dir = Path(run_dir)
+    try:
+        return _train(cfg, run_dir, overwrite=overwrite, wait=wait, argv=argv, progress=progress, launcher=launcher,
+                      extra_callbacks=extra_callbacks)
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        raise RunError(disk_full_message(run_dir, e)) from e
+
+
+def _train(cfg: RunConfig, run_dir: Path, *, overwrite: bool, wait: bool, argv: list[str] | None, progress: bool,
+           launcher: str | None, extra_callbacks: list[L.Callback] | None) -> dict[str, Any]:
+    """:func:`train`, but for the report of a full disk."""
     folder = RunDir(run_dir)
     if cfg.train.accelerator in ("gpu", "cuda") and not torch.cuda.is_available() and folder.status() != "finished":
         raise RunError(f"{run_dir.name}: accelerator={cfg.train.accelerator} (--device cuda), but torch "
@@ -345,11 +401,21 @@ def device_overrides(device: str | None, overrides: dict[str, Any]) -> dict[str,
     return {**overrides, "accelerator": accelerator}
 
 
-def _resume_step(run_dir: Path, last: Path) -> int:
+def _resume_step(run_dir: Path, last: Path, model: torch.nn.Module | None = None) -> int:
     """The step of the resumable checkpoint (loaded with weights_only=True), or a RunError
-    that says how to recover from a file that cannot be read."""
+    that says how to recover from a file that cannot be read, that lacks the training state
+    Lightning restores (:func:`ftstudy.core.checkpoint.load_resumable`), or whose weights are
+    not ``model``'s (names and shapes)."""
     try:
-        return int(load_checkpoint_dict(last).get("global_step", 0))
+        ckpt = load_resumable(last)
+        if model is not None:
+            want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+            have = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else None for k, v in ckpt["state_dict"].items()}
+            if have != want:
+                odd = sorted(set(have) ^ set(want)) or sorted(k for k in want if have[k] != want[k])
+                raise CheckpointError(f"checkpoint {last}: its weights are not this run's model's "
+                                      f"({len(odd)} differ in name or shape, e.g. {odd[0]})")
+        return ckpt["global_step"]
     except CheckpointError as e:
         raise RunError(f"{run_dir.name} cannot resume: {e}; pass --overwrite to start the run over "
                        f"(or put back a good {last.name})") from e
@@ -371,7 +437,7 @@ def _fit(cfg: RunConfig, run_dir: Path, status: str, argv: list[str] | None, pro
     world = t.devices * t.num_nodes
     resume_step = 0
     if status == "interrupted":
-        resume_step = _resume_step(run_dir, last)
+        resume_step = _resume_step(run_dir, last, lit)
     dm = make_datamodule(cfg, resume_step)
     metrics = MetricsCSV(folder.metrics_table(), t.log_every)
     ckpt_cb = AtomicCheckpoint(last, t.ckpt_every)
@@ -393,8 +459,9 @@ def _fit(cfg: RunConfig, run_dir: Path, status: str, argv: list[str] | None, pro
         metrics.load(resume_step)
         ckpt_path = str(last)
     if trainer.is_global_zero and (status == "new" or folder.saved_steps() != t.steps):
-        folder.write_config({"config": cfg.to_dict(), "run": run_dir.name, "precision_resolved": precision,
-                             **_provenance(argv, launcher)})
+        with writing(folder.config_file):
+            folder.write_config({"config": cfg.to_dict(), "run": run_dir.name, "precision_resolved": precision,
+                                 **_provenance(argv, launcher)})
     # After config.json: a run stopped before this point (bad data, say) leaves a folder that
     # is still empty, not one that looks started but is no ftstudy run.
     folder.make_ckpt_dir()
@@ -446,7 +513,8 @@ def _finish(cfg: RunConfig, lit: LitFreeTransformer, run_dir: Path, trainer: L.T
     tps = [float(r["tokens_per_s"]) for r in metrics.rows if r.get("split") == "train" and r.get("tokens_per_s")]
     # What the task measures once trained (the synthetic task: samples.txt, groups.txt, figures).
     measured = lit.task.measure(FinishedRun(cfg, model, trainer.datamodule, run_dir, precision, val, lit.val_probe))
-    save_model(RunDir(run_dir).model_file, model, cfg, step=trainer.global_step, extra=measured.checkpoint_extra)
+    with writing(RunDir(run_dir).model_file):
+        save_model(RunDir(run_dir).model_file, model, cfg, step=trainer.global_step, extra=measured.checkpoint_extra)
     m = cfg.model
     summary = {
         "run": run_dir.name,
@@ -472,7 +540,8 @@ def _finish(cfg: RunConfig, lit: LitFreeTransformer, run_dir: Path, trainer: L.T
                      "identical": None if replicas is None else len(set(replicas)) == 1},
     }
     summary = finite_or_none(summary)
-    RunDir(run_dir).write_summary(summary)
+    with writing(RunDir(run_dir).summary_file):
+        RunDir(run_dir).write_summary(summary)
     return summary
 
 
@@ -495,8 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ftstudy.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default=None, help=f"one of {sorted(PRESETS)} (default: {DEFAULT_PRESET})")
-    p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="override any config field, e.g. kappa_bits=1/8 n_layers=8 precision=32-true")
+    p.add_argument("--set", dest="overrides", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. kappa_bits=1/8 n_layers=8 precision=32-true; "
+                        "repeated --set options add up (the last value of a key wins)")
     p.add_argument("--seed", type=int, default=None, help="shorthand for --set seed=N")
     p.add_argument("--baseline", action="store_true", help="shorthand for --set latent_bits=0")
     p.add_argument("--device", default=None, choices=DEVICES,

@@ -42,8 +42,8 @@ from typing import Any
 import lightning as L
 from tqdm import tqdm
 
-from ftstudy.core.config import (LATENT_ONLY_FIELDS, ConfigError, RunConfig, config_value, get_preset, parse_set_args,
-                                 resolve_preset)
+from ftstudy.core.config import (LATENT_ONLY_FIELDS, ConfigError, RunConfig, check_seed, config_value, get_preset,
+                                 parse_set_args, resolve_preset)
 from ftstudy.io import RunDir, StudyDir, folder_lock, write_config_file
 from ftstudy.results.report import kl_collapsed, write_aggregate, write_agreement
 from ftstudy.run.lit import machine_name
@@ -345,8 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quick = synthetic-quick (minutes per run), long = synthetic-long (D 128, 3,000 steps; "
                         "its old name paper still works, with a warning), demo = synthetic-demo (make demo)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="SEED")
-    p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="override any config field for every run, e.g. steps=3000 n_layers=8")
+    p.add_argument("--set", dest="overrides", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override any config field for every run, e.g. steps=3000 n_layers=8; repeated --set "
+                        "options add up (the last value of a key wins)")
     p.add_argument("--only", nargs="+", default=None, metavar="KEY=VALUE",
                    help="keep only the grid points that set one of these, e.g. kappa_bits=1/8 latent_bits=0")
     p.add_argument("--jobs", type=int, default=None,
@@ -500,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.out if args.out is not None else default_out(args.preset, args.device)
     try:
+        for seed in args.seeds:
+            check_seed(seed, "--seeds")
         overrides = device_overrides(None if args.device == "cpu" else args.device, parse_set_args(args.overrides))
         runs = plan(args.study, args.preset, args.seeds, overrides, out, only=args.only)
     except ConfigError as e:

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from ftstudy.io import REPO_ROOT, RunDir, RunError, StudyDir
 from ftstudy.study import ablate
-from ftstudy.core.config import ConfigError, parse_set_args
+from ftstudy.core.config import ConfigError, check_seed, parse_set_args
 from ftstudy.tasks.probe import NO_LATENT_FLOOR
 
 #: Where the demo trains by default: a git-ignored folder, so a fresh clone trains.
@@ -145,14 +145,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference", type=Path, default=ablate.PRESET_OUT["demo"],
                    help="committed runs to compare with (default: results/demo/)")
     p.add_argument("--overwrite", action="store_true", help="delete the demo's runs and train them again")
-    p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", dest="overrides", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                    help="config overrides for every run (the tests shrink the model with them; "
-                        "temperature=, top_k=, top_p= set the sampling of the runs' own generations)")
+                        "temperature=, top_k=, top_p= set the sampling of the runs' own generations); "
+                        "repeated --set options add up (the last value of a key wins)")
     p.add_argument("--measure", nargs="*", default=None, metavar="PROTOCOL",
                    help="also re-measure the runs under these sampling protocols (ablate --measure; default "
                         "t1 paper) and write kl_budget/agreement.md")
     args = p.parse_args(argv)
 
+    try:
+        check_seed(args.seed, "--seed")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     if args.overwrite:
         try:

@@ -824,6 +824,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.corpus == "text" and not args.input:
             raise DataError("--corpus text needs --input PATH ...")
+        if isinstance(args.seed, bool) or not 0 <= args.seed <= 2**32 - 1:
+            raise DataError(f"--seed = {args.seed} is not allowed: an integer 0 … {2**32 - 1}")
         for name in ("math_arithmetic_docs", "math_word_docs", "bench_docs", "decide_docs"):
             if getattr(args, name) < 0:
                 raise DataError(f"--{name.replace('_', '-')} = {getattr(args, name)} must be >= 0")
