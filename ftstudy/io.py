@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
+import gzip
 import io
 import json
 import os
@@ -39,7 +40,8 @@ from typing import Any
 #: The repository (or source tree) this package lives in: results/, notebooks/, README.md.
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-__all__ = ["REPO_ROOT", "atomic_write_text", "read_metrics", "LOCK_NAME", "FolderBusyError", "folder_lock", "clear_folder",
+__all__ = ["REPO_ROOT", "atomic_write_text", "atomic_write_gzip", "read_gzip", "gzip_bytes", "read_metrics",
+           "LOCK_NAME", "FolderBusyError", "folder_lock", "clear_folder",
            "foreign_entries", "owned_entry", "refuse_link", "MARKER_VERSION", "write_marker", "marker_state",
            "CsvTable", "RunError", "RunDir", "StudyDir", "write_config_file", "read_config_file"]
 
@@ -57,19 +59,44 @@ def _is_temp(name: str) -> bool:
     return name.startswith(".") and name.rpartition(".tmp")[2].isdigit()
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text so that readers see the old file or the new one, never half of one."""
+def _atomic_write(path: Path, data: str | bytes) -> None:
     path = Path(path)
     tmp = path.with_name(_temp_name(path.name))
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a full disk or an interrupt leaves no temporary file
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text so that readers see the old file or the new one, never half of one."""
+    _atomic_write(path, text)
+
+
+def gzip_bytes(text: str) -> bytes:
+    """``text`` (UTF-8) as a deterministic gzip member: no file name, mtime 0, OS byte 255
+    ("unknown"), level 9; the same text always gives the same bytes (with the same zlib)."""
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", compresslevel=9, fileobj=buf, mtime=0) as f:
+        f.write(text.encode("utf-8"))
+    return buf.getvalue()
+
+
+def atomic_write_gzip(path: Path, text: str) -> None:
+    """Write ``text`` gzip-compressed (:func:`gzip_bytes`), atomically: the format of the
+    ``*.txt.gz`` files of a run folder (generations: see :class:`RunDir`)."""
+    _atomic_write(path, gzip_bytes(text))
+
+
+def read_gzip(path: Path) -> str:
+    """The text of a file :func:`atomic_write_gzip` wrote."""
+    with gzip.open(Path(path), "rt", encoding="utf-8", newline="") as f:
+        return f.read()
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, float | str]]:
@@ -352,13 +379,15 @@ class RunDir(_Folder):
         config.json    every config field and the run's provenance (written first)
         metrics.csv    one row per logged training step and per validation
         summary.json   final figures; its presence marks the run finished
-        samples.txt    generations under prior Z;  groups.txt: the probe's generation groups
+        samples.txt.gz generations under prior Z, one a line;  groups.txt.gz: the probe's
+                       generation groups (:mod:`ftstudy.tasks.agreement`'s format)
         ckpt/          git-ignored: last.ckpt (resumable) and model.pt (export);
                        model-step<N>.pt: snapshots kept by train.snapshot_every;
                        ckpt/retrain/: the run trained again (same config) to re-measure it
         measure/       re-measurements of the finished model under a sampling protocol:
-                       <protocol>.json, <protocol>.groups.txt (prior-Z groups, as groups.txt)
-                       and <protocol>.posterior.txt (groups sharing the encoder's Z); and
+                       <protocol>.json, <protocol>.groups.txt.gz (prior-Z groups, as
+                       groups.txt.gz) and <protocol>.posterior.txt.gz (groups sharing the
+                       encoder's Z); and
                        codes.encoder.json, the aggregate posterior over whole codes (no protocol)
         tb/            git-ignored: the TensorBoard log of the same figures
         COPIED_FROM    a run copied from an identical one of another study
@@ -371,6 +400,12 @@ class RunDir(_Folder):
     neither checkpoint nor summary), ``interrupted`` (a resumable checkpoint), ``finished``
     (a summary), and, for a wanted config with more steps than a finished run made,
     ``extendable``.  Every write is atomic.
+
+    Generations (the ``*.txt.gz`` files) are plain text compressed by :func:`atomic_write_gzip`
+    (deterministic: the same text gives the same bytes) and read by :func:`read_gzip`.
+    Runs written before that have ``samples.txt``, ``groups.txt`` and ``measure/*.txt``
+    (:data:`LEGACY_TEXT`): :meth:`compress_legacy_text` converts them (the committed runs are
+    converted); their names stay ftstudy's, so such a folder can still be deleted.
 
     An ftstudy run is a folder with the marker and a config.json of the shape train writes
     ({"config": {"model": …, "task": …, "train": …}}).  Runs made before the marker existed
@@ -389,8 +424,10 @@ class RunDir(_Folder):
     CONFIG = "config.json"
     METRICS = "metrics.csv"
     SUMMARY = "summary.json"
-    SAMPLES = "samples.txt"
-    GROUPS = "groups.txt"
+    SAMPLES = "samples.txt.gz"
+    GROUPS = "groups.txt.gz"
+    #: The uncompressed names of samples and groups, in runs written before compression.
+    LEGACY_TEXT = ("samples.txt", "groups.txt")
     CKPT = "ckpt"
     LAST_CKPT = "last.ckpt"
     MODEL = "model.pt"
@@ -402,7 +439,7 @@ class RunDir(_Folder):
     #: The marker's kind (:func:`write_marker`).
     KIND = "ftstudy-run"
     #: The files and folders ftstudy writes at a run folder's top (the only names it deletes).
-    OWN_FILES = (CONFIG, METRICS, SUMMARY, SAMPLES, GROUPS, COPIED_FROM, MARKER)
+    OWN_FILES = (CONFIG, METRICS, SUMMARY, SAMPLES, GROUPS, COPIED_FROM, MARKER, *LEGACY_TEXT)
     OWN_DIRS = (CKPT, TB, MEASURE)
     #: The fields a legacy run's config.json (no marker) holds in each section: what every
     #: ftstudy has written, and what tells a run apart from a file of the same outline.
@@ -437,7 +474,7 @@ class RunDir(_Folder):
     def measure_file(self, protocol: str, kind: str = "json") -> Path:
         """A re-measurement's file: ``kind`` "json" (its figures), "groups" (prior-Z groups)
         or "posterior" (groups sharing the encoder's Z), for a protocol name."""
-        suffix = {"json": ".json", "groups": ".groups.txt", "posterior": ".posterior.txt"}
+        suffix = {"json": ".json", "groups": ".groups.txt.gz", "posterior": ".posterior.txt.gz"}
         if kind not in suffix:
             raise ValueError(f"kind = {kind!r}: one of {sorted(suffix)}")
         if not protocol or "/" in protocol or protocol.startswith("."):
@@ -508,7 +545,29 @@ class RunDir(_Folder):
         return int(max((r["step"] for r in self.metrics()), default=0))
 
     def write_samples(self, samples: list[str]) -> None:
-        atomic_write_text(self.samples_file, "\n".join(samples) + "\n")
+        """samples.txt.gz: one generation a line."""
+        atomic_write_gzip(self.samples_file, "\n".join(samples) + "\n")
+
+    def samples(self) -> list[str]:
+        """The generations of samples.txt.gz ([] without one)."""
+        return read_gzip(self.samples_file).splitlines() if self.samples_file.exists() else []
+
+    def compress_legacy_text(self) -> list[Path]:
+        """Convert the uncompressed generations of a run written before compression
+        (samples.txt, groups.txt, measure/<protocol>.groups.txt and .posterior.txt) to their
+        ``.gz`` names, byte for byte the same text, and remove the originals; returns the
+        files written.  A no-op on a converted run."""
+        old = [self.path / n for n in self.LEGACY_TEXT]
+        if self.measure_dir.is_dir():
+            old += sorted(self.measure_dir.glob("*.groups.txt")) + sorted(self.measure_dir.glob("*.posterior.txt"))
+        written = []
+        for f in old:
+            if f.is_file() and not f.is_symlink():
+                new = f.with_name(f.name + ".gz")
+                atomic_write_gzip(new, f.read_bytes().decode("utf-8"))
+                f.unlink()
+                written.append(new)
+        return written
 
     def make_ckpt_dir(self) -> Path:
         """ckpt/, with a .gitignore of its own (belt and braces beside the repo's)."""

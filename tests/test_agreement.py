@@ -1,4 +1,4 @@
-"""Tolerant agreement, groups.txt, the hierarchical bootstrap and the agreement ceiling
+"""Tolerant agreement, the groups file, the hierarchical bootstrap and the agreement ceiling
 (ftstudy.tasks.agreement)."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from ftstudy.tasks import synthetic
 from ftstudy.tasks.agreement import (N_POSITIONS, GroupTable, Interval, agreement_by_position, agreement_ceiling,
                                      agreement_summary, bound_bits, distance_histogram, format_groups,
                                      group_agreement, group_position, hierarchical_bootstrap, pair_distances,
-                                     read_groups)
+                                     read_groups, write_groups)
+from ftstudy.io import gzip_bytes
 
 
 def seq(pos: int, letter: str = "A", noise: tuple[int, ...] = ()) -> str:
@@ -38,7 +39,7 @@ def test_constants():
     assert ag.TOLERANCES == (0, 1, 2) and N_POSITIONS == 57
 
 
-# ------------------------------------------------------------------ GroupTable and groups.txt
+# ------------------------------------------------------------------ GroupTable and the groups file
 
 
 def test_table_from_strings_and_positions(table):
@@ -63,31 +64,38 @@ def test_table_refuses_mixed_groups_and_bad_shapes():
 def test_groups_file_round_trip(table, tmp_path):
     text = format_groups(table)
     assert text.splitlines()[0] == "# group  Z            valid  position  sequence" and text.endswith("\n")
-    path = tmp_path / "groups.txt"
-    path.write_text(text)
+    path = write_groups(table, tmp_path / "groups.txt.gz")
+    data = path.read_bytes()
+    assert data[:2] == b"\x1f\x8b" and data == gzip_bytes(text)  # gzip, deterministic (mtime 0, no name)
     back = read_groups(path)
     assert back.strings == table.strings
     for name in ("group", "shared", "valid", "position"):
         assert np.array_equal(getattr(back, name), getattr(table, name)), name
     assert format_groups(back) == text
+    assert write_groups(back, tmp_path / "again.txt.gz").read_bytes() == data  # rewriting gives the same bytes
+
+
+def test_uncompressed_groups_file_is_refused(table, tmp_path):
+    path = tmp_path / "groups.txt.gz"
+    path.write_text(format_groups(table))
+    with pytest.raises(ValueError, match="not a gzip-compressed groups file"):
+        read_groups(path)
 
 
 def test_format_reproduces_committed_groups_files():
-    """The committed runs' groups.txt (written by the probe before this module owned the
-    format) read back and written again byte for byte."""
-    from ftstudy.io import REPO_ROOT
+    """The committed runs' groups files (written by the probe before this module owned the
+    format, then compressed) read back and written again byte for byte."""
+    from ftstudy.io import REPO_ROOT, RunDir
 
-    files = sorted((REPO_ROOT / "results" / "ablate" / "kl_budget").glob("*-s0/groups.txt"))
+    files = sorted((REPO_ROOT / "results" / "ablate" / "kl_budget").glob(f"*-s0/{RunDir.GROUPS}"))
     assert len(files) >= 5
     for path in files[:5]:
-        assert format_groups(read_groups(path)) == path.read_text(), path
+        assert gzip_bytes(format_groups(read_groups(path))) == path.read_bytes(), path
 
 
 def test_empty_groups_file(tmp_path):
     empty = GroupTable.from_strings([], [], [])
-    path = tmp_path / "groups.txt"
-    path.write_text(format_groups(empty))
-    assert len(read_groups(path)) == 0
+    assert len(read_groups(write_groups(empty, tmp_path / "groups.txt.gz"))) == 0
 
 
 @pytest.mark.parametrize("edit, match", [
@@ -102,8 +110,8 @@ def test_malformed_groups_file_names_the_line(table, tmp_path, edit, match):
     lines = format_groups(table).splitlines()
     assert lines[4].startswith("    1  shared") and "      5  A>" in lines[4]  # the 4th sequence
     lines[4] = edit(lines[4])
-    path = tmp_path / "groups.txt"
-    path.write_text("\n".join(lines) + "\n")
+    path = tmp_path / "groups.txt.gz"
+    path.write_bytes(gzip_bytes("\n".join(lines) + "\n"))
     with pytest.raises(ValueError, match=match) as e:
         read_groups(path)
     assert f"{path}:5:" in str(e.value)

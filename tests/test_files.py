@@ -93,3 +93,83 @@ def test_marker_is_one_small_json_line(tmp_path: Path) -> None:
     path.unlink()
     path.symlink_to(write_marker(tmp_path, ".real", "kind-a"))
     assert marker_state(tmp_path, ".mark", "kind-a") == "bad"  # a link is no marker
+
+
+# ---------------------------------------------------------------- the tracked tree travels
+
+#: The most the tracked tree (every file ``git ls-files`` lists) may weigh.
+TREE_LIMIT_MIB = 40
+
+
+def _tracked() -> list[Path]:
+    """The tracked files present in the working tree (skips outside a git checkout)."""
+    import shutil
+    import subprocess
+
+    from ftstudy.io import REPO_ROOT
+
+    if shutil.which("git") is None or not (REPO_ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    proc = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"git ls-files failed: {proc.stderr.decode(errors='replace').strip()}")
+    paths = [REPO_ROOT / os.fsdecode(p) for p in proc.stdout.split(b"\0") if p]
+    return [p for p in paths if p.is_file() and not p.is_symlink()]  # deleted, not yet staged: gone
+
+
+def test_tracked_tree_stays_under_the_limit() -> None:
+    files = _tracked()
+    total = sum(p.stat().st_size for p in files)
+    biggest = sorted(files, key=lambda p: p.stat().st_size, reverse=True)[:5]
+    assert total <= TREE_LIMIT_MIB * 2**20, (
+        f"the tracked tree weighs {total / 2**20:.1f} MiB, over {TREE_LIMIT_MIB} MiB; biggest: "
+        + ", ".join(f"{p.name} ({p.stat().st_size / 2**20:.1f} MiB)" for p in biggest))
+
+
+def test_no_figure_is_committed_twice() -> None:
+    import hashlib
+
+    seen: dict[str, Path] = {}
+    twice = []
+    for p in _tracked():
+        if p.suffix in (".png", ".svg", ".pdf", ".jpg"):
+            digest = hashlib.sha256(p.read_bytes()).hexdigest()
+            if digest in seen:
+                twice.append(f"{seen[digest]} = {p}")
+            seen.setdefault(digest, p)
+    assert not twice, twice
+
+
+def test_committed_generations_are_compressed() -> None:
+    from ftstudy.io import RunDir
+
+    legacy = [p for p in _tracked() if p.name in RunDir.LEGACY_TEXT
+              or (p.parent.name == RunDir.MEASURE and p.name.endswith((".groups.txt", ".posterior.txt")))]
+    assert not legacy, f"{len(legacy)} uncompressed generation files (RunDir.compress_legacy_text): {legacy[:3]}"
+
+
+def test_gzip_text_is_deterministic_and_legacy_runs_convert(tmp_path: Path) -> None:
+    import gzip
+
+    from ftstudy.io import RunDir, atomic_write_gzip, gzip_bytes, read_gzip
+
+    text = "A>__AAAAAAAA__\nB>ü\n"
+    data = gzip_bytes(text)
+    assert data == gzip_bytes(text) and data[4:8] == b"\0\0\0\0" and not data[3] & 0x08  # mtime 0, no file name
+    atomic_write_gzip(tmp_path / "x.txt.gz", text)
+    assert (tmp_path / "x.txt.gz").read_bytes() == data and read_gzip(tmp_path / "x.txt.gz") == text
+    assert gzip.decompress(data).decode() == text
+    run = RunDir(tmp_path / "r")
+    (run.path / "measure").mkdir(parents=True)
+    (run.path / "samples.txt").write_text("s1\ns2\n")
+    (run.path / "groups.txt").write_text("# g\n")
+    (run.path / "measure" / "t1.groups.txt").write_text("# t1\n")
+    (run.path / "measure" / "t1.posterior.txt").write_text("# post\n")
+    (run.path / "measure" / "t1.json").write_text("{}")
+    written = run.compress_legacy_text()
+    assert sorted(p.name for p in written) == ["groups.txt.gz", "samples.txt.gz", "t1.groups.txt.gz",
+                                               "t1.posterior.txt.gz"]
+    assert run.samples() == ["s1", "s2"] and read_gzip(run.groups_file) == "# g\n"
+    assert read_gzip(run.measure_file("t1", "posterior")) == "# post\n"
+    assert sorted(p.name for p in run.path.rglob("*.txt")) == [] and (run.path / "measure" / "t1.json").exists()
+    assert run.compress_legacy_text() == []  # converted: nothing left to do

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from ftstudy.io import read_gzip
 from ftstudy.tasks import synthetic
 from ftstudy.core.config import ModelConfig
 from ftstudy.tasks.probe import GroupDesign, GroupSamples, generate_groups, group_metrics, posterior_metrics, write_groups
@@ -91,15 +92,15 @@ def test_generate_groups_shares_z_within_groups(tmp_path) -> None:
     for gid in np.unique(s.group[s.shared]):
         members = {s.strings[i] for i in np.flatnonzero(s.group == gid)}
         assert len(members) == 1
-    write_groups(s, tmp_path / "groups.txt")
-    lines = (tmp_path / "groups.txt").read_text().splitlines()
+    write_groups(s, tmp_path / "groups.txt.gz")
+    lines = read_gzip(tmp_path / "groups.txt.gz").splitlines()
     assert len(lines) == 1 + design.total and lines[1].split()[1] == "independent"
     from ftstudy.results.plots import figure4_text, plot_figure4, save_figure
 
-    text = figure4_text(tmp_path / "groups.txt", letter="B", per_group=2)
+    text = figure4_text(tmp_path / "groups.txt.gz", letter="B", per_group=2)
     assert text.splitlines()[0] == "[independent Z]" and text.count("[one shared Z]") == 2
     assert all(line.startswith("B>") for line in text.splitlines() if line and not line.startswith("["))
-    png = save_figure(plot_figure4({"κ = 1": tmp_path / "groups.txt"}), tmp_path / "fig4.png")
+    png = save_figure(plot_figure4({"κ = 1": tmp_path / "groups.txt.gz"}), tmp_path / "fig4.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 

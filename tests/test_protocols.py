@@ -63,7 +63,7 @@ def test_measure_writes_each_protocol_and_t1_reproduces_the_run(measured: Path) 
     run = _run(measured)
     t1, sharp = run.measurement("t1"), run.measurement("t0.5-p0.9")
     assert t1["same_as_run_groups"] is True  # the run's own probe, made again from the checkpoint
-    assert run.measure_file("t1", "groups").read_text() == run.groups_file.read_text()
+    assert run.measure_file("t1", "groups").read_bytes() == run.groups_file.read_bytes()
     assert sharp["sampling"] == {"temperature": 0.5, "top_k": None, "top_p": 0.9}
     assert sharp["same_as_run_groups"] is None and t1["model"] == "checkpoint"
     for m in (t1, sharp):
@@ -130,7 +130,7 @@ def test_a_copied_twin_takes_its_sources_measurements(measured: Path, tmp_path: 
     (twin.path / RunDir.COPIED_FROM).write_text(f"kl_budget/{src.name}\n")
     assert measure_run(twin.path, [protocols.protocol("t1")]) == ["t1"]
     assert twin.measurement("t1")["model"] == f"copied from kl_budget/{src.name}"
-    assert twin.measure_file("t1", "groups").read_text() == src.measure_file("t1", "groups").read_text()
+    assert twin.measure_file("t1", "groups").read_bytes() == src.measure_file("t1", "groups").read_bytes()
     assert not twin.model_file.exists()  # nothing was trained
 
 
@@ -214,7 +214,7 @@ def test_calibration_picks_the_likelihood_maximum(monkeypatch, tmp_path: Path) -
 
 
 def test_t1_table_counts_runs_by_their_own_probe(tmp_path: Path) -> None:
-    """Under t1 a run not re-measured counts with its groups.txt (its probe was made at τ = 1);
+    """Under t1 a run not re-measured counts with its own groups file (its probe was made at τ = 1);
     under another protocol it does not count; a run whose own probe was sharper never stands in for t1."""
     from ftstudy.io import CsvTable
     from ftstudy.results.report import protocol_points
@@ -231,10 +231,10 @@ def test_t1_table_counts_runs_by_their_own_probe(tmp_path: Path) -> None:
         run.path.mkdir(parents=True)
         run.write_config({"config": {"model": {"latent_bits": 8, "kappa_bits": 0.125},
                                      "task": {"temperature": temperature}, "train": {"seed": seed}}})
-        run.groups_file.write_text(agreement.format_groups(table))
+        agreement.write_groups(table, run.groups_file)
         rows.append({"run": run.name, "variant": "free", "latent_bits": 8, "kappa_bits": 0.125})
     study.run("r0").write_measurement("t1", {"sampling": {"temperature": 1.0, "top_k": None, "top_p": None}})
-    study.run("r0").measure_file("t1", "groups").write_text(agreement.format_groups(table))
+    agreement.write_groups(table, study.run("r0").measure_file("t1", "groups"))
     CsvTable(study.summary_file, rows).write()
     (t1,) = protocol_points(study.path, STUDIES["kl_budget"], "t1")
     assert t1["seeds"] == 2 and t1["exact_shared"] == 1.0 and t1["sampling.temperature"] == 1.0

@@ -142,7 +142,7 @@ def read_scalars(tb: Path, tag: str) -> list[tuple[int, float]]:
 
 def test_a_third_task_is_one_class_and_one_registration(tmp_path: Path) -> None:
     """Config, train and lit are untouched: the task registers itself and a config names it."""
-    from ftstudy.io import read_metrics
+    from ftstudy.io import RunDir, read_metrics
     from ftstudy.run.train import train
 
     tasks.register_task(CountingTask())
@@ -157,7 +157,7 @@ def test_a_third_task_is_one_class_and_one_registration(tmp_path: Path) -> None:
     assert summary["probe"] == summary["posterior"] == {} and summary["prior_ce_minus_floor"] is None
     rows = read_metrics(tmp_path / "toy")
     assert [(r["step"], r["split"]) for r in rows] == [(1, "train"), (2, "train"), (2, "val")]
-    assert not (tmp_path / "toy" / "samples.txt").exists()  # the synthetic task's measurement did not run
+    assert not RunDir(tmp_path / "toy").samples_file.exists()  # the synthetic task's measurement did not run
     # The TensorBoard log has the figures of metrics.csv at the same steps.
     events = list((tmp_path / "toy" / "tb").glob("events.out.tfevents.*"))
     assert len(events) == 1

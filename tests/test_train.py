@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ftstudy.io import RunDir
 from ftstudy.tasks import synthetic
 from ftstudy.core.checkpoint import CheckpointError, load_model, read_metrics
 from ftstudy.core.config import get_preset
@@ -42,7 +43,8 @@ def test_run_directory_contents(finished: tuple[Path, dict]) -> None:
         assert key in summary["val"]
     # The ELBO bound is CE_posterior + KL per scored token: never below the posterior CE.
     assert summary["val"]["elbo"] >= summary["val"]["ce_posterior_LEAKY"]
-    samples = (run_dir / "samples.txt").read_text().splitlines()
+    samples = RunDir(run_dir).samples()
+    assert RunDir(run_dir).samples_file.name == "samples.txt.gz"
     assert len(samples) == 16 and all(len(s) == synthetic.SEQ_LEN for s in samples)
     assert summary["generation"]["n"] == 16
     rows = (run_dir / "metrics.csv").read_text().splitlines()

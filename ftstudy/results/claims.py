@@ -1,13 +1,22 @@
-"""The paper's claims against our measurements, as one table built from committed results.
+"""The paper's claims against our measurements, as tables built from committed results.
 
-    python -m ftstudy.claims                 # print both tables (markdown, with their markers)
-    python -m ftstudy.claims --check README.md   # exit 1 if the README's tables differ
+    python -m ftstudy.claims            # print every generated block (markdown, with its markers)
+    python -m ftstudy.claims --check    # exit 1 if a page's block differs from the results
 
-The README quotes the claims table between ``<!-- claims:begin -->`` and
-``<!-- claims:end -->``, and the performance targets of ``results/perf/*.json`` between
-``<!-- perf:begin -->`` and ``<!-- perf:end -->``; the test suite runs ``--check``, so a
-number in the README cannot drift from the result file it cites.  Every cell is read
-from a file under ``results/``: nothing here is typed in.
+Three blocks are generated, each between its markers, on the pages of :data:`PAGES`:
+
+- the answer, ``<!-- answer:begin -->`` … ``<!-- answer:end -->`` (the README): one short row
+  per claim, with its verdict, the seeds that show it and a link to the result file;
+- the claims table, ``<!-- claims:begin -->`` … ``<!-- claims:end -->`` (``docs/results.md``):
+  the same claims with every number, the result file and the command that makes it;
+- the performance targets of ``results/perf/*.json`` and ``results/gpu/*/perf.json``,
+  ``<!-- perf:begin -->`` … ``<!-- perf:end -->`` (``docs/performance.md``).
+
+``--check`` reads every block wherever it is on the pages it is given (by default
+:data:`PAGES`), and fails if one differs from the results, if a page holds none, or if a block
+is on no page; the test suite runs it, so a number in the documentation cannot drift from the
+result file it cites.  Every cell is read from a file under ``results/``: nothing here is
+typed in.
 """
 
 from __future__ import annotations
@@ -27,6 +36,9 @@ from ftstudy.results.report import as_number, kappa_label, targets_table
 
 BEGIN, END = "<!-- claims:begin -->", "<!-- claims:end -->"
 PERF_BEGIN, PERF_END = "<!-- perf:begin -->", "<!-- perf:end -->"
+ANSWER_BEGIN, ANSWER_END = "<!-- answer:begin -->", "<!-- answer:end -->"
+#: The pages that hold the generated blocks, relative to the repository: ``--check``'s default.
+PAGES = ("README.md", "docs/results.md", "docs/performance.md")
 PERF_DIR = "results/perf"
 GPU_DIR = "results/gpu"  # python -m ftstudy.gpucheck
 
@@ -258,49 +270,148 @@ def _suite_diversity(root: Path) -> str:
             f"programs: {_suite_cells(rep, code, 'distinct_correct', 2)}")
 
 
+# ---------------------------------------------------------------- the answer: one short row per claim
+# Each returns (verdict, seeds): the verdict of the rule that judges the claim, or "not judged"
+# with its key figure where no rule does, and k of n (the seeds that show it on their own).
+
+def _verdict_answer(family: str, claim_start: str, secondary: str | None = "secondary",
+                    protocol: str = "paper") -> Callable[[Path], tuple[str, str]]:
+    def answer(root: Path) -> tuple[str, str]:
+        rows = [_verdict_row(root, family, protocol, claim_start)]
+        if rows[0] is None:
+            raise ClaimError(f"{VERDICTS} has no {family!r} row for {claim_start!r}; python -m ftstudy.verdicts writes it")
+        if secondary is not None:
+            t1 = _verdict_row(root, secondary, "t1", claim_start)
+            if t1 is not None:
+                rows.append(t1)
+        verdicts, seeds = [], []
+        for r in rows:
+            note = f", {r['note']}" if r["note"] and not r["note"].startswith("90%") else ""
+            tau = f"τ = {as_number(r['temperature']):g}"
+            verdicts.append(f"**{r['verdict']}**{note} ({tau})" if r is rows[0] else f"{r['verdict']} ({tau})")
+            seeds.append(f"{r['k_showing']} of {r['n_seeds']}" + (f" ({tau})" if len(rows) > 1 else ""))
+        return "; ".join(verdicts), "; ".join(seeds)
+    return answer
+
+
+def _kappa_unused_answer(root: Path) -> tuple[str, str]:
+    r = _point(root, QUICK, 1 / 64)
+    return (f"not judged: KL {float(r['posterior.kl_bits_per_token']):.3f} bits/token",
+            f"{r['collapsed']} of {r['seeds']} collapse to 0")
+
+
+def _figure_answer(root: Path) -> tuple[str, str]:
+    parts = []
+    for k in (1 / 8, 1.0):
+        r = _agree_row(root, QUICK_AGREE, "paper figure", k)
+        parts.append(f"κ {kappa_label(k)} {float(r['within2_shared']):.2f} vs {float(r['within2_independent']):.2f}")
+    return "not judged: ±2 agreement, shared vs independent Z: " + ", ".join(parts), "– (one figure)"
+
+
+def _suite_answer(task: str) -> Callable[[Path], tuple[str, str]]:
+    def answer(root: Path) -> tuple[str, str]:
+        _, row = _suite_row(root, task)
+        return row["verdict"], f"n = {row['models']['baseline']['seeds']}"
+    return answer
+
+
+def _suite_diversity_answer(root: Path) -> tuple[str, str]:
+    rep, row = _suite_row(root, "ftstudy_bench_path")
+    free = [m["distinct_correct"] for lab, m in row["models"].items() if lab.startswith("free")]
+    return (f"not judged: distinct valid paths in 10 samples, baseline {row['models']['baseline']['distinct_correct']:.2f},"
+            f" Free {min(free):.2f}–{max(free):.2f}", f"n = {row['models']['baseline']['seeds']}")
+
+
+def _bench_seeds(root: Path) -> str:
+    return f"n = {sum(c['label'] == 'baseline' for c in _report(root)['checkpoints'])}"
+
+
+def _bench_answer(task: str, filt: str = "none", digits: int = 3) -> Callable[[Path], tuple[str, str]]:
+    def answer(root: Path) -> tuple[str, str]:
+        cells = _bench_row(_report(root), task, filt)
+        free = [c["value"] for c in cells[1:]]
+        p = min(c["p"] for c in cells[1:])
+        return (f"not judged: baseline {cells[0]['value']:.{digits}f}, Free {min(free):.{digits}f}–{max(free):.{digits}f}"
+                f" (smallest p {p:.2g})", _bench_seeds(root))
+    return answer
+
+
+def _leak_answer(root: Path) -> tuple[str, str]:
+    rows = {r["run"]: r for r in _rows(root, RUNS)}
+    try:
+        base, k2 = rows["code-math-small-base-s0"], rows["code-math-small-free-k2-s0"]
+    except KeyError as e:
+        raise ClaimError(f"{RUNS} has no row {e}") from None
+    return (f"not judged: CE at κ 2, leaky {float(k2['val.ce_posterior_LEAKY']):.3f}, honest "
+            f"{float(k2['val.ce_prior']):.3f}, baseline {float(base['val.ce_prior']):.3f}", "n = 1")
+
+
+def _overhead_answer(root: Path) -> tuple[str, str]:
+    path = root / SCALE
+    if not path.exists():
+        raise ClaimError(f"{SCALE} is missing; make it with python -m ftstudy.perf scale --json {SCALE}")
+    parts = [f"{r['overhead_flops_encoder_block']:.1%} ({r['preset']})" for r in json.loads(path.read_text())]
+    return "not judged: encoder block " + ", ".join(parts) + " of training FLOPs", "– (computed)"
+
+
 @dataclass(frozen=True)
 class Claim:
     claim: str
     measure: Callable[[Path], str]
     source: str
     command: str
+    answer: Callable[[Path], tuple[str, str]]
 
 
 CLAIMS = (
-    Claim("Synthetic task, κ = 1/64 bit: Z carries nothing (Fig. 4, left)", _kappa_unused, QUICK, QUICK_CMD),
-    Claim("The paper's Figure 4 itself, measured by our code", _figure, QUICK_AGREE, QUICK_MEASURE_CMD),
+    Claim("Synthetic task, κ = 1/64 bit: Z carries nothing (Fig. 4, left)", _kappa_unused, QUICK, QUICK_CMD,
+          _kappa_unused_answer),
+    Claim("The paper's Figure 4 itself, measured by our code", _figure, QUICK_AGREE, QUICK_MEASURE_CMD, _figure_answer),
     Claim("κ = 1/64 bit: shared Z does not move the position",
-          _verdict_claim("null", "κ = 1/64 bit", secondary="null"), VERDICTS, QUICK_MEASURE_CMD),
+          _verdict_claim("null", "κ = 1/64 bit", secondary="null"), VERDICTS, QUICK_MEASURE_CMD,
+          _verdict_answer("null", "κ = 1/64 bit", secondary="null")),
     Claim("κ = 1/8 bit: shared-Z generations agree on the block position",
-          _verdict_claim("primary", "κ = 1/8 bit: generations"), VERDICTS, QUICK_MEASURE_CMD),
+          _verdict_claim("primary", "κ = 1/8 bit: generations"), VERDICTS, QUICK_MEASURE_CMD,
+          _verdict_answer("primary", "κ = 1/8 bit: generations")),
     Claim("κ = 1/8 bit, same claim, longer training (D 128, 3,000 steps)",
-          _verdict_claim("primary", "κ = 1/8 bit, the same with longer"), VERDICTS, LONG_MEASURE_CMD),
+          _verdict_claim("primary", "κ = 1/8 bit, the same with longer"), VERDICTS, LONG_MEASURE_CMD,
+          _verdict_answer("primary", "κ = 1/8 bit, the same with longer")),
     Claim("κ = 1/8 bit, the same longer training on one H200 GPU (bf16)",
-          _verdict_claim("gpu", "κ = 1/8 bit, longer training, on one H200", secondary=None), VERDICTS, GPU_LONG_CMD),
+          _verdict_claim("gpu", "κ = 1/8 bit, longer training, on one H200", secondary=None), VERDICTS, GPU_LONG_CMD,
+          _verdict_answer("gpu", "κ = 1/8 bit, longer training, on one H200", secondary=None)),
     Claim("κ = 1 bit: Z decides the position", _verdict_claim("primary", "κ = 1 bit: Z decides"), VERDICTS,
-          QUICK_MEASURE_CMD),
+          QUICK_MEASURE_CMD, _verdict_answer("primary", "κ = 1 bit: Z decides")),
     Claim("κ = 1 bit: … and the noise (τ = 1 probe)",
           _verdict_claim("primary", "κ = 1 bit: Z also", secondary=None, what="shared − independent noise / chance",
                          protocol="t1"),
-          VERDICTS, QUICK_MEASURE_CMD),
+          VERDICTS, QUICK_MEASURE_CMD, _verdict_answer("primary", "κ = 1 bit: Z also", secondary=None, protocol="t1")),
     Claim("κ = 8 bits: generations become invalid",
-          _verdict_claim("primary", "κ = 8 bits", what="valid rate, κ = 8 − baseline"), VERDICTS, QUICK_MEASURE_CMD),
+          _verdict_claim("primary", "κ = 8 bits", what="valid rate, κ = 8 − baseline"), VERDICTS, QUICK_MEASURE_CMD,
+          _verdict_answer("primary", "κ = 8 bits")),
     Claim("Code (MBPP-like): Free above baseline at 1.5B/8B; here a CPU-scale suite",
-          _suite_task("ftstudy_bench_code", "generated function synthesis, hidden tests"), SUITE, SUITE_CMD),
+          _suite_task("ftstudy_bench_code", "generated function synthesis, hidden tests"), SUITE, SUITE_CMD,
+          _suite_answer("ftstudy_bench_code")),
     Claim("Math (GSM8K): Free above baseline; CPU-scale word problems",
-          _suite_task("ftstudy_bench_gsm", "two-step word problems"), SUITE, SUITE_CMD),
+          _suite_task("ftstudy_bench_gsm", "two-step word problems"), SUITE, SUITE_CMD, _suite_answer("ftstudy_bench_gsm")),
     Claim("Math: CPU-scale multi-digit addition",
-          _suite_task("ftstudy_bench_arith", "column addition, 2-3 digits"), SUITE, SUITE_CMD),
+          _suite_task("ftstudy_bench_arith", "column addition, 2-3 digits"), SUITE, SUITE_CMD,
+          _suite_answer("ftstudy_bench_arith")),
     Claim("(the paper's argument) a decision with many valid outputs",
-          _suite_task("ftstudy_bench_path", "a path in a small graph"), SUITE, SUITE_CMD),
-    Claim("(the paper's argument) Free samples differ in their decision", _suite_diversity, SUITE, SUITE_CMD),
-    Claim("Code at 1.5B/8B, tried at CPU scale on HumanEval itself (issue 4)", _code, BENCH, BENCH_CMD),
-    Claim("Math (GSM8K) at CPU scale, issue 4's held-out GSM-style problems", _gsm, BENCH, BENCH_CMD),
-    Claim("(issue 4's stand-in) GPT-3 arithmetic", _arithmetic, BENCH, BENCH_CMD),
-    Claim("(not a paper claim) honest likelihood of Free vs baseline", _likelihood, BENCH, BENCH_CMD),
-    Claim("(the trap in PAPER.md) a leaky evaluation flatters Free models", _leak, RUNS, BENCH_CMD),
+          _suite_task("ftstudy_bench_path", "a path in a small graph"), SUITE, SUITE_CMD,
+          _suite_answer("ftstudy_bench_path")),
+    Claim("(the paper's argument) Free samples differ in their decision", _suite_diversity, SUITE, SUITE_CMD,
+          _suite_diversity_answer),
+    Claim("Code at 1.5B/8B, tried at CPU scale on HumanEval itself", _code, BENCH, BENCH_CMD,
+          _bench_answer("ftstudy_humaneval")),
+    Claim("Math (GSM8K) at CPU scale, on held-out GSM-style problems", _gsm, BENCH, BENCH_CMD,
+          _bench_answer("ftstudy_gsm", "strict-match")),
+    Claim("(a stand-in at CPU scale) GPT-3 arithmetic", _arithmetic, BENCH, BENCH_CMD,
+          _bench_answer("ftstudy_arithmetic")),
+    Claim("(not a paper claim) honest likelihood of Free vs baseline", _likelihood, BENCH, BENCH_CMD,
+          _bench_answer("ftstudy_humaneval_bpb")),
+    Claim("(the trap in PAPER.md) a leaky evaluation flatters Free models", _leak, RUNS, BENCH_CMD, _leak_answer),
     Claim("The encoder costs about 3.6% (1.5B) and 3.1% (8B) more compute", _overhead, SCALE,
-          f"`python -m ftstudy.perf scale --json {SCALE}`"),
+          f"`python -m ftstudy.perf scale --json {SCALE}`", _overhead_answer),
 )
 
 
@@ -327,39 +438,121 @@ def perf_tables(root: Path = REPO_ROOT) -> str:
     return "\n\n".join(parts)
 
 
+def answer_table(root: Path = REPO_ROOT, base: str = "") -> str:
+    """One short row per claim: its verdict, k of n seeds and a link to its result file.
+    ``base`` is the way from the page that quotes the table to the repository root ("" for
+    the README, "../" for a page in docs/)."""
+    lines = ["| paper's claim | verdict | seeds that show it (k of n) | evidence |", "|---|---|---|---|"]
+    for c in CLAIMS:
+        verdict, seeds = c.answer(Path(root))
+        name = "/".join(Path(c.source).parts[-2:])
+        lines.append(f"| {c.claim} | {verdict} | {seeds} | [{name}]({base}{c.source}) |")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Block:
+    """A generated block: its name, its markers and what builds it from (results root, base)."""
+    name: str
+    begin: str
+    end: str
+    build: Callable[[Path, str], str]
+
+
+BLOCKS = (
+    Block("answer", ANSWER_BEGIN, ANSWER_END, answer_table),
+    Block("claims table", BEGIN, END, lambda root, base: claims_table(root)),
+    Block("performance targets", PERF_BEGIN, PERF_END, lambda root, base: perf_tables(root)),
+)
+
+
+def page_blocks(page: Path, begin: str, end: str) -> list[str]:
+    """Every block of ``page`` between ``begin`` and ``end``, stripped."""
+    out = []
+    for part in Path(page).read_text().split(begin)[1:]:
+        if end not in part:
+            raise ClaimError(f"{page}: {begin} without its {end}")
+        out.append(part.split(end, 1)[0].strip())
+    return out
+
+
 def readme_block(readme: Path, begin: str = BEGIN, end: str = END) -> str:
-    text = Path(readme).read_text()
-    if begin not in text or end not in text:
+    blocks = page_blocks(readme, begin, end)
+    if not blocks:
         raise ClaimError(f"{readme} has no {begin} … {end} block")
-    return text.split(begin, 1)[1].split(end, 1)[0].strip()
+    return blocks[0]
+
+
+def _base(page: Path) -> str:
+    """The relative way from ``page``'s folder to the repository root ("" at the root)."""
+    import os
+    try:
+        Path(page).resolve().relative_to(REPO_ROOT.resolve())
+    except ValueError:
+        return ""
+    rel = Path(os.path.relpath(REPO_ROOT.resolve(), Path(page).resolve().parent)).as_posix()
+    return "" if rel == "." else rel + "/"
+
+
+def check(pages: list[Path], root: Path = REPO_ROOT) -> tuple[int, str]:
+    """(0, message) when every block on ``pages`` matches the results and every block is on one;
+    (1, diffs) when a block differs.  Raises :class:`ClaimError` for a page without a block, a
+    block on no page, or a missing result."""
+    import difflib
+    found: dict[str, list[str]] = {b.name: [] for b in BLOCKS}
+    built: dict[tuple[str, str], str] = {}
+    diffs = []
+    for page in pages:
+        if not Path(page).exists():
+            raise ClaimError(f"{page} is missing")
+        held = 0
+        for b in BLOCKS:
+            for got in page_blocks(page, b.begin, b.end):
+                held += 1
+                found[b.name].append(str(page))
+                key = (b.name, _base(page))
+                if key not in built:
+                    built[key] = b.build(Path(root), key[1])
+                want = built[key]
+                if got != want:
+                    diff = difflib.unified_diff(got.splitlines(), want.splitlines(), str(page), "results", lineterm="")
+                    diffs.append(f"{page}: the {b.name} differs from the results (python -m ftstudy.claims prints "
+                                 "every block):\n" + "\n".join(diff))
+        if not held:
+            raise ClaimError(f"{page} has no generated block (" + ", ".join(f"{b.begin} … {b.end}" for b in BLOCKS) + ")")
+    missing = [b for b in BLOCKS if not found[b.name]]
+    if missing:
+        raise ClaimError("no page holds the " + ", ".join(f"{b.name} ({b.begin} … {b.end})" for b in missing)
+                         + ": checked " + ", ".join(map(str, pages)))
+    if diffs:
+        return 1, "\n".join(diffs)
+    def shown(page: str) -> str:
+        try:
+            return Path(page).resolve().relative_to(REPO_ROOT.resolve()).as_posix()
+        except ValueError:
+            return page
+    where = "; ".join(f"the {name} in {', '.join(sorted({shown(p) for p in ps}))}" for name, ps in found.items())
+    return 0, f"{where}: match the results ({len(CLAIMS)} claims)"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ftstudy.claims", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--check", type=Path, metavar="README", help="compare with the README's claims block")
+    p.add_argument("--check", type=Path, nargs="*", metavar="PAGE",
+                   help="compare the generated blocks on these pages (default: " + ", ".join(PAGES)
+                   + ") with the results")
     p.add_argument("--root", type=Path, default=REPO_ROOT, help="the repository whose results/ are read")
     args = p.parse_args(argv)
     try:
-        table, perf = claims_table(args.root), perf_tables(args.root)
         if args.check is None:
-            print(f"{BEGIN}\n{table}\n{END}\n\n{PERF_BEGIN}\n{perf}\n{PERF_END}")
+            print("\n\n".join(f"{b.begin}\n{b.build(args.root, '')}\n{b.end}" for b in BLOCKS))
             return 0
-        quoted = readme_block(args.check)
-        quoted_perf = readme_block(args.check, PERF_BEGIN, PERF_END)
+        pages = args.check or [REPO_ROOT / page for page in PAGES]
+        bad, message = check(pages, args.root)
     except ClaimError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    import difflib
-    bad = 0
-    for name, want, got in (("claims table", table, quoted), ("performance targets", perf, quoted_perf)):
-        if got != want:
-            diff = difflib.unified_diff(got.splitlines(), want.splitlines(), "README", "results", lineterm="")
-            print(f"the README's {name} differs from the results (python -m ftstudy.claims prints both):\n"
-                  + "\n".join(diff), file=sys.stderr)
-            bad = 1
-    if not bad:
-        print(f"{args.check}: the claims table ({len(CLAIMS)} claims) and the performance targets match the results")
+    print(message, file=sys.stderr if bad else sys.stdout)
     return bad
 
 

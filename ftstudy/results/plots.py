@@ -132,7 +132,7 @@ def save_figure(fig: plt.Figure, path: Path) -> Path:
 
 def figure4_text(groups: Path | Any, letter: str | None = None, per_group: int = 8, shared_groups: int = 2) -> str:
     """The paper's Figure 4 for one run as text: one prompt, an independent-Z group and
-    ``shared_groups`` shared-Z groups.  ``groups``: a groups file (a run's groups.txt or a
+    ``shared_groups`` shared-Z groups.  ``groups``: a groups file (a run's groups.txt.gz or a
     measurement's) or a :class:`ftstudy.tasks.agreement.GroupTable` (e.g. the paper's own
     panel, :meth:`ftstudy.tasks.figure4.FigurePanel.table`)."""
     from ftstudy.tasks import agreement
@@ -300,7 +300,7 @@ def per_seed_table(study_dir: Path, x: str) -> pd.DataFrame:
 
 
 def figure4_panels(study_dir: Path, seed: int, kappas: tuple[float, ...], protocol: str = "") -> dict[str, Path]:
-    """The groups.txt of the Free runs of ``seed`` at the budgets ``kappas`` (the paper's
+    """The groups files of the Free runs of ``seed`` at the budgets ``kappas`` (the paper's
     Figure 4 columns, a study's ``figure4_kappas``), by title; with ``protocol``, their
     re-measurement's groups under that sampling protocol (``ablate --measure``)."""
     def groups(r: RunDir) -> Path:

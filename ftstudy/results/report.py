@@ -270,7 +270,7 @@ def _figure_cell(s: dict[str, Any], key: str) -> str:
 
 
 #: The protocol every run's own probe follows unless its config sets other sampling: a run's
-#: groups.txt is its generations under t1 (re-measuring it reproduces them, measure checks).
+#: groups file (groups.txt.gz) is its generations under t1 (re-measuring it reproduces them, measure checks).
 T1 = "t1"
 T1_SAMPLING: dict[str, Any] = {"temperature": 1.0, "top_k": None, "top_p": None}
 
@@ -284,7 +284,7 @@ def run_sampling(run: RunDir) -> dict[str, Any]:
 
 def protocol_groups(run: RunDir, protocol: str, kind: str = "groups") -> Path | None:
     """A run's generation groups under a protocol (``kind`` "groups": prior Z, "posterior":
-    the encoder's Z): its re-measurement's file, or for t1 its own groups.txt when its own
+    the encoder's Z): its re-measurement's file, or for t1 its own groups file when its own
     probe was sampled at t1; None when there are none."""
     f = run.measure_file(protocol, kind)
     if f.exists():
@@ -299,7 +299,7 @@ def protocol_points(study_dir: Path, layout: StudyLayout, protocol: str) -> list
     the agreement of prior-Z groups (exact, ±1, ±2; shared and independent Z) and of groups
     sharing the encoder's Z, each with a hierarchical bootstrap interval over seeds × groups
     (:func:`ftstudy.tasks.agreement.agreement_summary`), and the sampling settings.  Under
-    t1, a run not re-measured counts with its own groups.txt (:func:`protocol_groups`),
+    t1, a run not re-measured counts with its own groups file (:func:`protocol_groups`),
     without posterior-Z figures."""
     from ftstudy.tasks import agreement
 

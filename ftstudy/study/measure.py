@@ -10,7 +10,7 @@ Each protocol (:mod:`ftstudy.study.protocols`) gives ``<run>/measure/<protocol>.
 two generation files (:class:`ftstudy.io.RunDir`):
 
 - the run's probe made again under the protocol: the same prompts, the same Z draws and
-  the same seed as the run's own probe (so ``t1`` reproduces groups.txt), with the
+  the same seed as the run's own probe (so ``t1`` reproduces groups.txt.gz), with the
   agreement figures of :mod:`ftstudy.tasks.agreement`;
 - groups sharing the encoder's Z of one held-out sequence (posterior Z) instead of a
   prior draw: how often they agree, and how often they put the block where the source
@@ -30,7 +30,7 @@ import torch
 from ftstudy.core.checkpoint import load_model
 from ftstudy.core.config import RunConfig
 from ftstudy.core.model import FreeTransformer
-from ftstudy.io import RunDir, RunError, atomic_write_text
+from ftstudy.io import RunDir, RunError, atomic_write_text, read_gzip
 from ftstudy.run.train import finite_or_none, saved_config, train
 from ftstudy.study.protocols import Protocol
 from ftstudy.tasks import agreement, synthetic
@@ -160,7 +160,8 @@ def _copy_from_twin(folder: RunDir, todo: list[Protocol]) -> bool:
     for p in todo:
         for kind in ("groups", "posterior"):
             if twin.measure_file(p.name, kind).exists():
-                atomic_write_text(folder.measure_file(p.name, kind), twin.measure_file(p.name, kind).read_text())
+                agreement.write_groups(agreement.read_groups(twin.measure_file(p.name, kind)),
+                                       folder.measure_file(p.name, kind))
         folder.write_measurement(p.name, {**twin.measurement(p.name), "model": f"copied from {name}"})
         print(f"[measure] {folder.name} {p.name}: copied from its twin {name}", flush=True)
     return True
@@ -184,7 +185,7 @@ def measure_run(run_dir: Path, protocols: list[Protocol], *, overwrite: bool = F
     design = GroupDesign(t.probe_independent, t.probe_groups, t.probe_group_size)
     val_seed = cfg.train.seed + synthetic.VAL_SEED_OFFSET
     sources = synthetic.sample(POSTERIOR_SOURCES, val_seed)  # the run's first held-out sequences
-    own = folder.groups_file.read_text() if folder.groups_file.exists() else None
+    own = read_gzip(folder.groups_file) if folder.groups_file.exists() else None  # the run's own groups file, as text
     encoder = None
     if cfg.model.is_free:  # the aggregate posterior on the run's validation set (as the run's summary)
         encoder = posterior_metrics(model, _val_batches(cfg), seed=cfg.train.seed + _ENCODER_SEED_OFFSET)
@@ -202,7 +203,7 @@ def measure_run(run_dir: Path, protocols: list[Protocol], *, overwrite: bool = F
             "same_as_run_groups": (text == own) if own is not None and p.sampling == t.sampling else None,
         }
         folder.measure_dir.mkdir(exist_ok=True)
-        atomic_write_text(folder.measure_file(p.name, "groups"), text)
+        agreement.write_groups(table, folder.measure_file(p.name, "groups"))
         if cfg.model.is_free:
             post, src_pos = generate_posterior_groups(model, sources, t.probe_group_size,
                                                       seed=cfg.train.seed + _POSTERIOR_SEED_OFFSET, **p.sampling)
@@ -210,7 +211,7 @@ def measure_run(run_dir: Path, protocols: list[Protocol], *, overwrite: bool = F
             figures["posterior"] = {"sources": len(sources), "source_seed": val_seed,
                                     **recovery_metrics(post, src_pos),
                                     "agreement": agreement.agreement_summary([post_table])}
-            atomic_write_text(folder.measure_file(p.name, "posterior"), agreement.format_groups(post_table))
+            agreement.write_groups(post_table, folder.measure_file(p.name, "posterior"))
             # Not a generation: the same for every protocol (KL per bit, codes, per-bit marginals).
             figures["encoder"] = encoder
         figures["time_s"] = round(time.perf_counter() - t0, 2)

@@ -3,8 +3,10 @@
 Owns, torch-free (numpy only):
 
 - :class:`GroupTable`, a run's generation groups (strings, group id, shared or independent Z,
-  checker verdict), and the ``groups.txt`` format: :func:`format_groups` and
-  :func:`read_groups` are its one writer and one reader;
+  checker verdict), and the groups file format (a run's ``groups.txt.gz``, a measurement's
+  ``<protocol>.groups.txt.gz`` and ``.posterior.txt.gz``: text, gzip-compressed by
+  :func:`ftstudy.io.atomic_write_gzip`): :func:`write_groups` (the text: :func:`format_groups`)
+  and :func:`read_groups` are its one writer and one reader;
 - tolerant agreement: :func:`pair_distances`, :func:`group_agreement` (two valid members of a
   group agree within ``tol`` when their block starts differ by at most ``tol``),
   :func:`distance_histogram`;
@@ -17,6 +19,7 @@ Owns, torch-free (numpy only):
 
 from __future__ import annotations
 
+import gzip
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,9 +29,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from ftstudy.io import atomic_write_gzip, read_gzip
 from ftstudy.tasks import synthetic
 
-__all__ = ["TOLERANCES", "N_POSITIONS", "KINDS", "GroupTable", "format_groups", "read_groups", "pair_distances",
+__all__ = ["TOLERANCES", "N_POSITIONS", "KINDS", "GroupTable", "format_groups", "write_groups", "read_groups",
+           "pair_distances",
            "group_agreement", "distance_histogram", "Interval", "hierarchical_bootstrap", "difference_bootstrap",
            "agreement_summary", "tolerance_name",
            "group_position", "agreement_by_position", "bound_bits", "agreement_ceiling"]
@@ -129,7 +134,7 @@ class GroupTable:
 
 
 def format_groups(table: GroupTable) -> str:
-    """``groups.txt``: a header, then one line ``group kind valid position sequence`` per string,
+    """The text of a groups file: a header, then one line ``group kind valid position sequence`` per string,
     in table order, newline-terminated."""
     lines = [_HEADER]
     for s, gid, sh, ok, p in zip(table.strings, table.group, table.shared, table.valid, table.position):
@@ -137,13 +142,24 @@ def format_groups(table: GroupTable) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_groups(table: GroupTable, path: str | Path) -> Path:
+    """Write a groups file (:func:`format_groups`, gzip-compressed, atomic); returns ``path``."""
+    atomic_write_gzip(Path(path), format_groups(table))
+    return Path(path)
+
+
 def read_groups(path: str | Path) -> GroupTable:
-    """Parse a ``groups.txt`` written by :func:`format_groups`, re-checking every sequence.
+    """Parse a groups file written by :func:`write_groups`, re-checking every sequence.
 
     ValueError naming the file and line for a malformed line, a group that mixes kinds, or a
-    ``valid``/``position`` column that disagrees with :func:`synthetic.check_many`.
+    ``valid``/``position`` column that disagrees with :func:`synthetic.check_many`; ValueError
+    naming the file when it is not gzip-compressed text.
     """
     path = Path(path)
+    try:
+        text = read_gzip(path)
+    except (gzip.BadGzipFile, EOFError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a gzip-compressed groups file ({e})") from None
     strings: list[str] = []
     group: list[int] = []
     shared: list[bool] = []
@@ -151,7 +167,7 @@ def read_groups(path: str | Path) -> GroupTable:
     position: list[int] = []
     line_of: list[int] = []
     kind_of_group: dict[int, tuple[bool, int]] = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(text.splitlines(), start=1):
         if line.startswith("#"):
             continue
         parts = line.split()

@@ -19,8 +19,8 @@ from scipy import stats
 from scipy.stats import binomtest
 
 from ftstudy.tasks import synthetic
-from ftstudy.io import atomic_write_text
-from ftstudy.tasks.agreement import GroupTable, format_groups, tolerance_name
+from ftstudy.tasks.agreement import GroupTable, tolerance_name
+from ftstudy.tasks.agreement import write_groups as agreement_write_groups
 from ftstudy.tasks.synthetic import NO_LATENT_FLOOR
 from ftstudy.core.latent import codes_from_bits, kl_per_bit, uniform_bits
 from ftstudy.core.model import FreeTransformer, generate
@@ -396,5 +396,5 @@ def code_posterior_metrics(model: FreeTransformer, batches: list[dict[str, torch
 
 
 def write_groups(samples: GroupSamples, path) -> None:
-    """The probe's generations as text (groups.txt, :func:`ftstudy.tasks.agreement.format_groups`)."""
-    atomic_write_text(path, format_groups(GroupTable.from_strings(samples.strings, samples.group, samples.shared)))
+    """The probe's generations as a groups file (:func:`ftstudy.tasks.agreement.write_groups`)."""
+    agreement_write_groups(GroupTable.from_strings(samples.strings, samples.group, samples.shared), path)

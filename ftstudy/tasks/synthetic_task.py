@@ -1,6 +1,6 @@
 """The synthetic task as a :class:`ftstudy.tasks.Task`: its Lightning data module, its
 validation probe (the shared-Z probe of :mod:`ftstudy.tasks.probe`) and its end-of-run
-measurements (samples.txt, groups.txt, valid rate, probe and posterior figures).
+measurements (samples.txt.gz, groups.txt.gz, valid rate, probe and posterior figures).
 
 The task itself (generator, checker, tokenizer, batches) is :mod:`ftstudy.tasks.synthetic`,
 which imports no torch; this module is what a training run adds to it.
@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ftstudy.core.config import RunConfig, field_error
-from ftstudy.io import RunDir, atomic_write_text
+from ftstudy.io import RunDir
 from ftstudy.tasks import BaseTask, FinishedRun, Measurements, distributed_rank_world, register_task
 from ftstudy.tasks.probe import (GroupDesign, GroupSamples, generate_groups, generate_synthetic, group_metrics,
                                  posterior_metrics, synthetic_prompts, valid_rate, write_groups)
@@ -285,7 +285,7 @@ class SyntheticTask(BaseTask):
                 samples = generate_synthetic(model, prompts, seed=cfg.train.seed + 2, z_prompt="prior",
                                              **cfg.task.sampling)
             out.generation = valid_rate(samples)
-            atomic_write_text(RunDir(run.run_dir).samples_file, "\n".join(samples) + "\n")
+            RunDir(run.run_dir).write_samples(samples)
         out.generation_time_s = time.perf_counter() - t0
         probe = run.probe if isinstance(run.probe, SharedZProbe) else self.validation_probe(cfg)
         if probe is not None:
