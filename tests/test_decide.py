@@ -147,7 +147,8 @@ def test_calibration_curves_table(tmp_path: Path) -> None:
         for t in decide.TASKS:
             good = step == 600
             rows.append({"seed": s, "step": step, "task": t, "pass@1": 0.5 if good else 0.1,
-                         **({"edge_validity": 0.95 if good else 0.5} if t.startswith("route") else {})})
+                         **({"edge_validity": 0.95 if good else 0.5} if t.startswith("route") else
+                            {"valid": 0.9 if good else 0.3})})
     D._write_curves(tmp_path, rows)
     md = (tmp_path / "CURVES.md").read_text()
     assert "| 300 |" in md and md.split("| 300 |")[1].split("\n")[0].endswith("— |")
