@@ -630,8 +630,9 @@ def decide_comparisons(report: Path | dict[str, Any]) -> pd.DataFrame:
 
 
 def plot_decide_curves(curves_csv: Path | str, gate: tuple[float, float] = (0.2, 0.8)) -> plt.Figure:
-    """Calibration curves: each task's pass@1 (and the route tasks' edge validity, dashed)
-    against the training step, one line per baseline seed, the gate's band shaded."""
+    """Calibration curves: each task's pass@1 (creativity for the creativity tasks) and, dashed,
+    what its gate reads besides (the route tasks' per-step edge validity, the creativity tasks'
+    valid rate) against the training step, one line per baseline seed, the [0.2, 0.8] band shaded."""
     df = pd.read_csv(curves_csv)
     tasks = list(dict.fromkeys(df["task"]))
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.0), sharey=True, squeeze=False)
@@ -640,12 +641,13 @@ def plot_decide_curves(curves_csv: Path | str, gate: tuple[float, float] = (0.2,
         for seed, g in df[df["task"] == task].groupby("seed"):
             g = g.sort_values("step")
             line = ax.plot(g["step"], g["pass@1"], marker="o", ms=3, label=f"seed {seed}")[0]
-            if g["edge_validity"].notna().any():
-                ax.plot(g["step"], g["edge_validity"], ls="--", color=line.get_color(), lw=1)
+            gated = "edge_validity" if g["edge_validity"].notna().any() else "valid"
+            if g[gated].notna().any():
+                ax.plot(g["step"], g[gated], ls="--", color=line.get_color(), lw=1)
         ax.set_title(task, fontsize=9)
         ax.set_xlabel("step")
         ax.set_ylim(0, 1.02)
-    axes[0][0].set_ylabel("pass@1 (dashed: edge validity)")
+    axes[0][0].set_ylabel("pass@1 (dashed: edge validity / valid rate)")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     return fig
