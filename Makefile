@@ -3,9 +3,9 @@
 #   make test   run the test suite in .venv (prints wall time)
 #   make demo   run `python -m ftstudy.demo` in .venv
 #   make notebooks  execute notebooks/*.ipynb against results/ and save them with outputs (figures to results/figures/)
-#   make benchmark  issue 15's comparison on the CPU-scale suite: baseline, matched baseline, Free κ ∈ {1/4,1/2,1},
+#   make benchmark  the comparison on the CPU-scale suite: baseline, matched baseline, Free κ ∈ {1/4,1/2,1},
 #                   3 seeds, lm-eval, pooled report (about 2 h on 2 cores; resumable; BENCH_ARGS=--dry-run prices it)
-#   make benchmark-code-math  issue 4's comparison: code-math corpus, real-code/math tasks (hours on 2 cores)
+#   make benchmark-code-math  the comparison on real code and math: code-math corpus, real-code/math tasks (hours on 2 cores)
 #   make gpu-check  the device check on a GPU machine with its own python3/torch (8 minutes; results/gpu/<gpu>/)
 #   make gpu-wheels download the wheels the device check brings to a machine without them (.wheels/)
 #   make lock   regenerate constraints.txt from a fresh venv

@@ -1,4 +1,4 @@
-"""``python -m ftstudy.benchmark``: issue 15's comparison on the CPU-scale benchmark suite, end
+"""``python -m ftstudy.benchmark``: the comparison on the CPU-scale benchmark suite, end
 to end and resumable.
 
     python -m ftstudy.benchmark --seeds 0 1 2 --jobs 2             (make benchmark)
@@ -364,7 +364,7 @@ def _fmt_cmp(c: dict[str, Any]) -> str:
 def _markdown(rep: dict[str, Any]) -> str:
     labels = rep["labels"]
     st = rep["settings"]
-    lines = ["# Benchmark suite at CPU scale (issue 15)", "",
+    lines = ["# Benchmark suite at CPU scale", "",
              f"Seeds {', '.join(map(str, rep['seeds']))}; {st['samples_per_problem']} samples per problem at "
              f"temperature {st['temperature']}, top-p {st['top_p']}; Z: encoder on the prompt only, prior on every "
              "generated token (one draw). **Primary test: seed level** (the seed, one trained model, is the unit): "

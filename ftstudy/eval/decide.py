@@ -1,4 +1,4 @@
-"""``ftstudy decide`` (``python -m ftstudy.eval.decide``): the decision benchmark of issue 23,
+"""``ftstudy decide`` (``python -m ftstudy.eval.decide``): the decision benchmark,
 end to end and resumable.
 
     ftstudy decide --stage data calibrate --jobs 2       (the calibration curves, then stop)
@@ -519,7 +519,7 @@ def _fmt(x: Any, d: int = 3) -> str:
 
 def _markdown(rep: dict[str, Any]) -> str:
     labels = rep["labels"]
-    lines = ["# Decision benchmark (issue 23)", "",
+    lines = ["# Decision benchmark", "",
              f"Seeds {', '.join(map(str, rep['seeds']))}; {rep['settings']['samples_per_document']} samples per "
              "document at temperature 0.8, top-p 0.95; Z: encoder on the prompt, prior on generated tokens (the "
              "paper's prefill); Free models also with prior Z everywhere (own table). Primary test: Welch t over "
