@@ -53,11 +53,11 @@ def test_notebooks_run_on_the_committed_results(tmp_path: Path) -> None:
     names = {p.name for p in figs.glob("*.png")}
     assert any(n.startswith("06_suite_") for n in names), sorted(names)
     for prefix in ("01_figure4_quick_s0", "02_kl_budget", "03_injection_depth", "04_benchmarks_s0", "04_bench_suite",
-                   "05_dynamics_long", "06_mapper"):
+                   "04_decide_curves", "06_mapper"):
         assert f"{prefix}.png" in names, sorted(names)
     # A study's own figures (ablate --plot writes them: StudyDir.figure) are shown, not saved again.
     assert not names & {"02_agreement_position_paper.png", "02_agreement_position_t1.png",
-                        "05_dynamics_kl_budget.png"}, sorted(names)
+                        "05_dynamics_kl_budget.png", "05_dynamics_long.png"}, sorted(names)
 
 
 def test_notebooks_name_the_missing_results_and_the_command(tmp_path: Path) -> None:
