@@ -23,7 +23,7 @@ __all__ = ["COMMANDS", "main", "entry"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("ftstudy.run.train", "train one run (resumable; skips a finished run)"),
     "ablate": ("ftstudy.study.ablate", "run a study: a grid of runs over seeds, then tables and figures"),
-    "calibrate": ("ftstudy.study.protocols", "fit the paper protocol's sampling temperature to the paper's Figure 4"),
+    "calibrate": ("ftstudy.study.calibration", "fit the paper protocol's sampling temperature to the paper's Figure 4"),
     "demo": ("ftstudy.study.demo", "train the reduced κ sweep and compare it with the committed reference"),
     "evaluate": ("ftstudy.eval.evaluate", "compare checkpoints on lm-eval tasks and perplexity"),
     "benchmark": ("ftstudy.eval.benchmark", "the CPU-scale benchmark suite end to end: data, models, lm-eval, report"),
