@@ -775,6 +775,8 @@ class StudyDir(_Folder):
     AGREEMENT_CSV, AGREEMENT_MD = "agreement.csv", "agreement.md"
     LOGS, FIGURES = "logs", "figures"
 
+    # Each folder class names its own files with the same descriptors (RunDir's above): the
+    # shared shape is the pattern, the names differ.
     summary_file = _File(SUMMARY)
     aggregate_csv = _File(AGGREGATE_CSV)
     aggregate_md = _File(AGGREGATE_MD)

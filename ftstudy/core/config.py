@@ -503,7 +503,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                      probe_groups=0),
         "train": dict(steps=1200, batch_size=16, lr=2e-3, warmup_steps=50, val_every=400, ckpt_every=100),
     },
-    # Issue 23's decision benchmark (python -m ftstudy.data prepare --corpus decide --out
+    # (These preset entries share one shape on purpose: a preset is data, one literal each.)
+    # The decision benchmark (python -m ftstudy.data prepare --corpus decide --out
     # data/decide): route choice with decoys and the creativity tasks, byte-level, a 160-byte
     # context (the longest document, with the seed prefix, is under 130 bytes), bench-small's
     # model.  Steps from the calibration curves: results/benchmarks/decide/CALIBRATION.md.

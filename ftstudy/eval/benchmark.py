@@ -524,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
             pooled_report(args.out, args.seeds, n_boot=args.bootstrap)
             atomic_write_text(args.out / "command.txt", "python -m ftstudy.benchmark " + shlex.join(argv) + "\n")
             print((args.out / "report.md").read_text())
-    except EvalError as e:
+    except EvalError as e:  # the command-line epilogue every ftstudy command shares: one error line, exit 2
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

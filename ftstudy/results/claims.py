@@ -202,14 +202,21 @@ def _likelihood(root: Path) -> str:
     return "HumanEval bits/byte (lower is better): " + _cells(_bench_row(_report(root), "ftstudy_humaneval_bpb"))
 
 
-def _leak(root: Path) -> str:
+def _leak_figures(root: Path) -> tuple[float, float, float]:
+    """Validation CE at κ = 2 with the encoder seeing the scored tokens, honest (prior Z), and
+    the baseline's, from the code-math runs' summary table."""
     rows = {r["run"]: r for r in _rows(root, RUNS)}
     try:
         base, k2 = rows["code-math-small-base-s0"], rows["code-math-small-free-k2-s0"]
     except KeyError as e:
         raise ClaimError(f"{RUNS} has no row {e}") from None
-    return (f"validation CE at κ 2: encoder sees the scored tokens {float(k2['val.ce_posterior_LEAKY']):.3f}, honest "
-            f"(prior Z) {float(k2['val.ce_prior']):.3f}, baseline {float(base['val.ce_prior']):.3f} nats/byte")
+    return float(k2["val.ce_posterior_LEAKY"]), float(k2["val.ce_prior"]), float(base["val.ce_prior"])
+
+
+def _leak(root: Path) -> str:
+    leaky, honest, base = _leak_figures(root)
+    return (f"validation CE at κ 2: encoder sees the scored tokens {leaky:.3f}, honest "
+            f"(prior Z) {honest:.3f}, baseline {base:.3f} nats/byte")
 
 
 def _overhead(root: Path) -> str:
@@ -337,13 +344,8 @@ def _bench_answer(task: str, filt: str = "none", digits: int = 3) -> Callable[[P
 
 
 def _leak_answer(root: Path) -> tuple[str, str]:
-    rows = {r["run"]: r for r in _rows(root, RUNS)}
-    try:
-        base, k2 = rows["code-math-small-base-s0"], rows["code-math-small-free-k2-s0"]
-    except KeyError as e:
-        raise ClaimError(f"{RUNS} has no row {e}") from None
-    return (f"not judged: CE at κ 2, leaky {float(k2['val.ce_posterior_LEAKY']):.3f}, honest "
-            f"{float(k2['val.ce_prior']):.3f}, baseline {float(base['val.ce_prior']):.3f}", "n = 1")
+    leaky, honest, base = _leak_figures(root)
+    return f"not judged: CE at κ 2, leaky {leaky:.3f}, honest {honest:.3f}, baseline {base:.3f}", "n = 1"
 
 
 def _overhead_answer(root: Path) -> tuple[str, str]:

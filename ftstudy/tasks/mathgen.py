@@ -126,6 +126,9 @@ def _t_buy_more(rng, num):
             [f"The packs hold {s1} {it}.", f"{n} now has {s2} {it}."], v2)
 
 
+# The word-problem templates below share one shape on purpose: each is a problem family written
+# as code (names, operands, two worked steps, the answer); what differs is the story and the
+# operations, which is the point of having several.
 def _t_give_away(rng, num):
     n, m, it = rng.choice(_NAMES), rng.choice(_NAMES), rng.choice(_ITEMS)
     b, c = num(2, 40), num(2, 40)

@@ -196,7 +196,8 @@ def wire_encode(x: Any, depth: int = 0) -> Any:
 
 
 def wire_decode(v: Any, depth: int = 0) -> Any:
-    """The plain value of a parsed wire value ``v``; :class:`WireError` for anything else."""
+    """The plain value of a parsed wire value ``v``; :class:`WireError` for anything else: the
+    inverse of :func:`wire_encode` (hence its mirrored shape), checked as strictly."""
     if depth > 100:
         raise WireError("nested deeper than 100 levels")
     t = type(v)
