@@ -421,13 +421,14 @@ def pooled_report(out: Path, seeds: list[int]) -> dict[str, Any]:
                 if len(a) < 2 or len(b) < 2:
                     continue
                 c = seedstats.compare_seeds(a, b, bounds=(-1.0, 1.0)).to_dict()
-                c["bootstrap"] = _bootstrap(out, seeds, task, ref, lab, benchstats)
+                c["bootstrap"] = _bootstrap(data[(ref, "posterior-context")], data[(lab, "posterior-context")], task,
+                                            benchstats)
                 comps[f"{lab} vs {ref}"] = c
         row["comparisons"] = comps
         rows[task] = row
     _holm_and_verdicts(rows)
     did = _difference_in_differences(rows, labels)
-    diversity = _diversity(out, seeds, data, n)
+    diversity = _diversity(data, n)
     agreement = {lab: [json.loads(p.read_text())["agreement"] for s in seeds
                        if (p := _agreement_file(out, s, lab)).is_file()] for lab in labels}
     report = {"labels": labels, "seeds": seeds, "tasks": rows, "difference_in_differences": did,
@@ -440,17 +441,18 @@ def pooled_report(out: Path, seeds: list[int]) -> dict[str, Any]:
     return report
 
 
-def _bootstrap(out: Path, seeds: list[int], task: str, ref: str, lab: str, benchstats: Any) -> dict[str, float] | None:
-    """The paired hierarchical bootstrap (secondary column): problems paired, seeds resampled."""
+def _bootstrap(ref: dict[int, dict[str, Any]], lab: dict[int, dict[str, Any]], task: str,
+               benchstats: Any) -> dict[str, float] | None:
+    """The paired hierarchical bootstrap (secondary column) of two models' per-seed, per-document
+    pass@1 (as :func:`_per_seed` read them): problems paired, seeds resampled."""
+    import numpy as np
     mats = []
-    for label in (ref, lab):
-        per = _per_seed(out, seeds, label, "posterior-context")
+    for per in (ref, lab):
         vals = [per[s][task]["pass@1"] for s in sorted(per) if task in per[s]]
         if len(vals) < 2:
             return None
-        mats.append(vals)
-    import numpy as np
-    return benchstats.paired_bootstrap(np.array(mats[0]), np.array(mats[1]), n_boot=4000, seed=0)
+        mats.append(np.array(vals))
+    return benchstats.paired_bootstrap(mats[0], mats[1], n_boot=4000, seed=0)
 
 
 def _holm_and_verdicts(rows: dict[str, Any]) -> None:
@@ -496,7 +498,7 @@ def _difference_in_differences(rows: dict[str, Any], labels: list[str]) -> dict[
     return out
 
 
-def _diversity(out: Path, seeds: list[int], data: dict[tuple[str, str], Any], n: int) -> dict[str, Any]:
+def _diversity(data: dict[tuple[str, str], Any], n: int) -> dict[str, Any]:
     """Distinct valid routes per problem at a fixed number of correct samples (the baseline's
     distribution of c), per route task and model, by seed."""
     from ftstudy.tasks import decide

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import random
 import string
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -73,11 +74,9 @@ def training_documents(n: int, seed: int = 0, prefixed: bool = False) -> Iterato
         raise ValueError(f"n = {n} is not allowed: >= 0")
     rng = random.Random(f"decide-train:{seed}")
     pre = random.Random(f"decide-prefix:{seed}")
-    counts = {f: 0 for f in MIX}
     fams, weights = zip(*MIX.items())
     picks = [rng.choices(fams, weights)[0] for _ in range(n)]
-    for f in fams:
-        counts[f] = picks.count(f)
+    counts = Counter(picks)
     streams = {"route": (p.text for p in routegen.training_problems(counts["route"], seed)),
                **{t: iter(creativity.training_documents(t, counts[t], seed)) for t in CREATIVE_TASKS}}
     for f in picks:
