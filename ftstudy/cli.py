@@ -6,8 +6,12 @@
     ftstudy perf | data | demo | notebooks | claims | harness | tasks …
 
 Each subcommand is the ``main()`` of the module named in :data:`COMMANDS`; ``ftstudy CMD --help``
-shows its options. The ``python -m ftstudy.<cmd>`` forms are thin modules that call
-:func:`entry`, so both spellings run the same code. This module sits at the top of the import
+shows its options; ``python -m ftstudy CMD`` is the same without the console script. The
+``python -m ftstudy.<cmd>`` forms are four-line modules at the package root that call
+:func:`entry`, so every spelling runs the same code. They stay because users are told to run
+``python -m ftstudy.ablate`` and because the commands recorded with committed results (run
+configs, reports, notebooks) name them: a recorded command must stay runnable as written. They
+hold no code; a test checks that each one names a subcommand of :data:`COMMANDS`. This module sits at the top of the import
 graph: it imports every layer, and nothing imports it but those thin modules.
 """
 
