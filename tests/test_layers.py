@@ -28,7 +28,7 @@ def layer_of(module: str) -> int:
     if len(parts) == 1:
         return 0
     head = parts[1]
-    if head in COMMAND_MODULES or head == "cli" or module == "ftstudy.perf.__main__":
+    if head in COMMAND_MODULES or head in ("cli", "__main__") or module == "ftstudy.perf.__main__":
         return LAYERS.index("cli")
     if head not in LAYERS:
         raise AssertionError(f"{module} is in no layer; allowed top-level names: {LAYERS}")
