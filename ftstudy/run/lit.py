@@ -99,10 +99,24 @@ class LitFreeTransformer(L.LightningModule):
         self._sums = torch.nn.ModuleDict({k: SumMetric() for k in (
             "ce_prior", "ce_post", "kl", "n_scored", "n_latent")})
         self._t_last: float | None = None
+        self._tokens_since = 0
+        self._t_val = 0.0
+        self._bad_step: torch.Tensor | None = None  # first step with a non-finite loss (-1: none), on the device
+        self._bad_loss: torch.Tensor | None = None
         self.val_probe = self.task.validation_probe(cfg)  # None: the task has none
         self.train_tokens = 0  # tokens seen by this process since (re)start
 
     # ------------------------------------------------------------------ training
+
+    def on_train_start(self) -> None:
+        self._t_last, self._tokens_since = time.perf_counter(), 0
+
+    def host_step(self) -> bool:
+        """Whether the figures of this training step leave the device: a step that metrics.csv
+        and TensorBoard log (every ``log_every`` steps, and the last). Nothing else in the step
+        reads a device value on the host, so a GPU never waits for Python between these steps."""
+        n = self.global_step + 1
+        return n % self.cfg.train.log_every == 0 or n >= self.trainer.max_steps
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         # Z draws are a function of (seed, step, rank), not of the global RNG, so a resumed
@@ -111,12 +125,36 @@ class LitFreeTransformer(L.LightningModule):
             (self.cfg.train.seed * 1_000_003 + self.global_step) * 4099 + self.global_rank)
         out = self.model(batch["idx"], batch["targets"], batch["loss_mask"], z="posterior-leaky", generator=gen)
         assert out.loss is not None and out.ce is not None
-        if not torch.isfinite(out.loss):
-            raise NonFiniteLossError(
-                f"non-finite loss {out.loss.item()} at step {self.global_step} (ce = {out.ce.item()}); "
-                f"the run stops here and keeps its last good checkpoint")
+        self._note_nonfinite(out.loss.detach())
         n_tok = batch["idx"].numel()
         self.train_tokens += n_tok
+        self._tokens_since += n_tok
+        if self.host_step():
+            self.raise_if_nonfinite()
+            self._log_step(out, batch["idx"].shape[0])
+        return out.loss
+
+    def _note_nonfinite(self, loss: torch.Tensor) -> None:
+        """Remember, on the device, the first step whose loss was NaN or inf (no host sync)."""
+        if self._bad_step is None or self._bad_step.device != loss.device:
+            self._bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+            self._bad_loss = torch.zeros((), dtype=torch.float32, device=loss.device)
+        first = ~torch.isfinite(loss) & (self._bad_step < 0)
+        self._bad_step = torch.where(first, self.global_step, self._bad_step)
+        self._bad_loss = torch.where(first, loss.float(), self._bad_loss)
+
+    def raise_if_nonfinite(self) -> None:
+        """Raise NonFiniteLossError if any step since the start had a NaN/inf loss: called on
+        every logged step and before any weights are saved (one host sync), so no checkpoint
+        ever holds weights updated with a non-finite loss."""
+        if self._bad_step is not None and int(self._bad_step) >= 0:
+            raise NonFiniteLossError(
+                f"non-finite loss {float(self._bad_loss)} at step {int(self._bad_step)}; "
+                f"the run stops here and keeps its last good checkpoint")
+
+    def _log_step(self, out: Any, batch_size: int) -> None:
+        """The step's figures: computed on the device, reduced over ranks in one collective,
+        brought to the host in one transfer, logged as numbers."""
         logs = {"train/loss": out.loss.detach(), "train/ce": out.ce.detach()}
         if out.kl is not None:
             assert out.enc_logits is not None and out.kl_loss is not None
@@ -127,23 +165,37 @@ class LitFreeTransformer(L.LightningModule):
         if out.marginal_kl is not None:
             # DEVIATION's penalty (ModelConfig.marginal_weight > 0 only: no column otherwise), in bits.
             logs["train/marginal_kl_bits"] = out.marginal_kl.detach() / LN2
-        now = time.perf_counter()
-        if self._t_last is not None:
-            # Tokens of the whole step (all ranks) over the wall time since the previous step.
-            logs["train/tokens_per_s"] = torch.tensor(n_tok * self.trainer.world_size / (now - self._t_last))
-        self._t_last = now
+        keys = list(logs)
+        values = torch.stack([logs[k].float() for k in keys])
         if self.trainer.world_size > 1:
-            # The logged losses are the global batch's (mean over ranks, whose shares are
-            # equal): one collective for all of them.
-            keys = [k for k in logs if k != "train/tokens_per_s"]
-            mean = self.trainer.strategy.reduce(torch.stack([logs[k].float() for k in keys]), reduce_op="mean")
-            logs.update(dict(zip(keys, mean.unbind(0))))
-        logs["train/lr"] = torch.tensor(self.optimizers().param_groups[0]["lr"])
-        logs["step"] = torch.tensor(float(self.global_step + 1))  # the logger's x-axis: metrics.csv's step
-        self.log_dict(logs, on_step=True, on_epoch=False, sync_dist=False, batch_size=batch["idx"].shape[0])
-        return out.loss
+            # The logged losses are the global batch's (mean over ranks, whose shares are equal).
+            values = self.trainer.strategy.reduce(values, reduce_op="mean")
+        figures: dict[str, float] = dict(zip(keys, values.cpu().tolist()))  # the step's one device-to-host copy
+        now = time.perf_counter()  # after the copy: the device has finished the interval's work
+        if self._t_last is not None:
+            # Tokens of all ranks since the previous logged step over the wall time they took.
+            figures["train/tokens_per_s"] = self._tokens_since * self.trainer.world_size / (now - self._t_last)
+        self._t_last, self._tokens_since = now, 0
+        figures["train/lr"] = self.optimizers().param_groups[0]["lr"]
+        figures["step"] = float(self.global_step + 1)  # the logger's x-axis: metrics.csv's step
+        self.log_dict(figures, on_step=True, on_epoch=False, sync_dist=False, batch_size=batch_size)
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """On a GPU, batches go through pinned memory with a non-blocking copy: the host does not
+        wait for the device's queue to drain at every step."""
+        if device.type != "cuda" or not isinstance(batch, dict):
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        return {k: v.pin_memory().to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                for k, v in batch.items()}
 
     # ------------------------------------------------------------------ validation
+
+    def on_validation_start(self) -> None:
+        self._t_val = time.perf_counter()
+
+    def on_validation_end(self) -> None:
+        if self._t_last is not None:  # training throughput leaves validation time out
+            self._t_last += time.perf_counter() - self._t_val
 
     def on_validation_epoch_start(self) -> None:
         # Fixed prior draws per rank: validation under prior Z is reproducible.

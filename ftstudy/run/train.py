@@ -36,6 +36,7 @@ import shlex
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,10 @@ __all__ = ["RunError", "run_name", "train", "main", "REPO_ROOT", "DEFAULT_RESULT
 
 DEFAULT_RESULTS = REPO_ROOT / "results" / "runs"
 DEFAULT_PRESET = "synthetic-quick"
+
+# LitFreeTransformer moves batches to a GPU itself (pinned, non-blocking) for every task's data
+# module; Lightning's notice that the module's hook wins over the data module's is expected.
+warnings.filterwarnings("ignore", message=r"You have overridden `transfer_batch_to_device` in `LightningModule`")
 
 
 # ---------------------------------------------------------------- naming & provenance
@@ -193,6 +198,13 @@ class MetricsCSV(L.Callback):
             self._add(trainer, "val")
 
 
+def _check_finite(module: L.LightningModule) -> None:
+    """Raise NonFiniteLossError if a training step since the start had a NaN/inf loss (the
+    step itself only notes it on the device)."""
+    if isinstance(module, LitFreeTransformer):
+        module.raise_if_nonfinite()
+
+
 class AtomicCheckpoint(L.Callback):
     """Saves the resumable state to ckpt/last.ckpt every ``every`` steps, atomically.
 
@@ -239,8 +251,9 @@ class AtomicCheckpoint(L.Callback):
             raise
         trainer.strategy.barrier()
 
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if trainer.global_step % self.every == 0 or trainer.global_step == trainer.max_steps:
+            _check_finite(pl_module)  # never save weights updated with a NaN/inf loss
             self.save(trainer)
 
 
@@ -254,6 +267,8 @@ class Snapshots(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         step = trainer.global_step
+        if self.every and step % self.every == 0:
+            _check_finite(pl_module)  # on every rank: the same answer everywhere
         if self.every and step % self.every == 0 and trainer.is_global_zero:
             with writing(self.folder.snapshot_file(step)):
                 save_model(self.folder.snapshot_file(step), pl_module.model, self.cfg, step=step)
