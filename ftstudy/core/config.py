@@ -218,6 +218,10 @@ class TrainConfig:
     num_nodes: int = 1
     strategy: str = "auto"  # Lightning strategy ("auto", "ddp", "fsdp": sharded per transformer block)
     activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
+    # torch.compile the training forward/backward (static shapes; on a GPU with CUDA graphs,
+    # mode "reduce-overhead"). Off by default: eager runs retrain bitwise; compiled kernels
+    # agree with them to rounding, not bit for bit.
+    compile: bool = False
     num_workers: int = 0  # data loader workers (synthetic data is generated in-process)
 
     def __post_init__(self) -> None:

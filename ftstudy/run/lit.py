@@ -35,7 +35,7 @@ from ftstudy.core.latent import kl_per_bit
 from ftstudy.core.model import FreeTransformer
 from ftstudy.tasks import get_task
 
-__all__ = ["LitFreeTransformer", "NonFiniteLossError", "lr_at", "resolve_precision", "cpu_has_native_bf16"]
+__all__ = ["LitFreeTransformer", "NonFiniteLossError", "compile_mode", "lr_at", "resolve_precision", "cpu_has_native_bf16"]
 
 LN2 = math.log(2.0)
 
@@ -70,6 +70,13 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
 
 
+def compile_mode(device: torch.device | str) -> str:
+    """torch.compile's mode for ``TrainConfig.compile`` on this device: CUDA graphs on a GPU
+    (``reduce-overhead``: one launch per captured graph instead of one per kernel), inductor's
+    default elsewhere."""
+    return "reduce-overhead" if torch.device(device).type == "cuda" else "default"
+
+
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN/inf loss; the run stops and keeps its last good checkpoint."""
 
@@ -101,6 +108,8 @@ class LitFreeTransformer(L.LightningModule):
         self._t_last: float | None = None
         self._tokens_since = 0
         self._t_val = 0.0
+        self._forward: Any = None  # the compiled forward (TrainConfig.compile), set at fit start
+        self.compile_mode: str | None = None
         self._bad_step: torch.Tensor | None = None  # first step with a non-finite loss (-1: none), on the device
         self._bad_loss: torch.Tensor | None = None
         self.val_probe = self.task.validation_probe(cfg)  # None: the task has none
@@ -110,6 +119,13 @@ class LitFreeTransformer(L.LightningModule):
 
     def on_train_start(self) -> None:
         self._t_last, self._tokens_since = time.perf_counter(), 0
+
+    def on_fit_start(self) -> None:
+        if self.cfg.train.compile and self._forward is None:
+            self.compile_mode = compile_mode(self.device)
+            # A compiled view of the model's forward, used by training steps only (validation,
+            # probes and generation stay eager). Not a submodule: the state dict is unchanged.
+            self._forward = torch.compile(self.model.forward, mode=self.compile_mode, dynamic=False)
 
     def host_step(self) -> bool:
         """Whether the figures of this training step leave the device: a step that metrics.csv
@@ -123,7 +139,10 @@ class LitFreeTransformer(L.LightningModule):
         # run makes exactly the draws an uninterrupted one would.
         gen = torch.Generator(device=self.device).manual_seed(
             (self.cfg.train.seed * 1_000_003 + self.global_step) * 4099 + self.global_rank)
-        out = self.model(batch["idx"], batch["targets"], batch["loss_mask"], z="posterior-leaky", generator=gen)
+        forward = self.model if self._forward is None else self._forward
+        if self.compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # a new step: the captured graph's last outputs are free
+        out = forward(batch["idx"], batch["targets"], batch["loss_mask"], z="posterior-leaky", generator=gen)
         assert out.loss is not None and out.ce is not None
         self._note_nonfinite(out.loss.detach())
         n_tok = batch["idx"].numel()

@@ -587,6 +587,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, choices=DEVICES,
                    help="cuda: train on the GPU (shorthand for --set accelerator=gpu; bf16-mixed there, "
                         "deterministic kernels); cpu: --set accelerator=cpu")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the training step (shorthand for --set compile=true; CUDA graphs on a GPU); "
+                        "recorded in the run's config")
     p.add_argument("--out", type=Path, default=DEFAULT_RESULTS, help="parent folder of run directories")
     p.add_argument("--name", default=None, help="run directory name (default: deterministic from the config)")
     p.add_argument("--overwrite", action="store_true",
@@ -612,6 +615,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         overrides["seed"] = str(args.seed)
     if args.baseline:
         overrides["latent_bits"] = "0"
+    if args.compile:
+        overrides["compile"] = "true"
     return get_preset(args.preset or DEFAULT_PRESET, device_overrides(args.device, overrides))
 
 
@@ -625,8 +630,10 @@ def config_and_command(args: argparse.Namespace, argv: list[str] | None) -> tupl
     """
     if args.config is None:
         return config_from_args(args), argv
-    if args.preset is not None or args.overrides or args.seed is not None or args.baseline or args.device:
-        raise ConfigError("--config FILE gives the whole config: drop --preset, --set, --seed, --baseline and --device")
+    if args.preset is not None or args.overrides or args.seed is not None or args.baseline or args.device \
+            or args.compile:
+        raise ConfigError("--config FILE gives the whole config: drop --preset, --set, --seed, --baseline, --device "
+                          "and --compile")
     try:
         saved, train_args = read_config_file(args.config)
         cfg = RunConfig.from_dict(saved)
