@@ -7,6 +7,7 @@
 #                   3 seeds, lm-eval, pooled report (about 2 h on 2 cores; resumable; BENCH_ARGS=--dry-run prices it)
 #   make benchmark-code-math  the comparison on real code and math: code-math corpus, real-code/math tasks (hours on 2 cores)
 #   make gpu-check  the device check on a GPU machine with its own python3/torch (8 minutes; results/gpu/<gpu>/)
+#   make gpu-study  the kappa = 1/8 question at the gpu-mid rung, 10 seeds, compiled steps, both protocols (one GPU)
 #   make gpu-wheels download the wheels the device check brings to a machine without them (.wheels/)
 #   make lock   regenerate constraints.txt from a fresh venv
 #   make clean  remove .venv and build/test caches
@@ -33,7 +34,7 @@ RUN_ENV := PYTHONHASHSEED=0 HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 TOKENIZERS_PA
 # Parallel tests only when pytest-xdist is a declared requirement.
 XDIST := $(if $(shell grep -Eiq '^pytest[-_.]xdist[[:space:]]*==' requirements.txt && echo yes),-n 2,)
 
-.PHONY: venv test demo notebooks benchmark benchmark-code-math lock clean gpu-check gpu-wheels
+.PHONY: venv test demo notebooks benchmark benchmark-code-math lock clean gpu-check gpu-study gpu-wheels
 
 # make benchmark: the seeds (BENCH_SEEDS="0 1 2 3 4" for five) and extra options (BENCH_ARGS="--dry-run").
 BENCH_SEEDS ?= 0 1 2
@@ -84,6 +85,14 @@ GPU_PYTHON ?= python3
 gpu-check:
 	PYTHONPATH=$(CURDIR) PYTHONUNBUFFERED=1 $(RUN_ENV) $(GPU_PYTHON) -m ftstudy.gpucheck \
 	  $(if $(wildcard .wheels/*.whl),--wheels .wheels) $(GPU_CHECK_ARGS)
+
+# The κ = 1/8 study at the gpu-mid rung: baseline, κ = 1/64, 1/8, 1 with 10 seeds each, compiled
+# steps, measured under protocols t1 and paper; results under results/gpu/<gpu>/ablate/gpu-mid/.
+# Resumable: a second call finishes what the first left. Price it first with GPU_STUDY_ARGS=--dry-run.
+GPU_STUDY = --study kl_budget --preset gpu-mid --device cuda --seeds 0 1 2 3 4 5 6 7 8 9 \
+  --only latent_bits=0 kappa_bits=1/64 kappa_bits=1/8 kappa_bits=1 --set compile=true --measure t1 paper
+gpu-study:
+	PYTHONPATH=$(CURDIR) PYTHONUNBUFFERED=1 $(RUN_ENV) $(GPU_PYTHON) -m ftstudy.ablate $(GPU_STUDY) $(GPU_STUDY_ARGS)
 
 gpu-wheels: venv
 	$(VPY) -m ftstudy.gpucheck --download-wheels .wheels

@@ -313,3 +313,49 @@ def test_the_old_preset_name_still_works_with_a_warning(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "preset 'paper' is now called 'long'" in captured.err
     assert "synthetic-long-free-k0.125-s0" in captured.out
+
+
+def test_compiled_runs_are_priced_from_the_compile_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys) -> None:
+    """--set compile=true on a GPU: the plan prices each run from the device check's compiled
+    step times and the compiled runs-at-once throughput, and --jobs defaults to that stage's
+    best; a --tiny check (no compiled code) prices nothing."""
+    from ftstudy.study import ablate
+    from ftstudy.study.ablate import default_jobs, gpu_timings, run_shape
+
+    gpu = tmp_path / "gpu" / "cuda"
+    gpu.mkdir(parents=True)
+    monkeypatch.setattr(ablate, "GPU_RESULTS", tmp_path / "gpu")
+    points = ["latent_bits=0", "kappa_bits=1/64", "kappa_bits=1/8", "kappa_bits=1"]
+    seeds = list(range(10))
+    compiled_runs = plan("kl_budget", "gpu-mid", seeds, parse_set_args(["accelerator=gpu", "compile=true"]),
+                         tmp_path / "out", only=points)
+    eager_runs = plan("kl_budget", "gpu-mid", [0], parse_set_args(["accelerator=gpu"]), tmp_path / "out", only=points)
+    shape = run_shape(compiled_runs[0].config.to_dict())
+    assert shape[-1] is True and run_shape(eager_runs[0].config.to_dict())[-1] is False
+    eager_shape = list(run_shape(eager_runs[0].config.to_dict()))[:-1]  # written before compile was in the shape
+    (gpu / "ladder.json").write_text(json.dumps({"rows": [{"shape": eager_shape, "s_per_step": 0.048}]}))
+    (gpu / "concurrency.json").write_text(json.dumps({"jobs_default": 4, "rows": [
+        {"jobs": 1, "throughput_vs_one": 1.0}, {"jobs": 8, "throughput_vs_one": 6.0}]}))
+    free_shape = run_shape(compiled_runs[-1].config.to_dict())  # what the device check times: a Free model
+    assert free_shape[2] > 0 and shape[2] == 0
+    compile_record = {"status": "done", "jobs_default": 16, "rows": [{"shape": list(free_shape), "compiled_s": 0.005}],
+                      "concurrency": [{"jobs": 1, "throughput_vs_one": 1.0}, {"jobs": 16, "throughput_vs_one": 10.0}]}
+    (gpu / "compile.json").write_text(json.dumps(compile_record))
+    name, alone, scale = gpu_timings(tmp_path / "out", compiled=True)
+    assert alone[free_shape] == 0.005 and alone[tuple(eager_shape) + (False,)] == 0.048 and scale[16] == 10.0
+    assert gpu_timings(tmp_path / "out")[2] == {1: 1.0, 8: 6.0}  # eager runs: the eager throughput
+    monkeypatch.setattr(ablate, "machine_name", lambda device: "cuda")
+    assert default_jobs("cuda", compiled=True) == min(16, os.cpu_count() or 1)
+    assert default_jobs("cuda") == min(4, os.cpu_count() or 1)
+    steps = compiled_runs[0].config.train.steps
+    assert main(["--study", "kl_budget", "--preset", "gpu-mid", "--device", "cuda", "--seeds", *map(str, seeds),
+                 "--only", *points, "--set", "compile=true", "--jobs", "16", "--out", str(tmp_path / "out"),
+                 "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    minutes = round(40 * steps * 0.005 / 10.0 / 60)  # baselines priced as their Free counterparts
+    assert "40 runs" in out and f"about {minutes} min of training left" in out and "not priced" not in out
+    compile_record["compiler"] = "disabled (--tiny)"
+    (gpu / "compile.json").write_text(json.dumps(compile_record))
+    assert free_shape not in gpu_timings(tmp_path / "out", compiled=True)[1]
+    assert default_jobs("cuda", compiled=True) == min(4, os.cpu_count() or 1)

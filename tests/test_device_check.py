@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from ftstudy.perf.device_check import STAGES, main
+from ftstudy.io import RunDir
 from ftstudy.run.train import REPO_ROOT
 
 
@@ -39,11 +40,20 @@ def test_every_stage_runs_and_writes_its_figures(checked) -> None:
     assert conc["same_numbers_twice"] == {"val": True, "generation": True}  # the same config trained twice
     ladder = {r["preset"]: r for r in results["ladder"]["rows"]}
     assert set(ladder) == {"quick", "gpu"} and ladder["gpu"]["steps"] == 20000
+    comp = results["compile"]
+    assert [r["preset"] for r in comp["rows"]] == ["quick"] and comp["compiler"] == "disabled (--tiny)"
+    assert all(r["eager_s"] > 0 and r["compiled_s"] > 0 for r in comp["rows"])
+    assert [m["compiled"] for m in comp["wide"]] == [False, True] and [g["compiled"] for g in comp["generate"]] == [
+        False, True]
+    assert [r["jobs"] for r in comp["concurrency"]] == [1, 2]
+    assert [t["met"] for t in comp["targets"]] == [None, None, None]  # a CPU meets or misses no GPU target
+    assert "--compile" in RunDir(out / "compile" / "quick-compiled").record()["command"]
     assert results["kappa"]["plan"]["preset"] == "quick"
     agreement = out / results["kappa"]["agreement_csv"]
     rows = agreement.read_text().splitlines()
     assert len(rows) == 1 + 2 * 3 + 4  # header, 2 protocols x (baseline, 1/64, 1/8), the paper's 4 panels
     report = (out / "report.md").read_text()
+    assert "Compiled steps" in report and "not measured on a GPU" in report
     assert "Runs at once on one device" in report and "The synthetic ladder" in report and "Protocol `paper`" in report
 
 

@@ -16,6 +16,12 @@ Everything this project wants to know from one GPU, in about 8 minutes, written 
 - ``ladder``: the step time of each rung of the synthetic ladder (quick, paper, gpu-mid,
   gpu; ``ablate --preset``) trained alone, from which ``ablate --dry-run --device cuda``
   prices a sweep;
+- ``compile``: eager against compiled training steps (``train --compile``: CUDA graphs on a
+  GPU) for the quick, long and gpu-mid rungs, bf16 against fp32, MFU at the wide shape, KV
+  cache against recompute (eager and compiled), and the number of compiled runs at once
+  that gives the best throughput; each target (quick ≤ 5 ms/step, wide bf16 MFU ≥ 40%, KV
+  cache ≥ 5× recompute) met or missed with its figure. ``ablate --dry-run --device cuda
+  --set compile=true`` prices sweeps from it;
 - ``kappa``: the κ = 1/8 point of the kl_budget study, with the baseline and κ = 1/64, three
   seeds each, all nine at once, at the largest rung whose priced time fits what is left of
   the budget, then measured by the synthetic probe under protocols ``t1`` and ``paper``
@@ -52,7 +58,13 @@ from ftstudy.run.lit import machine_name
 from ftstudy.run.train import build_parser as train_parser, config_from_args, train
 from ftstudy.study.ablate import GPU_RESULTS, PRESETS as ABLATE_PRESETS, run_shape
 
-STAGES = ("env", "perf", "concurrency", "ladder", "kappa")
+STAGES = ("env", "perf", "concurrency", "ladder", "compile", "kappa")
+COMPILE_LADDER = ("quick", "long", "gpu-mid")
+COMPILE_CONCURRENCY = (1, 4, 8)
+#: the compile stage's targets: (name, figure's key, threshold, "max" or "min")
+COMPILE_TARGETS = (("quick preset step, compiled (ms)", "quick_ms", 5.0, "max"),
+                   ("wide shape bf16 MFU, best of eager/compiled", "wide_bf16_mfu", 0.40, "min"),
+                   ("KV cache over recompute, best of eager/compiled", "kv_speedup", 5.0, "min"))
 LADDER = ("quick", "long", "gpu-mid", "gpu")  # ablate presets, smallest first
 CONCURRENCY = (1, 4, 8, 16)
 KAPPA_POINTS = ("kappa_bits=1/8", "kappa_bits=1/64", "latent_bits=0")
@@ -281,6 +293,95 @@ class Check:
                      f"{rows[-1]['run_alone_min']:.1f} min per run of {cfg.train.steps} steps")
         return {"rows": rows}
 
+    def _timed(self, folder: Path, name: str, args: list[str]) -> float:
+        """Seconds per step of one timing run trained alone in its own process (a fresh
+        compile cache per run: what a user's run pays)."""
+        (run,) = self._train_at_once(folder, [(name, args)], timeout_s=max(60.0, self.left_s()))
+        return self._per_step(run)
+
+    def stage_compile(self) -> dict[str, Any]:
+        if not self.tiny:
+            return self._compile_figures()
+        # --tiny checks the stage's plumbing in seconds, not the compiler (minutes of inductor
+        # builds on a CPU): torch.compile runs eagerly here and in the timing runs.
+        # tests/test_train.py and tests/test_generate.py check compiled against eager.
+        import torch._dynamo
+
+        before, env = torch._dynamo.config.disable, os.environ.get("TORCH_COMPILE_DISABLE")
+        torch._dynamo.config.disable, os.environ["TORCH_COMPILE_DISABLE"] = True, "1"
+        try:
+            return {**self._compile_figures(), "compiler": "disabled (--tiny)"}
+        finally:
+            torch._dynamo.config.disable = before
+            if env is None:
+                del os.environ["TORCH_COMPILE_DISABLE"]
+            else:
+                os.environ["TORCH_COMPILE_DISABLE"] = env
+
+    def _compile_figures(self) -> dict[str, Any]:
+        from ftstudy.perf.suite import SHAPES, TINY, bench_generate, bench_train, matmul_peak
+
+        steps = 8 if self.tiny else 60
+        folder = self.out / "compile"
+        rows = []
+        for preset in ("quick",) if self.tiny else COMPILE_LADDER:
+            args = self._timing_args(preset, 0, steps)
+            eager = self._timed(folder, f"{preset}-eager", args)
+            compiled = self._timed(folder, f"{preset}-compiled", [*args, "--compile"])
+            rows.append({"preset": preset, "shape": list(run_shape(RunDir(folder / f"{preset}-compiled").config())),
+                         "eager_s": eager, "compiled_s": compiled, "speedup": eager / compiled})
+            self.log(f"[gpucheck] compile {preset}: eager {eager * 1e3:.1f} ms/step, compiled "
+                     f"{compiled * 1e3:.1f} ms/step ({eager / compiled:.2f}x)")
+        precision = None
+        if self.device == "cuda":  # bf16 against fp32, compiled, at the quick rung
+            args = [*self._timing_args("quick", 0, steps), "--compile"]
+            fp32 = self._timed(folder, "quick-compiled-fp32", [*args, "--set", "precision=32-true"])
+            bf16 = self._timed(folder, "quick-compiled-bf16", [*args, "--set", "precision=bf16-mixed"])
+            precision = {"preset": "quick", "fp32_s": fp32, "bf16_s": bf16, "bf16_speedup": fp32 / bf16}
+        dev = torch.device(self.device)
+        dtype = "bfloat16" if self.device == "cuda" else "float32"
+        peak = matmul_peak(dtype, dev, n=256 if self.tiny else None)
+        wide = TINY if self.tiny else SHAPES["wide"]()
+        mfu = []
+        for c in (False, True):
+            (r,) = bench_train(["ftstudy-free"], wide, dtype, dev, warmup=2, repeats=3 if self.tiny else 5, compile=c)
+            r["mfu"] = r["flops_per_step"] / r["step_s"] / peak
+            mfu.append({k: r[k] for k in ("shape", "dtype", "compiled", "step_s", "tokens_per_s", "mfu", "peak_gib")})
+            self.log(f"[gpucheck] compile wide {dtype} {'compiled' if c else 'eager'}: {r['step_s'] * 1e3:.1f} ms/step, "
+                     f"MFU {r['mfu']:.1%}")
+        gen_shape = TINY if self.tiny else SHAPES["small"]()
+        gen = []
+        for c in (False, True):
+            g = bench_generate(gen_shape, 4 if self.tiny else 16, dev, new_tokens=16 if self.tiny else 256,
+                               repeats=1 if self.tiny else 3, compile=c)
+            gen.append(g)
+            self.log(f"[gpucheck] compile generate {'compiled' if c else 'eager'}: KV cache {g['speedup']:.1f}x recompute")
+        conc = []
+        for n in (1, 2) if self.tiny else COMPILE_CONCURRENCY:
+            t = time.monotonic()
+            runs = self._train_at_once(folder / f"at-once-n{n}",
+                                       [(f"s{i}", [*self._timing_args("quick", i, steps), "--compile"]) for i in range(n)],
+                                       timeout_s=max(60.0, self.left_s()))
+            per = [self._per_step(r) for r in runs]
+            conc.append({"jobs": n, "s_per_step_median": sorted(per)[len(per) // 2],
+                         "steps_per_s_total": sum(1 / p for p in per), "wall_s": round(time.monotonic() - t, 1)})
+        for r in conc:
+            r["throughput_vs_one"] = r["steps_per_s_total"] / conc[0]["steps_per_s_total"]
+        best = max(r["steps_per_s_total"] for r in conc)
+        figures = {"quick_ms": rows[0]["compiled_s"] * 1e3,
+                   "wide_bf16_mfu": max(m["mfu"] for m in mfu) if dtype == "bfloat16" else None,
+                   "kv_speedup": max(g["speedup"] for g in gen)}
+        targets = []
+        for name, key, threshold, kind in COMPILE_TARGETS:
+            value = figures[key]
+            met = None if value is None or self.device != "cuda" else (
+                value <= threshold if kind == "max" else value >= threshold)
+            targets.append({"target": name, "key": key, "value": value, "threshold": threshold, "kind": kind, "met": met})
+        return {"steps": steps, "rows": rows, "precision": precision, "matmul_peak_flops": peak, "wide": mfu,
+                "generate": gen, "concurrency": conc,
+                "jobs_default": next(r["jobs"] for r in conc if r["steps_per_s_total"] >= 0.9 * best),
+                "targets": targets, "tiny": self.tiny}
+
     def _slowdown(self, jobs: int) -> float:
         """Per-run step time with ``jobs`` runs at once over alone (measured, nearest N)."""
         c = self.result("concurrency")
@@ -369,6 +470,36 @@ class Check:
                 lines.append(f"| {r['preset']} | {r['n_layers']} | {r['dim']} | {r['latent_bits']} | "
                              f"{r['batch_size']} | {r['steps']} | {r['s_per_step'] * 1e3:.1f} | "
                              f"{r['run_alone_min']:.1f} |")
+        comp = self.result("compile")
+        if comp and comp.get("status") == "done":
+            lines += ["", "## Compiled steps (`train --compile`)", ""]
+            if comp.get("compiler"):
+                lines += [f"Compiler {comp['compiler']}: these figures check the stage, not compiled code.", ""]
+            lines += ["| --preset | eager ms/step | compiled ms/step | speed-up |", "|---|---|---|---|"]
+            for r in comp["rows"]:
+                lines.append(f"| {r['preset']} | {r['eager_s'] * 1e3:.1f} | {r['compiled_s'] * 1e3:.1f} | "
+                             f"{r['speedup']:.2f}x |")
+            if comp.get("precision"):
+                pr = comp["precision"]
+                lines += ["", f"Quick rung compiled: fp32 {pr['fp32_s'] * 1e3:.1f} ms/step, bf16 "
+                          f"{pr['bf16_s'] * 1e3:.1f} ms/step ({pr['bf16_speedup']:.2f}x)."]
+            lines += ["", "| wide shape, step | dtype | ms/step | MFU |", "|---|---|---|---|"]
+            for m in comp["wide"]:
+                lines.append(f"| {'compiled' if m['compiled'] else 'eager'} | {m['dtype']} | {m['step_s'] * 1e3:.1f} | "
+                             f"{m['mfu']:.1%} |")
+            lines += ["", "KV cache over recompute: " + ", ".join(
+                f"{'compiled' if g['compiled'] else 'eager'} {g['speedup']:.1f}x" for g in comp["generate"]) + ".",
+                      "", "| compiled runs at once | ms/step each | steps/s in all | vs one |", "|---|---|---|---|"]
+            for r in comp["concurrency"]:
+                lines.append(f"| {r['jobs']} | {r['s_per_step_median'] * 1e3:.1f} | {r['steps_per_s_total']:.1f} | "
+                             f"{r['throughput_vs_one']:.2f}x |")
+            lines += ["", "| target | figure | threshold | met |", "|---|---|---|---|"]
+            for t in comp["targets"]:
+                pct = t["key"] == "wide_bf16_mfu"
+                v = "–" if t["value"] is None else (f"{t['value']:.1%}" if pct else f"{t['value']:.2f}")
+                thr = f"{t['threshold']:.0%}" if pct else f"{t['threshold']:g}"
+                met = {True: "met", False: "missed", None: "not measured on a GPU"}[t["met"]]
+                lines.append(f"| {t['target']} | {v} | {'≤' if t['kind'] == 'max' else '≥'} {thr} | {met} |")
         kap = self.result("kappa")
         if kap and kap.get("status") == "done":
             lines += ["", f"The kappa stage chose preset `{kap['plan']['preset']}` (priced in seconds: "

@@ -40,7 +40,7 @@ from ftstudy.core.config import ModelConfig
 from ftstudy.io import REPO_ROOT, atomic_write_text
 from ftstudy.results.report import targets_table  # the table the README's claims print too
 from ftstudy.core.latent import binary_mapper, binary_mapper_reference
-from ftstudy.run.lit import cpu_has_native_bf16, machine_name
+from ftstudy.run.lit import compile_mode, cpu_has_native_bf16, machine_name
 from ftstudy.core.model import FreeTransformer, generate
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -321,9 +321,11 @@ def _xt_free(shape: Shape, hidden: int) -> torch.nn.Module:
 
 
 def _build_train(impl: str, shape: Shape, dtype: str, device: torch.device,
-                 seed: int = 0) -> tuple[Callable[[], None], dict[str, Any]]:
+                 seed: int = 0, compile: bool = False) -> tuple[Callable[[], None], dict[str, Any]]:
     """One implementation's training step (AdamW, forward + backward + update), built and run
-    once inside a memory window: parameters, gradients, optimizer state and activations."""
+    once inside a memory window: parameters, gradients, optimizer state and activations.
+    ``compile`` (ftstudy only): the forward through ``torch.compile`` in the mode training uses
+    (``TrainConfig.compile``: CUDA graphs on a GPU); the first call compiles."""
     torch.manual_seed(seed)
     cfg = ftstudy_config(shape, LATENT_BITS if impl.endswith("free") else 0)
     peak = (lambda: _PeakCUDA(device)) if device.type == "cuda" else _PeakRSS
@@ -334,9 +336,12 @@ def _build_train(impl: str, shape: Shape, dtype: str, device: torch.device,
     with peak() as mem:
         if impl.startswith("ftstudy"):
             model: torch.nn.Module = FreeTransformer(cfg).to(device)
+            forward = torch.compile(model.forward, mode=compile_mode(device), dynamic=False) if compile else model
 
             def loss() -> torch.Tensor:
-                out = model(idx[:, :-1], idx[:, 1:])
+                if compile and device.type == "cuda":
+                    torch.compiler.cudagraph_mark_step_begin()
+                out = forward(idx[:, :-1], idx[:, 1:])
                 assert out.loss is not None
                 return out.loss
         elif impl == "xt-decoder":
@@ -353,6 +358,8 @@ def _build_train(impl: str, shape: Shape, dtype: str, device: torch.device,
         else:
             raise ValueError(f"unknown implementation {impl!r}; allowed: ftstudy-base, ftstudy-free, "
                              "xt-decoder, xt-free")
+        if compile and not impl.startswith("ftstudy"):
+            raise ValueError(f"compile is for the ftstudy implementations, not {impl!r}")
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
         def step() -> None:
@@ -364,7 +371,7 @@ def _build_train(impl: str, shape: Shape, dtype: str, device: torch.device,
 
         step()
     malloc_mmap_threshold(MEASURE_SPEED)
-    row = {"bench": "train", "impl": impl, "shape": shape.name, "dtype": dtype, "dim": shape.dim,
+    row = {"bench": "train", "impl": impl, "compiled": compile, "shape": shape.name, "dtype": dtype, "dim": shape.dim,
            "n_layers": shape.n_layers, "n_heads": shape.n_heads, "seq_len": shape.seq_len, "batch": shape.batch,
            "params": sum(p.numel() for p in model.parameters()), "peak_gib": mem.extra_gib,
            "flops_per_step": train_flops(cfg, shape.batch, shape.seq_len)}
@@ -372,12 +379,12 @@ def _build_train(impl: str, shape: Shape, dtype: str, device: torch.device,
 
 
 def bench_train(impls: list[str], shape: Shape, dtype: str, device: torch.device, warmup: int = 2,
-                repeats: int = 5) -> list[dict[str, Any]]:
+                repeats: int = 5, compile: bool = False) -> list[dict[str, Any]]:
     """Median step time, tokens/s and peak memory of each implementation (ftstudy-base,
     ftstudy-free, xt-decoder, xt-free) at one shape.  The steps are timed in interleaved
     rounds (one step of each implementation per round), so a slow spell of a noisy machine
     hits every implementation alike instead of one of them."""
-    built = [_build_train(impl, shape, dtype, device) for impl in impls]
+    built = [_build_train(impl, shape, dtype, device, compile=compile) for impl in impls]
     times: list[list[float]] = [[] for _ in built]
     for r in range(warmup + repeats):
         for i, (step, _) in enumerate(built):
@@ -397,15 +404,19 @@ def bench_train(impls: list[str], shape: Shape, dtype: str, device: torch.device
 
 
 def bench_generate(shape: Shape, latent_bits: int, device: torch.device, new_tokens: int = 256,
-                   prompt_len: int = 16, batch: int = 8, repeats: int = 3) -> dict[str, Any]:
-    """Tokens/s of sampling ``new_tokens`` with the KV cache and with full recompute."""
+                   prompt_len: int = 16, batch: int = 8, repeats: int = 3, compile: bool = False) -> dict[str, Any]:
+    """Tokens/s of sampling ``new_tokens`` with the KV cache and with full recompute;
+    ``compile``: the model's forward through ``torch.compile`` (dynamic shapes: the decode
+    step's position and the recompute's window grow), compiled by an untimed first call."""
     torch.manual_seed(0)
     cfg = ftstudy_config(replace(shape, seq_len=prompt_len + new_tokens), latent_bits)
     model = FreeTransformer(cfg).to(device).eval()
+    if compile:
+        model = torch.compile(model, dynamic=True)  # type: ignore[assignment]
     prompt = torch.randint(0, shape.vocab, (batch, prompt_len), device=device)
     out: dict[str, Any] = {"bench": "generate", "impl": "ftstudy-free" if latent_bits else "ftstudy-base",
                            "shape": shape.name, "dtype": "float32", "batch": batch, "prompt": prompt_len,
-                           "new_tokens": new_tokens}
+                           "new_tokens": new_tokens, "compiled": compile}
     for use_cache in (True, False):
         def run() -> None:
             with torch.no_grad():

@@ -161,7 +161,13 @@ def run_shape(cfg: dict[str, Any]) -> tuple:
     and precision."""
     m, t = cfg["model"], cfg["train"]
     return (m["n_layers"], m["dim"], m["latent_bits"], m["post_sampler"], t["batch_size"], m["max_seq_len"],
-            t["accelerator"], t["precision"])
+            t["accelerator"], t["precision"], bool(t.get("compile", False)))
+
+
+def _shape_key(shape: list[Any]) -> tuple:
+    """A run shape read back from a device check's JSON; those written before ``compile`` was
+    part of the shape are eager runs."""
+    return tuple(shape) if len(shape) == 9 else (*shape, False)
 
 
 def measured_step_times(out: Path) -> dict[tuple, float]:
@@ -179,8 +185,8 @@ def measured_step_times(out: Path) -> dict[tuple, float]:
 
 
 def seconds_per_step(cfg: RunConfig, measured: dict[tuple, float]) -> float | None:
-    """A finished run of the same shape (and accelerator) if there is one, else on a CPU a
-    rough model fitted on a 2-core CPU in fp32 (D 64/4 layers/batch 32/66 tokens: 0.095 s;
+    """A finished run of the same shape (and accelerator) if there is one; on a GPU, else a
+    measured neighbouring shape (:func:`_gpu_neighbour`); on a CPU, else a rough model fitted on a 2-core CPU in fp32 (D 64/4 layers/batch 32/66 tokens: 0.095 s;
     D 128/batch 64: 0.34 s; D 128/batch 32/256 tokens: about 1 s); None on a GPU with no
     measured run of that shape (``make gpu-check`` measures the GPU presets)."""
     key = run_shape(cfg.to_dict())
@@ -188,7 +194,7 @@ def seconds_per_step(cfg: RunConfig, measured: dict[tuple, float]) -> float | No
         return measured[key]
     m, t = cfg.model, cfg.train
     if t.accelerator != "cpu":
-        return None
+        return _gpu_neighbour(key, measured)
     units = (t.batch_size / 32) * (m.dim / 64) * (m.n_layers / 4)  # 1 = the demo's shape
     units *= (m.max_seq_len / 66) ** 1.5  # longer windows: more tokens, and attention grows as T^2
     base = 0.095 * units ** 0.73  # fitted: bigger matmuls run closer to peak
@@ -199,11 +205,28 @@ def seconds_per_step(cfg: RunConfig, measured: dict[tuple, float]) -> float | No
     return 1.37 * base + t.batch_size * 65 * m.dim * (1 << m.latent_bits) * 4.7e-11
 
 
-def gpu_timings(out: Path) -> tuple[str, dict[tuple, float], dict[int, float]] | None:
-    """What the device check measured on a GPU (``results/gpu/<gpu>/ladder.json`` and
-    ``concurrency.json``): the GPU's name, seconds per step alone by run shape, and the
-    throughput of N runs at once over one.  The GPU that ``out`` lies under if it has them,
-    else the first checked GPU; None if no GPU was checked."""
+def _gpu_neighbour(key: tuple, measured: dict[tuple, float]) -> float | None:
+    """A GPU run's step time from a measured run of a neighbouring shape, an upper bound: a
+    baseline takes its Free counterpart's time (the device check times Free models; the
+    baseline does a subset of their work), and a compiled run with no compiled figure its
+    eager time (what compiling improves on). None if neither was measured."""
+    def same(k: tuple, latent: bool, compiled: bool) -> bool:
+        return (k[0:2] == key[0:2] and k[4:8] == key[4:8] and k[8] == compiled
+                and ((k[2], k[3]) == (key[2], key[3]) if not latent else k[2] > 0))
+    for compiled in ([True, False] if key[8] else [False]):
+        for latent in ([False, True] if key[2] == 0 else [False]):
+            found = [v for k, v in measured.items() if same(k, latent, compiled)]
+            if found:
+                return max(found)
+    return None
+
+
+def gpu_timings(out: Path, compiled: bool = False) -> tuple[str, dict[tuple, float], dict[int, float]] | None:
+    """What the device check measured on a GPU (``results/gpu/<gpu>/ladder.json``,
+    ``concurrency.json`` and ``compile.json``): the GPU's name, seconds per step alone by run
+    shape (eager and compiled), and the throughput of N runs at once over one (of compiled
+    runs when ``compiled`` and the check measured them).  The GPU that ``out`` lies under if
+    it has them, else the first checked GPU; None if no GPU was checked."""
     folders = [f for f in sorted(GPU_RESULTS.glob("*")) if (f / "ladder.json").exists()]
     mine = [f for f in folders if f in out.resolve().parents or f == out.resolve()]
     if not (mine or folders):
@@ -214,23 +237,36 @@ def gpu_timings(out: Path) -> tuple[str, dict[tuple, float], dict[int, float]] |
         conc = json.loads((folder / "concurrency.json").read_text()) if (folder / "concurrency.json").exists() else {}
     except (OSError, ValueError):
         return None
-    alone = {tuple(r["shape"]): r["s_per_step"] for r in ladder.get("rows", []) if r.get("shape")}
+    alone = {_shape_key(r["shape"]): r["s_per_step"] for r in ladder.get("rows", []) if r.get("shape")}
     scale = {int(r["jobs"]): float(r["throughput_vs_one"]) for r in conc.get("rows", [])}
+    try:
+        comp = json.loads((folder / "compile.json").read_text()) if (folder / "compile.json").exists() else {}
+    except (OSError, ValueError):
+        comp = {}
+    if comp.get("status") == "done" and not comp.get("compiler"):  # a --tiny check measured no compiled code
+        alone.update({_shape_key(r["shape"]): r["compiled_s"] for r in comp.get("rows", [])})
+        if compiled and comp.get("concurrency"):
+            scale = {int(r["jobs"]): float(r["throughput_vs_one"]) for r in comp["concurrency"]}
     return folder.name, alone, scale
 
 
-def default_jobs(device: str) -> int:
+def default_jobs(device: str, compiled: bool = False) -> int:
     """--jobs when not given: 1 on the CPU; on a GPU, the number of runs at once that the
-    device check found best for this GPU (``concurrency.json``), at most the CPU count, else
-    half the CPU count."""
+    device check found best for this GPU (``concurrency.json``; ``compile.json`` for compiled
+    runs), at most the CPU count, else half the CPU count."""
     cores = os.cpu_count() or 1
     if device == "cpu":
         return 1
-    conc = GPU_RESULTS / machine_name(device) / "concurrency.json"
-    try:
-        return max(1, min(cores, int(json.loads(conc.read_text())["jobs_default"])))
-    except (OSError, ValueError, KeyError, TypeError):
-        return max(1, cores // 2)
+    folder = GPU_RESULTS / machine_name(device)
+    for name in ("compile.json", "concurrency.json") if compiled else ("concurrency.json",):
+        try:
+            record = json.loads((folder / name).read_text())
+            if record.get("compiler"):  # a --tiny check: no compiled figures
+                continue
+            return max(1, min(cores, int(record["jobs_default"])))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return max(1, cores // 2)
 
 
 class _Progress(L.Callback):
@@ -495,7 +531,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.preset = resolve_preset(args.preset, PRESET_ALIASES)
     if args.jobs is None:
-        args.jobs = default_jobs(args.device)
+        try:
+            compiled = parse_set_args(args.overrides).get("compile", "false").lower() in ("1", "true", "yes")
+        except ConfigError:
+            compiled = False  # the plan reports the bad --set
+        args.jobs = default_jobs(args.device, compiled)
     if args.jobs < 1:
         print(f"error: --jobs must be an integer >= 1, got {args.jobs}", file=sys.stderr)
         return 2
@@ -599,7 +639,7 @@ def _print_plan(args: argparse.Namespace, runs: list[PlannedRun], out: Path) -> 
     how = "rough, 2-core CPU"
     speedup = min(args.jobs, os.cpu_count() or 1) * (0.9 if args.jobs > 1 else 1.0)
     if on_gpu:
-        gpu = gpu_timings(out)
+        gpu = gpu_timings(out, compiled=all(r.config.train.compile for r, _ in left))
         if gpu is not None:
             name, alone, scale = gpu
             measured = {**alone, **measured}
@@ -610,6 +650,8 @@ def _print_plan(args: argparse.Namespace, runs: list[PlannedRun], out: Path) -> 
         else:
             how = "no GPU measured yet: make gpu-check on the GPU measures its step times"
     per = [seconds_per_step(r.config, measured) for r, _ in left]
+    if on_gpu and any(r.config.train.compile and run_shape(r.config.to_dict()) not in measured for r, _ in left):
+        how += "; compiled runs without a compiled figure priced at their eager step time, an upper bound"
     known = [n * p for (r, n), p in zip(left, per) if p is not None]
     unknown = sum(1 for (r, n), p in zip(left, per) if p is None and n)
     if unknown and not known:
