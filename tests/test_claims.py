@@ -4,6 +4,7 @@ drift; the README stays a front page whose links resolve."""
 from __future__ import annotations
 
 import csv
+import json
 import re
 import shutil
 from pathlib import Path
@@ -170,3 +171,21 @@ def test_the_readme_links_every_docs_page() -> None:
     text = README.read_text()
     for page in sorted((REPO_ROOT / "docs").glob("*.md")):
         assert f"(docs/{page.name})" in text, page.name
+
+
+def test_compiled_gpu_targets_say_not_yet_measured_until_a_gpu_ran_the_stage(tmp_path: Path) -> None:
+    from ftstudy.results.claims import compile_targets_table
+
+    assert "not yet measured" in compile_targets_table(tmp_path)
+    folder = tmp_path / GPU_DIR / "some-gpu"
+    folder.mkdir(parents=True)
+    targets = [{"key": "quick_ms", "value": 4.2, "met": True}, {"key": "wide_bf16_mfu", "value": 0.31, "met": False},
+               {"key": "kv_speedup", "value": 6.0, "met": True}]
+    record = {"status": "done", "targets": targets, "compiler": "disabled (--tiny)"}
+    (folder / "compile.json").write_text(json.dumps(record))
+    assert "not yet measured" in compile_targets_table(tmp_path)  # a --tiny check measured no compiled code
+    del record["compiler"]
+    (folder / "compile.json").write_text(json.dumps(record))
+    table = compile_targets_table(tmp_path)
+    assert "not yet measured" not in table and "some-gpu/compile.json" in table
+    assert "| 4.20 | met |" in table and "| 31.0% | **MISSED** |" in table and "| 6.00 | met |" in table

@@ -437,7 +437,40 @@ def perf_tables(root: Path = REPO_ROOT) -> str:
                          f"{data['threads']} threads):\n\n{targets_table(data)}")
     if not parts:
         raise ClaimError(f"no suite result in {PERF_DIR}/; make one with python -m ftstudy.perf suite")
+    parts.append(compile_targets_table(root))
     return "\n\n".join(parts)
+
+
+#: the GPU targets of compiled steps (the device check's compile stage): (name, threshold)
+COMPILE_TARGETS = (("quick preset training step on an H200, compiled", "≤ 5 ms"),
+                   ("wide-shape bf16 MFU (8 layers, D 512, 8 × 1,024 tokens)", "≥ 40%"),
+                   ("KV-cache generation over recompute, 256 new tokens", "≥ 5×"))
+
+
+def compile_targets_table(root: Path = REPO_ROOT) -> str:
+    """The compiled-step targets, from each GPU's ``compile.json`` (the device check's compile
+    stage); not yet measured where no GPU has one."""
+    measured = []
+    for path in sorted((Path(root) / GPU_DIR).glob("*/compile.json")):
+        data = json.loads(path.read_text())
+        if data.get("status") == "done" and not data.get("compiler"):
+            measured.append((path, data))
+    head = ["| target | threshold | measured | met |", "|---|---|---|---|"]
+    if not measured:
+        rows = [f"| {name} | {thr} | not yet measured: no GPU has run the compile stage | – |"
+                for name, thr in COMPILE_TARGETS]
+        return ("Compiled steps (`train --compile`), GPU targets: not yet measured "
+                "(`make gpu-check GPU_CHECK_ARGS=\"--stages compile\"` on a GPU):\n\n" + "\n".join(head + rows))
+    out = []
+    for path, data in measured:
+        rows = []
+        for (name, thr), t in zip(COMPILE_TARGETS, data["targets"]):
+            pct = t["key"] == "wide_bf16_mfu"
+            value = "–" if t["value"] is None else (f"{t['value']:.1%}" if pct else f"{t['value']:.2f}")
+            met = {True: "met", False: "**MISSED**", None: "not measured"}[t["met"]]
+            rows.append(f"| {name} | {thr} | {value} | {met} |")
+        out.append(f"Compiled steps, `{path.relative_to(root).as_posix()}`:\n\n" + "\n".join(head + rows))
+    return "\n\n".join(out)
 
 
 def answer_table(root: Path = REPO_ROOT, base: str = "") -> str:
