@@ -137,19 +137,55 @@ def test_draws_share_the_encoder_and_give_log_q_and_kl() -> None:
     assert not torch.equal(outs[0].bits, outs[1].bits)
 
 
-def test_compiled_generation_agrees_with_eager() -> None:
-    """generate() through ``torch.compile(model, dynamic=True)`` (what the device check's compile
-    stage times): every step's logits within 1e-4 of eager, hence the same tokens, with the KV
-    cache (prefill, then one-token steps at growing positions) and the same Z and sampling."""
-    model = _model(latent_bits=4, max_seq_len=24).eval()
-    compiled = torch.compile(model, dynamic=True)
+@pytest.mark.parametrize("latent_bits", [0, 4])
+@pytest.mark.parametrize("padded", [False, True])
+def test_static_decode_steps_give_the_default_paths_tokens(latent_bits: int, padded: bool) -> None:
+    """static=True (a tensor position, attention over the whole cache, masked) against the
+    default cache path: the same logits to float64 rounding and the same tokens, through
+    left padding and a window that fills and slides (24 positions, 30 new tokens)."""
+    model = _model(latent_bits=latent_bits, max_seq_len=24)
+    prompt = torch.randint(1, V, (3, 6))
+    mask = None
+    if padded:
+        mask = torch.ones(3, 6, dtype=torch.bool)
+        mask[0, :2] = False
+        mask[2, :4] = False
+
+    def run(static: bool) -> object:
+        with torch.no_grad():
+            return generate(model, prompt, 30, prompt_mask=mask, temperature=0.9, generator=_gens(5, 3),
+                            return_logits=True, static=static)
+
+    default, static = run(False), run(True)
+    assert torch.equal(static.tokens, default.tokens)
+    assert torch.allclose(static.logits, default.logits, rtol=0, atol=1e-9)
+    if latent_bits:
+        assert torch.equal(static.bits, default.bits)
+
+
+def test_static_step_checks_its_cache_and_mask() -> None:
+    model = _model(latent_bits=0)
+    pos = torch.tensor(3)
+    with pytest.raises(ValueError, match="give its KV cache"):
+        model(torch.zeros(1, 1, dtype=torch.long), start=pos)
+    cache = model.new_cache(1, 24, static=True)
+    with pytest.raises(ValueError, match=r"shape \(1, 24\).*the whole cache for a static step"):
+        model(torch.zeros(1, 1, dtype=torch.long), start=pos, cache=cache, valid=torch.ones(1, 4, dtype=torch.bool))
+
+
+def test_compiled_static_generation_agrees_with_eager() -> None:
+    """generate(static=True) through ``torch.compile(model)`` (static shapes: the decode step
+    compiles once; on a GPU the device check uses mode reduce-overhead, a CUDA graph): every
+    step's logits within 1e-6 of eager, hence the same tokens and Z."""
+    model = _model(latent_bits=4, max_seq_len=24).float().eval()
+    compiled = torch.compile(model, dynamic=False)
     prompt = torch.randint(0, 20, (3, 5))
 
-    def run(m: torch.nn.Module) -> object:
+    def run(m: torch.nn.Module, static: bool) -> object:
         with torch.no_grad():
             return generate(m, prompt, 10, z_prompt="posterior-context", temperature=0.8,  # type: ignore[arg-type]
-                            generator=torch.Generator().manual_seed(3), return_logits=True)
+                            generator=torch.Generator().manual_seed(3), return_logits=True, static=static)
 
-    eager, comp = run(model), run(compiled)
-    assert torch.allclose(comp.logits, eager.logits, rtol=1e-4, atol=1e-4)
+    eager, comp = run(model, False), run(compiled, True)
+    assert torch.allclose(comp.logits, eager.logits, rtol=1e-6, atol=1e-6)
     assert torch.equal(comp.tokens, eager.tokens) and torch.equal(comp.bits, eager.bits)

@@ -76,29 +76,51 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos().float(), persistent=False)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
 
-    def forward(self, x: Tensor, start: int) -> Tensor:
-        """x: (B, nh, T, hd) at positions start … start+T-1."""
+    def forward(self, x: Tensor, start: int | Tensor) -> Tensor:
+        """x: (B, nh, T, hd) at positions start … start+T-1 (``start`` a 0-d tensor: a static
+        decode step, whose caller keeps it in range)."""
         t = x.shape[-2]
+        if isinstance(start, Tensor):
+            pos = start + torch.arange(t, device=x.device)
+            return _rotate(x, self.cos[pos].to(x.dtype), self.sin[pos].to(x.dtype))
         if start + t > self.cos.shape[0]:
             raise ValueError(f"position {start + t - 1} is beyond max_seq_len = {self.cos.shape[0]}")
         cos = self.cos[start:start + t].to(x.dtype)  # (T, hd/2)
         sin = self.sin[start:start + t].to(x.dtype)
-        x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+        return _rotate(x, cos, sin)
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
 class KVCache:
-    """Preallocated keys/values for every decoder block: (B, n_kv_heads, max_len, hd) each."""
+    """Preallocated keys/values for every decoder block: (B, n_kv_heads, max_len, hd) each.
+
+    Written at a Python ``start`` (prefill, and eager decoding), attention sees the filled
+    part. Written at a 0-d tensor ``start`` (a static decode step), it sees the whole buffer,
+    masked past each query's position: every step has the same shapes and the buffers never
+    move, so a compiled step can be captured once (CUDA graphs) and replayed."""
 
     def __init__(self, n_layers: int, batch: int, n_kv_heads: int, max_len: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device) -> None:
+                 dtype: torch.dtype, device: torch.device, static: bool = False) -> None:
         shape = (batch, n_kv_heads, max_len, head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.max_len = max_len
-        self.length = 0  # positions filled so far
+        if static:
+            from torch._dynamo import mark_static_address
 
-    def update(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+            for buf in (*self.k, *self.v):
+                mark_static_address(buf)  # written in place by a captured step
+        self.max_len = max_len
+
+    def update(self, layer: int, start: int | Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if isinstance(start, Tensor):
+            pos = start + torch.arange(k.shape[2], device=k.device)
+            self.k[layer].index_copy_(2, pos, k)
+            self.v[layer].index_copy_(2, pos, v)
+            return self.k[layer], self.v[layer]
         end = start + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: position {end - 1} >= capacity {self.max_len}")
@@ -118,10 +140,11 @@ class Attention(nn.Module):
         self.wo = nn.Linear(self.n_heads * self.hd, cfg.dim, bias=False)
 
     def forward(self, xq: Tensor, xkv: Tensor, rope: RotaryEmbedding | None, causal: bool,
-                start: int = 0, cache: KVCache | None = None, layer: int = 0,
+                start: int | Tensor = 0, cache: KVCache | None = None, layer: int = 0,
                 attn_mask: Tensor | None = None) -> Tensor:
         """``attn_mask`` (bool, broadcastable to (B, nh, T, S_total), True = may attend)
-        replaces the causal rule when given: padded batches pass their own."""
+        replaces the causal rule when given: padded batches pass their own. A tensor
+        ``start`` (a static decode step) attends over the whole cache, masked past each query."""
         b, t, _ = xq.shape
         s = xkv.shape[1]
         q = self.wq(xq).view(b, t, self.n_heads, self.hd).transpose(1, 2)  # (B, nh, T, hd)
@@ -129,7 +152,13 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = rope(q, start), rope(k, start)
         mask = attn_mask
-        if attn_mask is not None:
+        if isinstance(start, Tensor):
+            assert cache is not None, "a tensor start is a static decode step: it needs a KV cache"
+            k, v = cache.update(layer, start, k, v)  # (B, nkv, max_len, hd)
+            seen = torch.arange(k.shape[2], device=xq.device)[None, :] <= \
+                (start + torch.arange(t, device=xq.device))[:, None]  # (T, max_len)
+            mask, causal = (seen if attn_mask is None else attn_mask & seen), False
+        elif attn_mask is not None:
             causal = False
             if cache is not None:
                 k, v = cache.update(layer, start, k, v)
@@ -172,7 +201,7 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg)
 
     def forward(self, x: Tensor, kv: Tensor | None = None, *, rope: RotaryEmbedding | None, causal: bool = True,
-                start: int = 0, cache: KVCache | None = None, layer: int = 0,
+                start: int | Tensor = 0, cache: KVCache | None = None, layer: int = 0,
                 attn_mask: Tensor | None = None) -> Tensor:
         h = self.attn_norm(x)
         hkv = h if kv is None else self.attn_norm(kv)
@@ -252,7 +281,7 @@ class FreeTransformer(nn.Module):
 
     # ------------------------------------------------------------------ parts (private: callers use forward)
 
-    def _trunk(self, idx: Tensor, start: int = 0, cache: KVCache | None = None,
+    def _trunk(self, idx: Tensor, start: int | Tensor = 0, cache: KVCache | None = None,
                attn_mask: Tensor | None = None) -> Tensor:
         """Embedding and the blocks before the injection point: X, (B, T, D)."""
         x = self.tok_emb(idx)
@@ -261,7 +290,7 @@ class FreeTransformer(nn.Module):
             x = self._block(i, x, None, start, cache, attn_mask)
         return x
 
-    def _block(self, i: int, x: Tensor, kv: Tensor | None, start: int, cache: KVCache | None,
+    def _block(self, i: int, x: Tensor, kv: Tensor | None, start: int | Tensor, cache: KVCache | None,
                attn_mask: Tensor | None) -> Tensor:
         """Block ``i``; with ``activation_checkpointing`` (training only) its activations are
         recomputed in the backward pass instead of stored (less memory, one more forward)."""
@@ -297,7 +326,7 @@ class FreeTransformer(nn.Module):
         assert bits is not None or not per_row(generator)
         return mapper(enc_logits.float(), w, bits=bits, generator=generator)  # type: ignore[arg-type]
 
-    def _head(self, x: Tensor, start: int = 0, cache: KVCache | None = None, r: Tensor | None = None,
+    def _head(self, x: Tensor, start: int | Tensor = 0, cache: KVCache | None = None, r: Tensor | None = None,
               attn_mask: Tensor | None = None) -> Tensor:
         """Blocks from the injection point on, final norm and readout: logits (B, T, V)."""
         first = self.cfg.injection if self.cfg.is_free else self.cfg.n_layers
@@ -310,7 +339,7 @@ class FreeTransformer(nn.Module):
 
     def forward(self, idx: Tensor, targets: Tensor | None = None, loss_mask: Tensor | None = None, *,
                 z: ZSpec = "posterior-leaky", generator: Generators = None, context: Tensor | None = None,
-                valid: Tensor | None = None, start: int = 0, cache: KVCache | None = None) -> ModelOutput:
+                valid: Tensor | None = None, start: int | Tensor = 0, cache: KVCache | None = None) -> ModelOutput:
         """Logits, and losses when ``targets`` is given.
 
         ``z`` (Free model only; see ``ZSpec``): "posterior-leaky" (the default: training),
@@ -322,7 +351,8 @@ class FreeTransformer(nn.Module):
         whose Z it gives; default every real token.  ``valid`` (bool (B, start + T)): which
         positions of the cache and of ``idx`` are real tokens; padding is never attended to
         (left-padded batches) and gets False bits.  ``start``/``cache``: incremental decoding
-        with a KV cache (explicit bits or prior Z only).
+        with a KV cache (explicit bits or prior Z only); a 0-d tensor ``start`` is a static
+        decode step (the same shapes at every position; ``valid`` then covers the whole cache).
         """
         x, enc, mask = self._prepare(idx, z, context, valid, start, cache)
         return self._finish(idx, x, enc, mask, targets, loss_mask, z, generator, context, valid, start, cache)
@@ -340,7 +370,7 @@ class FreeTransformer(nn.Module):
                 yield self._finish(idx, x, enc, mask, targets, loss_mask, z, g, context, valid, 0, None)
         return outputs()
 
-    def _prepare(self, idx: Tensor, z: ZSpec, context: Tensor | None, valid: Tensor | None, start: int,
+    def _prepare(self, idx: Tensor, z: ZSpec, context: Tensor | None, valid: Tensor | None, start: int | Tensor,
                  cache: KVCache | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Checks, the attention mask, the trunk X and (posterior policies) the encoder logits."""
         cfg = self.cfg
@@ -351,8 +381,13 @@ class FreeTransformer(nn.Module):
             hint = " (renamed: 'posterior-leaky' is the training one, 'posterior-context' the honest one)" \
                 if z == "posterior" else ""
             raise ValueError(f"z = {z!r}: allowed {', '.join(map(repr, Z_POLICIES))} or a bool tensor (B, T, H){hint}")
-        if valid is not None and (valid.shape != (b, start + t) or valid.dtype != torch.bool):
-            raise ValueError(f"valid must be a bool tensor of shape {(b, start + t)} (cache then idx); "
+        static = isinstance(start, Tensor)
+        if static and cache is None:
+            raise ValueError("a tensor start is a static decode step: give its KV cache")
+        n_keys = cache.max_len if static else start + t  # type: ignore[union-attr]
+        if valid is not None and (valid.shape != (b, n_keys) or valid.dtype != torch.bool):
+            raise ValueError(f"valid must be a bool tensor of shape {(b, n_keys)} (cache then idx"
+                             f"{'; the whole cache for a static step' if static else ''}); "
                              f"got {valid.dtype} {tuple(valid.shape)}")
         if context is not None:
             if isinstance(z, Tensor) or z != "posterior-context":
@@ -364,7 +399,7 @@ class FreeTransformer(nn.Module):
         x = self._trunk(idx, start, cache, mask)
         enc = None
         if cfg.is_free and isinstance(z, str) and z != "prior":
-            if start > 0:
+            if static or start > 0:
                 raise ValueError(f"z = {z!r} runs the encoder on the whole sequence: not with a KV cache past "
                                  f"position 0 (give explicit bits or 'prior')")
             keys = context if context is not None else valid
@@ -373,13 +408,15 @@ class FreeTransformer(nn.Module):
 
     def _finish(self, idx: Tensor, x: Tensor, enc: Tensor | None, mask: Tensor | None, targets: Tensor | None,
                 loss_mask: Tensor | None, z: ZSpec, generator: Generators, context: Tensor | None,
-                valid: Tensor | None, start: int, cache: KVCache | None) -> ModelOutput:
+                valid: Tensor | None, start: int | Tensor, cache: KVCache | None) -> ModelOutput:
         """Z, R, the blocks from the injection point on, and the losses."""
         cfg = self.cfg
         out = ModelOutput(logits=x)  # placeholder, replaced below
         r = None
         if cfg.is_free:
-            rows = None if valid is None else valid[:, start:]
+            rows = None if valid is None else (
+                valid.index_select(1, start + torch.arange(idx.shape[1], device=idx.device))
+                if isinstance(start, Tensor) else valid[:, start:])
             leaky = isinstance(z, str) and z == "posterior-leaky"
             bits = None
             if not leaky or rows is not None or per_row(generator):
@@ -447,20 +484,22 @@ class FreeTransformer(nn.Module):
 
     # ------------------------------------------------------------------ generation
 
-    def new_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
+    def new_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None,
+                  static: bool = False) -> KVCache:
         p = self.tok_emb.weight
         cap = self.cfg.max_seq_len if max_len is None else max_len
         return KVCache(self.cfg.n_layers, batch, self.cfg.kv_heads, cap, self.cfg.head_dim,
-                       dtype or p.dtype, p.device)
+                       dtype or p.dtype, p.device, static)
 
 
-def _attention_mask(valid: Tensor | None, start: int, t: int) -> Tensor | None:
-    """(B, 1, T, start + T) bool for queries at start … start+T-1 of a batch with padding:
-    causal, padding invisible as keys (each query still sees itself); None without padding."""
+def _attention_mask(valid: Tensor | None, start: int | Tensor, t: int) -> Tensor | None:
+    """(B, 1, T, S) bool for queries at start … start+T-1 of a batch with padding, over the S
+    keys of ``valid`` (start + T, or a static step's whole cache): causal, padding invisible as
+    keys (each query still sees itself); None without padding."""
     if valid is None:
         return None
-    q = torch.arange(start, start + t, device=valid.device)[:, None]
-    k = torch.arange(start + t, device=valid.device)[None, :]
+    q = (start + torch.arange(t, device=valid.device))[:, None]
+    k = torch.arange(valid.shape[1], device=valid.device)[None, :]
     return ((k <= q)[None] & (valid[:, None, :] | (k == q)[None]))[:, None]
 
 
@@ -519,7 +558,7 @@ def generate(model: FreeTransformer, prompt: Tensor, max_new_tokens: int, *, pro
              bits: Tensor | None = None, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, generator: Generators = None, z_generator: Generators = None,
              eos_id: int | None = None, stop: Callable[[Tensor, Tensor], Tensor] | None = None,
-             use_cache: bool = True, return_logits: bool = False) -> Generation:
+             use_cache: bool = True, return_logits: bool = False, static: bool = False) -> Generation:
     """Sample continuations of prompts (B, P) with a KV cache: the one token loop.
 
     Z follows the paper's inference (PAPER.md §2.7): the prompt gets Z from the encoder run on
@@ -541,6 +580,10 @@ def generate(model: FreeTransformer, prompt: Tensor, max_new_tokens: int, *, pro
       row has stopped or after ``max_new_tokens``.
     - ``use_cache=False`` recomputes the whole window at every step (the reference for tests
       and benchmarks).
+    - ``static=True``: after each prefill, every one-token step has the same shapes (the
+      position is a 0-d tensor, attention covers the whole cache, masked), so ``model`` may be
+      ``torch.compile(model, mode="reduce-overhead")``, whose step is captured once as a CUDA
+      graph and replayed. The same tokens as the default path (tests).
     """
     cfg = model.cfg
     if prompt.dim() != 2 or prompt.shape[1] < 1:
@@ -589,16 +632,28 @@ def generate(model: FreeTransformer, prompt: Tensor, max_new_tokens: int, *, pro
     first = 0  # first column of the current window
     fed = 0  # columns first … fed-1 are in the cache
     end = p  # the next token goes to column end
+    window_valid = None  # static steps: the window's real columns, (B, win)
     while end - p < max_new_tokens and not bool(done.all()):
         if not use_cache:
             fed = first
         elif cache is None:
-            cache = model.new_cache(b, win, dtype=_cache_dtype(model))
+            cache = model.new_cache(b, win, dtype=_cache_dtype(model), static=static)
             fed = first
+            if static and valid is not None:
+                window_valid = torch.ones(b, win, dtype=torch.bool, device=dev)
+                n = min(win, valid.shape[1] - first)
+                window_valid[:, :n] = valid[:, first:first + n]
         cols = slice(fed, end)
-        out = model(tokens[:, cols], z=bits[:, cols] if bits is not None else "prior", start=fed - first,
-                    cache=cache, valid=None if valid is None else valid[:, first:end])
+        z = bits[:, cols] if bits is not None else "prior"
+        if static and cache is not None and fed > first and end - fed == 1:  # a static one-token step
+            pos = torch.full((), fed - first, dtype=torch.long, device=dev)
+            out = model(tokens[:, cols], z=z, start=pos, cache=cache, valid=window_valid)
+        else:
+            out = model(tokens[:, cols], z=z, start=fed - first, cache=cache,
+                        valid=None if valid is None else valid[:, first:end])
         logits = out.logits[:, -1].float()
+        if static:
+            logits = logits.clone()  # a captured step's output buffer is overwritten by the next replay
         if return_logits:
             step_logits.append(logits)
         nxt = sample_tokens(logits, temperature, top_k, top_p, generator)

@@ -278,8 +278,11 @@ def _score_snapshot(seed: int, step: int, snap: str, folder: str) -> None:
     print(f"[ftstudy.eval.decide] calibration s{seed} step {step}: scored", flush=True)
 
 
-def _write_curves(folder: Path, rows: list[dict[str, Any]]) -> None:
+def _write_curves(folder: Path, rows: list[dict[str, Any]], schedule: dict[str, Any] | None = None) -> None:
+    """curves.csv and CURVES.md of scored snapshots; ``schedule`` (seeds, steps, every; default
+    :data:`CALIBRATION`) is what the header says the runs were."""
     from ftstudy.tasks import decide
+    c = {**CALIBRATION, **(schedule or {})}
     keys = ["seed", "step", "task", "pass@1", "edge_validity", "valid", "novel"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
@@ -292,9 +295,9 @@ def _write_curves(folder: Path, rows: list[dict[str, Any]]) -> None:
     steps = sorted({r["step"] for r in rows})
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     lines = ["# Calibration curves of the decision benchmark (generated: `ftstudy decide --stage calibrate`)", "",
-             f"Baseline seeds {', '.join(map(str, CALIBRATION['seeds']))} of preset `{CONFIG_PRESET}` trained for "
-             f"{CALIBRATION['steps']} steps (one schedule; snapshots every {CALIBRATION['every']} steps), each "
-             f"snapshot scored on the first {CALIBRATION['limit']} documents of every task (10 samples each, "
+             f"Baseline seeds {', '.join(map(str, c['seeds']))} of preset `{CONFIG_PRESET}` trained for "
+             f"{c['steps']} steps (one schedule; snapshots every {c['every']} steps), each "
+             f"snapshot scored on the first {c['limit']} documents of every task (10 samples each, "
              "temperature 0.8, top-p 0.95). Cells, one per seed: route tasks pass@1 / per-step edge "
              "validity; creativity tasks valid rate / creativity. **Gate** (`RULE.md`): on route tasks every "
              f"seed's pass@1 in [{lo}, {hi}] (not on the two-route control) and edge validity >= "

@@ -406,13 +406,17 @@ def bench_train(impls: list[str], shape: Shape, dtype: str, device: torch.device
 def bench_generate(shape: Shape, latent_bits: int, device: torch.device, new_tokens: int = 256,
                    prompt_len: int = 16, batch: int = 8, repeats: int = 3, compile: bool = False) -> dict[str, Any]:
     """Tokens/s of sampling ``new_tokens`` with the KV cache and with full recompute;
-    ``compile``: the model's forward through ``torch.compile`` (dynamic shapes: the decode
-    step's position and the recompute's window grow), compiled by an untimed first call."""
+    ``compile``: the cache path's static decode steps (``generate(static=True)``) through
+    ``torch.compile`` in training's mode (a captured CUDA graph on a GPU), the recompute path
+    through ``torch.compile(dynamic=True)`` (its window grows); both compiled by an untimed
+    first call."""
     torch.manual_seed(0)
     cfg = ftstudy_config(replace(shape, seq_len=prompt_len + new_tokens), latent_bits)
-    model = FreeTransformer(cfg).to(device).eval()
+    eager = FreeTransformer(cfg).to(device).eval()
+    models = {True: eager, False: eager}
     if compile:
-        model = torch.compile(model, dynamic=True)  # type: ignore[assignment]
+        models = {True: torch.compile(eager, mode=compile_mode(device), dynamic=False),
+                  False: torch.compile(eager, dynamic=True)}
     prompt = torch.randint(0, shape.vocab, (batch, prompt_len), device=device)
     out: dict[str, Any] = {"bench": "generate", "impl": "ftstudy-free" if latent_bits else "ftstudy-base",
                            "shape": shape.name, "dtype": "float32", "batch": batch, "prompt": prompt_len,
@@ -420,8 +424,9 @@ def bench_generate(shape: Shape, latent_bits: int, device: torch.device, new_tok
     for use_cache in (True, False):
         def run() -> None:
             with torch.no_grad():
-                generate(model, prompt, new_tokens, z_prompt="prior",
-                         generator=torch.Generator(device=device).manual_seed(0), use_cache=use_cache)
+                generate(models[use_cache], prompt, new_tokens, z_prompt="prior",  # type: ignore[arg-type]
+                         generator=torch.Generator(device=device).manual_seed(0), use_cache=use_cache,
+                         static=compile and use_cache)
         t = _median_time(run, 1, repeats if use_cache else 1, device)
         out["cache_s" if use_cache else "recompute_s"] = t
     out["cache_tokens_per_s"] = batch * new_tokens / out["cache_s"]
