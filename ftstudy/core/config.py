@@ -517,7 +517,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                       max_seq_len=160),
         "task": dict(name="tokens", data_dir="data/decide", val_size=64, n_generate=0, probe_independent=0,
                      probe_groups=0),
-        "train": dict(steps=1500, batch_size=16, lr=2e-3, warmup_steps=50, val_every=500, ckpt_every=100),
+        "train": dict(steps=3000, batch_size=16, lr=2e-3, warmup_steps=50, val_every=500, ckpt_every=100),
     },
     # Tests: the same task on a tiny model (with a shard folder given by --set data_dir=...).
     "tokens-tiny": {
