@@ -339,21 +339,23 @@ def test_compiled_runs_are_priced_from_the_compile_stage(tmp_path: Path, monkeyp
         {"jobs": 1, "throughput_vs_one": 1.0}, {"jobs": 8, "throughput_vs_one": 6.0}]}))
     free_shape = run_shape(compiled_runs[-1].config.to_dict())  # what the device check times: a Free model
     assert free_shape[2] > 0 and shape[2] == 0
-    compile_record = {"status": "done", "jobs_default": 16, "rows": [{"shape": list(free_shape), "compiled_s": 0.005}],
+    steps = compiled_runs[0].config.train.steps
+    compile_record = {"status": "done", "jobs_default": 16,
+                      "rows": [{"shape": list(free_shape), "compiled_s": 0.005, "compile_overhead_s": 60.0, "steps": steps}],
                       "concurrency": [{"jobs": 1, "throughput_vs_one": 1.0}, {"jobs": 16, "throughput_vs_one": 10.0}]}
     (gpu / "compile.json").write_text(json.dumps(compile_record))
     name, alone, scale = gpu_timings(tmp_path / "out", compiled=True)
-    assert alone[free_shape] == 0.005 and alone[tuple(eager_shape) + (False,)] == 0.048 and scale[16] == 10.0
+    assert alone[free_shape] == pytest.approx(0.005 + 60.0 / steps)  # compiling once per run, spread over its steps
+    assert alone[tuple(eager_shape) + (False,)] == 0.048 and scale[16] == 10.0
     assert gpu_timings(tmp_path / "out")[2] == {1: 1.0, 8: 6.0}  # eager runs: the eager throughput
     monkeypatch.setattr(ablate, "machine_name", lambda device: "cuda")
     assert default_jobs("cuda", compiled=True) == min(16, os.cpu_count() or 1)
     assert default_jobs("cuda") == min(4, os.cpu_count() or 1)
-    steps = compiled_runs[0].config.train.steps
     assert main(["--study", "kl_budget", "--preset", "gpu-mid", "--device", "cuda", "--seeds", *map(str, seeds),
                  "--only", *points, "--set", "compile=true", "--jobs", "16", "--out", str(tmp_path / "out"),
                  "--dry-run"]) == 0
     out = capsys.readouterr().out
-    minutes = round(40 * steps * 0.005 / 10.0 / 60)  # baselines priced as their Free counterparts
+    minutes = round(40 * (steps * 0.005 + 60.0) / 10.0 / 60)  # baselines priced as their Free counterparts
     assert "40 runs" in out and f"about {minutes} min of training left" in out and "not priced" not in out
     compile_record["compiler"] = "disabled (--tiny)"
     (gpu / "compile.json").write_text(json.dumps(compile_record))

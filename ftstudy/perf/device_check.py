@@ -328,8 +328,12 @@ class Check:
             args = self._timing_args(preset, 0, steps)
             eager = self._timed(folder, f"{preset}-eager", args)
             compiled = self._timed(folder, f"{preset}-compiled", [*args, "--compile"])
-            rows.append({"preset": preset, "shape": list(run_shape(RunDir(folder / f"{preset}-compiled").config())),
-                         "eager_s": eager, "compiled_s": compiled, "speedup": eager / compiled})
+            done = RunDir(folder / f"{preset}-compiled")
+            # What compiling costs once per run: its training time beyond its steps at the compiled speed.
+            overhead = (done.summary() or {}).get("train_time_s", 0.0) - compiled * steps
+            rows.append({"preset": preset, "shape": list(run_shape(done.config())), "eager_s": eager,
+                         "compiled_s": compiled, "speedup": eager / compiled, "compile_overhead_s": max(0.0, overhead),
+                         "steps": get_preset(ABLATE_PRESETS[preset]).train.steps})
             self.log(f"[gpucheck] compile {preset}: eager {eager * 1e3:.1f} ms/step, compiled "
                      f"{compiled * 1e3:.1f} ms/step ({eager / compiled:.2f}x)")
         precision = None
@@ -475,10 +479,11 @@ class Check:
             lines += ["", "## Compiled steps (`train --compile`)", ""]
             if comp.get("compiler"):
                 lines += [f"Compiler {comp['compiler']}: these figures check the stage, not compiled code.", ""]
-            lines += ["| --preset | eager ms/step | compiled ms/step | speed-up |", "|---|---|---|---|"]
+            lines += ["| --preset | eager ms/step | compiled ms/step | speed-up | compiling, once per run (s) |",
+                      "|---|---|---|---|---|"]
             for r in comp["rows"]:
                 lines.append(f"| {r['preset']} | {r['eager_s'] * 1e3:.1f} | {r['compiled_s'] * 1e3:.1f} | "
-                             f"{r['speedup']:.2f}x |")
+                             f"{r['speedup']:.2f}x | {r.get('compile_overhead_s', float('nan')):.0f} |")
             if comp.get("precision"):
                 pr = comp["precision"]
                 lines += ["", f"Quick rung compiled: fp32 {pr['fp32_s'] * 1e3:.1f} ms/step, bf16 "

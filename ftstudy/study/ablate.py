@@ -245,6 +245,10 @@ def gpu_timings(out: Path, compiled: bool = False) -> tuple[str, dict[tuple, flo
         comp = {}
     if comp.get("status") == "done" and not comp.get("compiler"):  # a --tiny check measured no compiled code
         alone.update({_shape_key(r["shape"]): r["compiled_s"] for r in comp.get("rows", [])})
+        # Compiling costs once per run: spread over the measured rung's own step count.
+        for r in comp.get("rows", []):
+            if r.get("compile_overhead_s") and r.get("steps"):
+                alone[_shape_key(r["shape"])] += r["compile_overhead_s"] / r["steps"]
         if compiled and comp.get("concurrency"):
             scale = {int(r["jobs"]): float(r["throughput_vs_one"]) for r in comp["concurrency"]}
     return folder.name, alone, scale
