@@ -517,7 +517,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                       max_seq_len=160),
         "task": dict(name="tokens", data_dir="data/decide", val_size=64, n_generate=0, probe_independent=0,
                      probe_groups=0),
-        "train": dict(steps=3000, batch_size=16, lr=2e-3, warmup_steps=50, val_every=500, ckpt_every=100),
+        # fp32 pinned: "auto" is bf16-mixed on CPUs with native bf16 and 32-true elsewhere, and
+        # the comparison's models must train alike on whatever machine resumes them.
+        "train": dict(steps=3000, batch_size=16, lr=2e-3, warmup_steps=50, val_every=500, ckpt_every=100,
+                      precision="32-true"),
     },
     # Tests: the same task on a tiny model (with a shard folder given by --set data_dir=...).
     "tokens-tiny": {
