@@ -38,3 +38,19 @@ def test_compare_gives_a_verdict_per_number(tmp_path):
     assert (within, compared) == (24, 29)
     table, within, compared = demo.compare(out, 0, tmp_path / "empty")
     assert "no finished reference runs" in table and compared == 0
+
+
+def test_compare_says_when_the_precisions_differ(tmp_path):
+    """precision auto resolves by the CPU: a demo trained in bf16-mixed against an fp32 reference
+    cannot reproduce a reference seed, and the comparison says so."""
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    write_runs(ref, 0, 0.80)
+    write_runs(out, 0, 0.80)
+    for folder, precision in ((ref, "32-true"), (out, "bf16-mixed")):
+        for r in demo._runs(folder, 0, []):
+            (r.run_dir / "config.json").write_text(json.dumps({"precision_resolved": precision}))
+    table, _, _ = demo.compare(out, 0, ref)
+    assert "these runs trained in bf16-mixed, the reference in 32-true" in table
+    for r in demo._runs(out, 0, []):
+        (r.run_dir / "config.json").write_text(json.dumps({"precision_resolved": "32-true"}))
+    assert "Precision:" not in demo.compare(out, 0, ref)[0]

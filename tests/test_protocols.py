@@ -321,3 +321,36 @@ def test_a_retrain_uses_the_thread_count_the_run_recorded(measured: Path, tmp_pa
     before = torch.get_num_threads()
     measure.load_or_retrain(run.path)
     assert seen == [want] and torch.get_num_threads() == before
+
+
+def test_a_retrain_uses_the_precision_the_run_recorded(measured: Path, tmp_path: Path, monkeypatch) -> None:
+    """precision "auto" resolves by the machine (bf16-mixed where the CPU has native bf16): the
+    retrain takes the precision the run recorded, so that it can reproduce the committed run."""
+    import shutil
+
+    import ftstudy.run.train as train_module
+    from ftstudy.study import measure
+
+    out = tmp_path / "copy"
+    shutil.copytree(measured, out)
+    run = _run(out)
+    run.model_file.unlink()
+    record = run.record()
+    recorded = record["precision_resolved"]
+    record["config"]["train"]["precision"] = "auto"  # a run made under "auto"
+    run.config_file.write_text(json.dumps(record))
+    other = "bf16-mixed" if recorded == "32-true" else "32-true"
+    # This machine as one where "auto" resolves to the other precision.
+    real = train_module.resolve_precision
+    monkeypatch.setattr(train_module, "resolve_precision",
+                        lambda precision, accelerator: other if precision == "auto" else real(precision, accelerator))
+    seen = []
+    real_train = measure.train
+
+    def spy(cfg, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        seen.append(cfg.train.precision)
+        return real_train(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(measure, "train", spy)
+    _, _, how = measure.load_or_retrain(run.path)
+    assert seen == [recorded] and how == "retrained"

@@ -594,3 +594,31 @@ def test_compiled_training_agrees_with_eager(tmp_path: Path) -> None:
     assert a.state_dict().keys() == b.state_dict().keys()  # the compiled view adds no module
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.allclose(pa, pb, rtol=1e-4, atol=1e-5), name
+
+
+def test_a_resumed_run_keeps_the_precision_it_started_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys) -> None:
+    """precision "auto" resolves by the machine (bf16-mixed where the CPU has native bf16): a run
+    resumed or extended on another machine keeps the precision recorded when it started."""
+    import ftstudy.run.train as train_module
+
+    cfg = get_preset("synthetic-tiny", {"steps": 6, "ckpt_every": 3, "val_every": 6, "log_every": 3,
+                                        "precision": "auto", "n_generate": 4})
+    monkeypatch.setattr(train_module, "resolve_precision", lambda precision, accelerator: "32-true")
+    run_dir = tmp_path / "run"
+    train(cfg, run_dir, progress=False)
+    assert json.loads((run_dir / "config.json").read_text())["precision_resolved"] == "32-true"
+    seen = []
+    real_trainer = train_module.L.Trainer
+
+    def trainer(*args, **kwargs):  # noqa: ANN002, ANN003
+        seen.append(kwargs["precision"])
+        return real_trainer(*args, **kwargs)
+
+    monkeypatch.setattr(train_module.L, "Trainer", trainer)
+    monkeypatch.setattr(train_module, "resolve_precision", lambda precision, accelerator: "bf16-mixed")
+    train(get_preset("synthetic-tiny", {**{"steps": 9, "ckpt_every": 3, "val_every": 6, "log_every": 3,
+                                           "precision": "auto", "n_generate": 4}}), run_dir, progress=False)
+    assert seen and set(seen) == {"32-true"}
+    assert "keeping the run's own 32-true" in capsys.readouterr().out
+    assert json.loads((run_dir / "config.json").read_text())["precision_resolved"] == "32-true"

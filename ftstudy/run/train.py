@@ -445,6 +445,14 @@ def _fit(cfg: RunConfig, run_dir: Path, status: str, argv: list[str] | None, pro
     t = cfg.train
     on_gpu = t.accelerator in ("gpu", "cuda")
     precision = resolve_precision(t.precision, t.accelerator)
+    if status == "interrupted" and folder.config_file.exists():
+        # A resumed (or extended) run keeps the precision it started with: "auto" resolves by
+        # the machine (bf16-mixed where the CPU has native bf16), and the machine may have changed.
+        recorded = folder.record().get("precision_resolved")
+        if isinstance(recorded, str) and recorded != precision:
+            print(f"[ftstudy.run.train] {run_dir.name}: precision {t.precision} would resolve to {precision} here; "
+                  f"keeping the run's own {recorded}")
+            precision = recorded
     if on_gpu:  # the same command gives the same numbers on the same GPU (cuBLAS needs this set first)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     L.seed_everything(t.seed, workers=True, verbose=False)

@@ -344,6 +344,9 @@ def rebuild_summary(study_dir: Path, study: Study) -> Path | None:
         row: dict[str, Any] = {"run": run.name}
         for section in ("model", "task", "train"):
             row.update(sorted(cfg[section].items()))  # by name, as config.json has them
+        # What precision "auto" resolved to on the machine that trained the run (it depends on
+        # the CPU: bf16-mixed where it has native bf16).
+        row["precision_resolved"] = run.record().get("precision_resolved")
         flat: dict[str, Any] = {}
         # "sampling" repeats the config's temperature/top_k/top_p columns.
         _flatten("", {k: v for k, v in summary.items() if k not in ("run", "sampling")}, flat)

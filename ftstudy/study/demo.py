@@ -8,7 +8,9 @@ then the demo prints, for each run, what the latent does under the uniform prior
 writes the sweep's plot and the paper's Figure 4 at this scale, and sets each number beside the
 committed reference (``results/demo/``, seeds 0, 1 and 2 of the same sweep) with a verdict:
 within the reference's seed spread (its min … max over seeds), or not. Training is
-deterministic, so on the same kind of machine seed 0 reproduces the reference's seed 0 exactly.
+deterministic, so on the same kind of machine seed 0 reproduces the reference's seed 0 exactly,
+in the same precision: the reference trained in fp32, and precision ``auto`` resolves to
+bf16-mixed on a CPU with native bf16 (the comparison then says so).
 It is ``python -m ftstudy.ablate`` underneath:
 
     python -m ftstudy.ablate --study kl_budget --preset demo --seeds 0 --jobs 2 --out runs/demo \\
@@ -131,7 +133,22 @@ def compare(out: Path, seed: int, reference: Path, overrides: list[str] = ()) ->
                 if seed in seeds and value == read(refs[seed][i][1]):
                     verdict += f", = reference seed {seed}"
             lines.append(f"{name:10s} {label:16s} {_f(value, '9' + spec):>9s}  {ref_text:>28s}  {verdict}")
+    mine_p, ref_p = _precisions(out, seed, overrides), _precisions(reference, seeds[0], overrides)
+    if mine_p != ref_p:
+        lines.append(f"\nPrecision: these runs trained in {', '.join(sorted(mine_p))}, the reference in "
+                     f"{', '.join(sorted(ref_p))} (precision auto resolves by the CPU: bf16-mixed where it has "
+                     "native bf16), so no run reproduces a reference seed exactly; the seed spread is the comparison.")
     return "\n".join(lines), within, compared
+
+
+def _precisions(out: Path, seed: int, overrides: list[str]) -> set[str]:
+    """The precisions (config.json's ``precision_resolved``) of a seed's finished demo runs."""
+    found = set()
+    for r in _runs(out, seed, overrides):
+        folder = RunDir(r.run_dir)
+        if folder.summary() is not None and folder.config_file.exists():
+            found.add(str(folder.record().get("precision_resolved")))
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,11 @@ def ensure_model(run_dir: Path, *, wait: bool = False, rel: float = 1e-6) -> str
     how = "checkpoint"
     if not folder.model_file.exists():
         cfg = RunConfig.from_dict(saved_config(folder.path))
+        recorded = folder.record().get("precision_resolved")
+        if cfg.train.precision == "auto" and isinstance(recorded, str):
+            # "auto" resolves by the machine (bf16-mixed where the CPU has native bf16): train
+            # again in the precision the run was trained in.
+            cfg = replace(cfg, train=replace(cfg.train, precision=recorded))
         scratch = RunDir(folder.retrain_dir)
         print(f"[measure] {folder.name}: no {folder.CKPT}/{folder.MODEL}; training it again into {scratch.path}",
               flush=True)
