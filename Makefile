@@ -31,8 +31,10 @@ PIP_FLAGS := --progress-bar off
 # Environment for test and demo runs: deterministic hashing, no hub access, quiet tokenizers.
 RUN_ENV := PYTHONHASHSEED=0 HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-# Parallel tests only when pytest-xdist is a declared requirement.
-XDIST := $(if $(shell grep -Eiq '^pytest[-_.]xdist[[:space:]]*==' requirements.txt && echo yes),-n 2,)
+# Parallel tests only when pytest-xdist is a declared requirement. --dist loadgroup keeps the
+# tests marked xdist_group("inductor") on one worker: torch.compile's first use costs each
+# process about 20 s on a cold cache.
+XDIST := $(if $(shell grep -Eiq '^pytest[-_.]xdist[[:space:]]*==' requirements.txt && echo yes),-n 2 --dist loadgroup,)
 
 .PHONY: venv test demo notebooks benchmark benchmark-code-math lock clean gpu-check gpu-study gpu-wheels
 

@@ -569,6 +569,7 @@ def test_the_training_step_reads_the_device_only_on_logged_steps(tmp_path: Path)
     assert set(count.mode.calls) <= host and count.mode.calls  # the logged steps do read (the counter works)
 
 
+@pytest.mark.xdist_group("inductor")
 def test_compiled_training_agrees_with_eager(tmp_path: Path) -> None:
     """``train --compile`` (inductor on the CPU) gives the eager run's figures to 1e-4 relative
     and its weights to 1e-4: the same computation, compiled kernels' rounding aside."""
