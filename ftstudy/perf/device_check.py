@@ -54,6 +54,7 @@ import torch
 
 from ftstudy.core.config import get_preset
 from ftstudy.io import REPO_ROOT, RunDir, StudyDir, atomic_write_text
+from ftstudy.results.report import COMPILE_TARGETS
 from ftstudy.run.lit import machine_name
 from ftstudy.run.train import build_parser as train_parser, config_from_args, train
 from ftstudy.study.ablate import GPU_RESULTS, PRESETS as ABLATE_PRESETS, run_shape
@@ -61,10 +62,6 @@ from ftstudy.study.ablate import GPU_RESULTS, PRESETS as ABLATE_PRESETS, run_sha
 STAGES = ("env", "perf", "concurrency", "ladder", "compile", "kappa")
 COMPILE_LADDER = ("quick", "long", "gpu-mid")
 COMPILE_CONCURRENCY = (1, 4, 8)
-#: the compile stage's targets: (name, figure's key, threshold, "max" or "min")
-COMPILE_TARGETS = (("quick preset step, compiled (ms)", "quick_ms", 5.0, "max"),
-                   ("wide shape bf16 MFU, best of eager/compiled", "wide_bf16_mfu", 0.40, "min"),
-                   ("KV cache over recompute, best of eager/compiled", "kv_speedup", 5.0, "min"))
 LADDER = ("quick", "long", "gpu-mid", "gpu")  # ablate presets, smallest first
 CONCURRENCY = (1, 4, 8, 16)
 KAPPA_POINTS = ("kappa_bits=1/8", "kappa_bits=1/64", "latent_bits=0")
@@ -76,6 +73,21 @@ _TIMING = ["n_generate=0", "probe_groups=0", "probe_independent=0", "val_size=64
 # --tiny: the presets shrunk to a model that trains in seconds on a CPU, with a small probe.
 _TINY = ["n_layers=2", "dim=16", "n_heads=2", "latent_bits=4", "batch_size=8", "warmup_steps=1", "log_every=2"]
 _TINY_PROBE = ["val_size=64", "n_generate=16", "probe_independent=4", "probe_groups=2", "probe_group_size=3"]
+
+
+def at_once_row(jobs: int, per: list[float], t0: float) -> dict[str, Any]:
+    """One row of a runs-at-once table: ``jobs`` runs trained together, seconds per step of each."""
+    return {"jobs": jobs, "s_per_step_each": per, "s_per_step_median": sorted(per)[len(per) // 2],
+            "steps_per_s_total": sum(1 / p for p in per), "wall_s": round(time.monotonic() - t0, 1)}
+
+
+def at_once_default(rows: list[dict[str, Any]]) -> int:
+    """Each row's throughput over the first's (one run alone), set in place; the ``--jobs``
+    default that follows: the fewest runs at once within 10% of the best throughput."""
+    for r in rows:
+        r["throughput_vs_one"] = r["steps_per_s_total"] / rows[0]["steps_per_s_total"]
+    best = max(r["steps_per_s_total"] for r in rows)
+    return next(r["jobs"] for r in rows if r["steps_per_s_total"] >= 0.9 * best)
 
 
 class CheckError(RuntimeError):
@@ -257,16 +269,10 @@ class Check:
             t = time.monotonic()
             runs = self._train_at_once(folder, [(f"s{i}", self._timing_args("quick", i, steps)) for i in range(n)],
                                        timeout_s=max(60.0, self.left_s()))
-            per = [self._per_step(r) for r in runs]
-            rows.append({"jobs": n, "steps": steps, "s_per_step_each": per,
-                         "s_per_step_median": sorted(per)[len(per) // 2],
-                         "steps_per_s_total": sum(1 / p for p in per), "wall_s": round(time.monotonic() - t, 1)})
+            rows.append({**at_once_row(n, [self._per_step(r) for r in runs], t), "steps": steps})
             self.log(f"[gpucheck] {n} at once: {rows[-1]['s_per_step_median'] * 1e3:.1f} ms/step each, "
                      f"{rows[-1]['steps_per_s_total']:.1f} steps/s in all")
-        best = max(r["steps_per_s_total"] for r in rows)
-        default = next(r["jobs"] for r in rows if r["steps_per_s_total"] >= 0.9 * best)
-        for r in rows:
-            r["throughput_vs_one"] = r["steps_per_s_total"] / rows[0]["steps_per_s_total"]
+        default = at_once_default(rows)
         # The same config twice (seed 0 alone, and seed 0 among the others): the same numbers?
         a, b = (RunDir(self.out / "concurrency" / f"n{n}" / "s0").summary() for n in ns[:2])
         same = {k: a[k] == b[k] for k in ("val", "generation") if k in a}
@@ -277,10 +283,8 @@ class Check:
         rows = []
         for preset in (LADDER[0], LADDER[-1]) if self.tiny else LADDER:
             # In this process, one rung after another (a process start costs more than the timing).
-            args = self._timing_args(preset, 0, steps)
             run = self.out / "ladder" / preset
-            train(config_from_args(train_parser().parse_args(args)), run, argv=[*args, "--out", str(run.parent)],
-                  progress=False, launcher="python -m ftstudy.gpucheck (ladder)")
+            self._train_here(run, self._timing_args(preset, 0, steps), "ladder")
             cfg = get_preset(ABLATE_PRESETS[preset])  # the rung's own steps (the timing run's are few)
             timed = RunDir(run).config()
             per = self._per_step(run)
@@ -293,16 +297,20 @@ class Check:
                      f"{rows[-1]['run_alone_min']:.1f} min per run of {cfg.train.steps} steps")
         return {"rows": rows}
 
+    @staticmethod
+    def _train_here(run: Path, args: list[str], stage: str) -> None:
+        """Train one timing run (``ftstudy.run.train`` arguments) in this process."""
+        train(config_from_args(train_parser().parse_args(args)), run, argv=[*args, "--out", str(run.parent)],
+              progress=False, launcher=f"python -m ftstudy.gpucheck ({stage})")
+
     def _timed(self, folder: Path, name: str, args: list[str]) -> float:
         """Seconds per step of one timing run trained alone: in its own process on a GPU (a
         fresh compile cache per run, what a user's run pays), in this one with --tiny (a
         process start costs more than the tiny run)."""
-        if not self.tiny:
-            (run,) = self._train_at_once(folder, [(name, args)], timeout_s=max(60.0, self.left_s()))
-            return self._per_step(run)
-        run = folder / name
-        train(config_from_args(train_parser().parse_args(args)), run, argv=[*args, "--out", str(folder)],
-              progress=False, launcher="python -m ftstudy.gpucheck (compile)")
+        if self.tiny:
+            self._train_here(folder / name, args, "compile")
+            return self._per_step(folder / name)
+        (run,) = self._train_at_once(folder, [(name, args)], timeout_s=max(60.0, self.left_s()))
         return self._per_step(run)
 
     def stage_compile(self) -> dict[str, Any]:
@@ -376,24 +384,19 @@ class Check:
                     folder / f"at-once-n{n}", [(f"s{i}", [*self._timing_args("quick", i, steps), "--compile"])
                                                for i in range(n)], timeout_s=max(60.0, self.left_s()))
                 per = [self._per_step(r) for r in runs]
-            conc.append({"jobs": n, "s_per_step_median": sorted(per)[len(per) // 2],
-                         "steps_per_s_total": sum(1 / p for p in per), "wall_s": round(time.monotonic() - t, 1)})
-        for r in conc:
-            r["throughput_vs_one"] = r["steps_per_s_total"] / conc[0]["steps_per_s_total"]
-        best = max(r["steps_per_s_total"] for r in conc)
+            conc.append(at_once_row(n, per, t))
+        jobs_default = at_once_default(conc)
         figures = {"quick_ms": rows[0]["compiled_s"] * 1e3,
                    "wide_bf16_mfu": max(m["mfu"] for m in mfu) if dtype == "bfloat16" else None,
                    "kv_speedup": max(g["speedup"] for g in gen)}
         targets = []
-        for name, key, threshold, kind in COMPILE_TARGETS:
+        for key, name, threshold, kind, _ in COMPILE_TARGETS:
             value = figures[key]
             met = None if value is None or self.device != "cuda" else (
                 value <= threshold if kind == "max" else value >= threshold)
             targets.append({"target": name, "key": key, "value": value, "threshold": threshold, "kind": kind, "met": met})
         return {"steps": steps, "rows": rows, "precision": precision, "matmul_peak_flops": peak, "wide": mfu,
-                "generate": gen, "concurrency": conc,
-                "jobs_default": next(r["jobs"] for r in conc if r["steps_per_s_total"] >= 0.9 * best),
-                "targets": targets, "tiny": self.tiny}
+                "generate": gen, "concurrency": conc, "jobs_default": jobs_default, "targets": targets}
 
     def _slowdown(self, jobs: int) -> float:
         """Per-run step time with ``jobs`` runs at once over alone (measured, nearest N)."""

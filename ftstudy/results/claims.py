@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ftstudy.io import REPO_ROOT, StudyDir
-from ftstudy.results.report import as_number, kappa_label, targets_table
+from ftstudy.results.report import COMPILE_TARGETS, as_number, kappa_label, targets_table
 
 BEGIN, END = "<!-- claims:begin -->", "<!-- claims:end -->"
 PERF_BEGIN, PERF_END = "<!-- perf:begin -->", "<!-- perf:end -->"
@@ -441,12 +441,6 @@ def perf_tables(root: Path = REPO_ROOT) -> str:
     return "\n\n".join(parts)
 
 
-#: the GPU targets of compiled steps (the device check's compile stage): (name, threshold)
-COMPILE_TARGETS = (("quick preset training step on an H200, compiled", "≤ 5 ms"),
-                   ("wide-shape bf16 MFU (8 layers, D 512, 8 × 1,024 tokens)", "≥ 40%"),
-                   ("KV-cache generation over recompute, 256 new tokens", "≥ 5×"))
-
-
 def compile_targets_table(root: Path = REPO_ROOT) -> str:
     """The compiled-step targets, from each GPU's ``compile.json`` (the device check's compile
     stage); not yet measured where no GPU has one."""
@@ -458,14 +452,16 @@ def compile_targets_table(root: Path = REPO_ROOT) -> str:
     head = ["| target | threshold | measured | met |", "|---|---|---|---|"]
     if not measured:
         rows = [f"| {name} | {thr} | not yet measured: no GPU has run the compile stage | – |"
-                for name, thr in COMPILE_TARGETS]
+                for _, name, _, _, thr in COMPILE_TARGETS]
         return ("Compiled steps (`train --compile`), GPU targets: not yet measured "
                 "(`make gpu-check GPU_CHECK_ARGS=\"--stages compile\"` on a GPU):\n\n" + "\n".join(head + rows))
     out = []
     for path, data in measured:
         rows = []
-        for (name, thr), t in zip(COMPILE_TARGETS, data["targets"]):
-            pct = t["key"] == "wide_bf16_mfu"
+        measured_by_key = {t["key"]: t for t in data["targets"]}
+        for key, name, _, _, thr in COMPILE_TARGETS:
+            t = measured_by_key[key]
+            pct = key == "wide_bf16_mfu"
             value = "–" if t["value"] is None else (f"{t['value']:.1%}" if pct else f"{t['value']:.2f}")
             met = {True: "met", False: "**MISSED**", None: "not measured"}[t["met"]]
             rows.append(f"| {name} | {thr} | {value} | {met} |")

@@ -222,6 +222,17 @@ def bound_name(row: dict[str, Any]) -> str:
     return next((c["name"] for c in row["cells"] if c.get("name")), row["metric"])
 
 
+#: The compiled-step GPU targets of the device check's compile stage (``compile.json``), each
+#: as (its figure's key, name, threshold, "max" or "min", the threshold as the docs write it).
+COMPILE_TARGETS: tuple[tuple[str, str, float, str, str], ...] = (
+    ("quick_ms", "quick preset training step on an H200, compiled", 5.0, "max", "≤ 5 ms"),
+    ("wide_bf16_mfu", "wide-shape bf16 MFU (8 layers, D 512, 8 × 1,024 tokens), best of eager and compiled",
+     0.40, "min", "≥ 40%"),
+    ("kv_speedup", "KV-cache generation over recompute, 256 new tokens, best of eager and compiled", 5.0, "min",
+     "≥ 5×"),
+)
+
+
 def targets_table(result: dict[str, Any]) -> str:
     """Every target of a ``python -m ftstudy.perf suite`` result: the measured ratio, met or
     missed and by how much (markdown)."""

@@ -155,7 +155,7 @@ class LitFreeTransformer(L.LightningModule):
 
     def _note_nonfinite(self, loss: torch.Tensor) -> None:
         """Remember, on the device, the first step whose loss was NaN or inf (no host sync)."""
-        if self._bad_step is None or self._bad_step.device != loss.device:
+        if self._bad_step is None:
             self._bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
             self._bad_loss = torch.zeros((), dtype=torch.float32, device=loss.device)
         first = ~torch.isfinite(loss) & (self._bad_step < 0)
@@ -191,9 +191,9 @@ class LitFreeTransformer(L.LightningModule):
             values = self.trainer.strategy.reduce(values, reduce_op="mean")
         figures: dict[str, float] = dict(zip(keys, values.cpu().tolist()))  # the step's one device-to-host copy
         now = time.perf_counter()  # after the copy: the device has finished the interval's work
-        if self._t_last is not None:
-            # Tokens of all ranks since the previous logged step over the wall time they took.
-            figures["train/tokens_per_s"] = self._tokens_since * self.trainer.world_size / (now - self._t_last)
+        # Tokens of all ranks since the previous logged step (or the start) over the wall time they took.
+        assert self._t_last is not None  # set at train start
+        figures["train/tokens_per_s"] = self._tokens_since * self.trainer.world_size / (now - self._t_last)
         self._t_last, self._tokens_since = now, 0
         figures["train/lr"] = self.optimizers().param_groups[0]["lr"]
         figures["step"] = float(self.global_step + 1)  # the logger's x-axis: metrics.csv's step

@@ -198,13 +198,6 @@ class MetricsCSV(L.Callback):
             self._add(trainer, "val")
 
 
-def _check_finite(module: L.LightningModule) -> None:
-    """Raise NonFiniteLossError if a training step since the start had a NaN/inf loss (the
-    step itself only notes it on the device)."""
-    if isinstance(module, LitFreeTransformer):
-        module.raise_if_nonfinite()
-
-
 class AtomicCheckpoint(L.Callback):
     """Saves the resumable state to ckpt/last.ckpt every ``every`` steps, atomically.
 
@@ -251,9 +244,9 @@ class AtomicCheckpoint(L.Callback):
             raise
         trainer.strategy.barrier()
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: LitFreeTransformer, *args: Any) -> None:
         if trainer.global_step % self.every == 0 or trainer.global_step == trainer.max_steps:
-            _check_finite(pl_module)  # never save weights updated with a NaN/inf loss
+            pl_module.raise_if_nonfinite()  # never save weights updated with a NaN/inf loss
             self.save(trainer)
 
 
@@ -265,11 +258,12 @@ class Snapshots(L.Callback):
     def __init__(self, folder: RunDir, cfg: RunConfig, every: int) -> None:
         self.folder, self.cfg, self.every = folder, cfg, every
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: LitFreeTransformer, *args: Any) -> None:
         step = trainer.global_step
-        if self.every and step % self.every == 0:
-            _check_finite(pl_module)  # on every rank: the same answer everywhere
-        if self.every and step % self.every == 0 and trainer.is_global_zero:
+        if not (self.every and step % self.every == 0):
+            return
+        pl_module.raise_if_nonfinite()  # on every rank: the same answer everywhere
+        if trainer.is_global_zero:
             with writing(self.folder.snapshot_file(step)):
                 save_model(self.folder.snapshot_file(step), pl_module.model, self.cfg, step=step)
 

@@ -186,9 +186,10 @@ def measured_step_times(out: Path) -> dict[tuple, float]:
 
 def seconds_per_step(cfg: RunConfig, measured: dict[tuple, float]) -> float | None:
     """A finished run of the same shape (and accelerator) if there is one; on a GPU, else a
-    measured neighbouring shape (:func:`_gpu_neighbour`); on a CPU, else a rough model fitted on a 2-core CPU in fp32 (D 64/4 layers/batch 32/66 tokens: 0.095 s;
-    D 128/batch 64: 0.34 s; D 128/batch 32/256 tokens: about 1 s); None on a GPU with no
-    measured run of that shape (``make gpu-check`` measures the GPU presets)."""
+    measured neighbouring shape (:func:`_gpu_neighbour`), or None (``make gpu-check`` measures
+    the GPU presets); on a CPU, else a rough model fitted on a 2-core CPU in fp32 (D 64/4
+    layers/batch 32/66 tokens: 0.095 s; D 128/batch 64: 0.34 s; D 128/batch 32/256 tokens:
+    about 1 s)."""
     key = run_shape(cfg.to_dict())
     if key in measured:
         return measured[key]
@@ -244,11 +245,9 @@ def gpu_timings(out: Path, compiled: bool = False) -> tuple[str, dict[tuple, flo
     except (OSError, ValueError):
         comp = {}
     if comp.get("status") == "done" and not comp.get("compiler"):  # a --tiny check measured no compiled code
-        alone.update({_shape_key(r["shape"]): r["compiled_s"] for r in comp.get("rows", [])})
         # Compiling costs once per run: spread over the measured rung's own step count.
-        for r in comp.get("rows", []):
-            if r.get("compile_overhead_s") and r.get("steps"):
-                alone[_shape_key(r["shape"])] += r["compile_overhead_s"] / r["steps"]
+        alone.update({_shape_key(r["shape"]): r["compiled_s"] + r.get("compile_overhead_s", 0.0) / r.get("steps", 1)
+                      for r in comp.get("rows", [])})
         if compiled and comp.get("concurrency"):
             scale = {int(r["jobs"]): float(r["throughput_vs_one"]) for r in comp["concurrency"]}
     return folder.name, alone, scale
@@ -537,13 +536,7 @@ def _run_parallel(left: list[tuple[PlannedRun, int]], out: Path, bar: tqdm, laun
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.preset = resolve_preset(args.preset, PRESET_ALIASES)
-    if args.jobs is None:
-        try:
-            compiled = parse_set_args(args.overrides).get("compile", "false").lower() in ("1", "true", "yes")
-        except ConfigError:
-            compiled = False  # the plan reports the bad --set
-        args.jobs = default_jobs(args.device, compiled)
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         print(f"error: --jobs must be an integer >= 1, got {args.jobs}", file=sys.stderr)
         return 2
     out = args.out if args.out is not None else default_out(args.preset, args.device)
@@ -555,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.jobs is None:
+        args.jobs = default_jobs(args.device, compiled=bool(runs) and all(r.config.train.compile for r in runs))
     if args.jobs > 1 and any(r.config.train.devices * r.config.train.num_nodes > 1 for r in runs):
         print(f"error: --jobs {args.jobs} runs one single-device process per run; runs with devices > 1 "
               f"or num_nodes > 1 need --jobs 1", file=sys.stderr)
@@ -657,8 +652,8 @@ def _print_plan(args: argparse.Namespace, runs: list[PlannedRun], out: Path) -> 
         else:
             how = "no GPU measured yet: make gpu-check on the GPU measures its step times"
     per = [seconds_per_step(r.config, measured) for r, _ in left]
-    if on_gpu and any(r.config.train.compile and run_shape(r.config.to_dict()) not in measured for r, _ in left):
-        how += "; compiled runs without a compiled figure priced at their eager step time, an upper bound"
+    if on_gpu and any(r.config.train.compile for r, _ in left) and not any(k[8] for k in measured):
+        how += "; no compiled step time measured: compiled runs priced at their eager step time, an upper bound"
     known = [n * p for (r, n), p in zip(left, per) if p is not None]
     unknown = sum(1 for (r, n), p in zip(left, per) if p is None and n)
     if unknown and not known:
