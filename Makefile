@@ -8,7 +8,8 @@
 #   make benchmark-code-math  the comparison on real code and math: code-math corpus, real-code/math tasks (hours on 2 cores)
 #   make gpu-check  the device check on a GPU machine with its own python3/torch (8 minutes; results/gpu/<gpu>/)
 #   make gpu-study  the kappa = 1/8 question at the gpu-mid rung, 10 seeds, compiled steps, both protocols (one GPU)
-#   make gpu-wheels download the wheels the device check brings to a machine without them (.wheels/)
+#   make gpu-decide the decision benchmark's comparison at 10 seeds on one GPU (results/gpu/<gpu>/benchmarks/decide/)
+#   make gpu-wheels download the wheels gpu-check and gpu-decide bring to a machine without them (.wheels/)
 #   make lock   regenerate constraints.txt from a fresh venv
 #   make clean  remove .venv and build/test caches
 
@@ -36,7 +37,7 @@ RUN_ENV := PYTHONHASHSEED=0 HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 TOKENIZERS_PA
 # process about 20 s on a cold cache.
 XDIST := $(if $(shell grep -Eiq '^pytest[-_.]xdist[[:space:]]*==' requirements.txt && echo yes),-n 2 --dist loadgroup,)
 
-.PHONY: venv test demo notebooks benchmark benchmark-code-math lock clean gpu-check gpu-study gpu-wheels
+.PHONY: venv test demo notebooks benchmark benchmark-code-math lock clean gpu-check gpu-study gpu-decide gpu-wheels
 
 # make benchmark: the seeds (BENCH_SEEDS="0 1 2 3 4" for five) and extra options (BENCH_ARGS="--dry-run").
 BENCH_SEEDS ?= 0 1 2
@@ -95,6 +96,18 @@ GPU_STUDY = --study kl_budget --preset gpu-mid --device cuda --seeds 0 1 2 3 4 5
   --only latent_bits=0 kappa_bits=1/64 kappa_bits=1/8 kappa_bits=1 --set compile=true --measure t1 paper
 gpu-study:
 	PYTHONPATH=$(CURDIR) PYTHONUNBUFFERED=1 $(RUN_ENV) $(GPU_PYTHON) -m ftstudy.ablate $(GPU_STUDY) $(GPU_STUDY_ARGS)
+
+# The decision benchmark's comparison on one GPU at 10 seeds (five models, 3,000 steps each,
+# compiled steps), evaluated there; results under results/gpu/<gpu>/benchmarks/decide/.
+# lm-eval and what it needs beyond the GPU image come from .wheels/ (make gpu-wheels).
+# Resumable. Price it first with GPU_DECIDE_ARGS=--dry-run.
+GPU_SITE ?= /tmp/ftstudy-gpu-site
+GPU_DECIDE = --device cuda --seeds 0 1 2 3 4 5 6 7 8 9 --jobs 16 --set compile=true
+gpu-decide:
+	$(if $(wildcard .wheels/*.whl),$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --upgrade \
+	  --target $(GPU_SITE) .wheels/*.whl)
+	PYTHONPATH=$(CURDIR):$(GPU_SITE) PYTHONUNBUFFERED=1 $(RUN_ENV) $(GPU_PYTHON) -m ftstudy.eval.decide \
+	  $(GPU_DECIDE) $(GPU_DECIDE_ARGS)
 
 gpu-wheels: venv
 	$(VPY) -m ftstudy.gpucheck --download-wheels .wheels

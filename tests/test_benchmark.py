@@ -12,7 +12,7 @@ import pytest
 from ftstudy.core.config import get_preset
 from ftstudy.core.model import FreeTransformer
 from ftstudy.eval import benchmark
-from ftstudy.eval.evaluate import entry_paths
+from ftstudy.eval.evaluate import entry_paths, write_samples
 from ftstudy.eval.suite import BENCH_TASKS, N_BENCH
 from ftstudy.study.ablate import PRESETS, plan
 
@@ -56,7 +56,7 @@ def _fake_evaluations(out: Path, seeds: list[int], gain: dict[str, float]) -> No
                                   "response": "x"} for i in range(n)]
             path = entry_paths(out / f"s{s}", label)[1]
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(samples))
+            write_samples(path, samples)
 
 
 def test_pooled_report(tmp_path: Path) -> None:

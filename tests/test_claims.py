@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ftstudy.results.claims import (ANSWER_BEGIN, BEGIN, BLOCKS, CLAIMS, GPU_DIR, PAGES, PERF_BEGIN, PERF_DIR,
+from ftstudy.results.claims import (ANSWER_BEGIN, BEGIN, BLOCKS, CLAIMS, DECIDE_BEGIN, GPU_DIR, PAGES, PERF_BEGIN, PERF_DIR,
                                     REPO_ROOT, VERDICTS, ClaimError, answer_table, claims_table, main, perf_tables)
 
 README = REPO_ROOT / "README.md"
@@ -27,7 +27,8 @@ def test_the_pages_quote_the_results() -> None:
 
 def test_each_block_lives_on_its_page() -> None:
     """The short answer on the front page, the full tables in docs/."""
-    where = {BEGIN: "docs/results.md", PERF_BEGIN: "docs/performance.md", ANSWER_BEGIN: "README.md"}
+    where = {BEGIN: "docs/results.md", PERF_BEGIN: "docs/performance.md", ANSWER_BEGIN: "README.md",
+             DECIDE_BEGIN: "results/benchmarks/FINDINGS.md"}
     for marker, page in where.items():
         assert marker in (REPO_ROOT / page).read_text(), (marker, page)
     assert BEGIN not in README.read_text() and PERF_BEGIN not in README.read_text()
@@ -119,7 +120,7 @@ def test_a_changed_perf_result_fails_the_check(tmp_path: Path, capsys) -> None:
 
 
 def test_every_generated_block_is_checked() -> None:
-    assert {b.name for b in BLOCKS} == {"answer", "claims table", "performance targets"}
+    assert {b.name for b in BLOCKS} == {"answer", "claims table", "performance targets", "decision benchmark"}
 
 
 # ---------------------------------------------------------------- the README as a front page
@@ -189,3 +190,16 @@ def test_compiled_gpu_targets_say_not_yet_measured_until_a_gpu_ran_the_stage(tmp
     table = compile_targets_table(tmp_path)
     assert "not yet measured" not in table and "some-gpu/compile.json" in table
     assert "| 4.20 | met |" in table and "| 31.0% | **MISSED** |" in table and "| 6.00 | met |" in table
+
+
+def test_write_rebuilds_a_stale_block_in_place(tmp_path: Path) -> None:
+    from ftstudy.results.claims import ANSWER_END, page_blocks, write
+    page = tmp_path / "README.md"
+    text = README.read_text()
+    head, rest = text.split(ANSWER_BEGIN, 1)
+    page.write_text(head + ANSWER_BEGIN + "\nstale\n" + ANSWER_END + rest.split(ANSWER_END, 1)[1])
+    assert page_blocks(page, ANSWER_BEGIN, ANSWER_END) == ["stale"]
+    assert write([page]) == [page]
+    assert page_blocks(page, ANSWER_BEGIN, ANSWER_END) == [answer_table(REPO_ROOT)]
+    assert page.read_text() == text, "the rest of the page is untouched"
+    assert write([page]) == [], "nothing to rewrite the second time"

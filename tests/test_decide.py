@@ -16,7 +16,7 @@ from ftstudy.core.checkpoint import save_model
 from ftstudy.core.config import ModelConfig, RunConfig, TaskConfig
 from ftstudy.core.model import FreeTransformer
 from ftstudy.eval import decide as D
-from ftstudy.eval.evaluate import entry_paths
+from ftstudy.eval.evaluate import entry_paths, read_samples, write_samples
 from ftstudy.tasks import creativity, decide, routegen
 
 
@@ -159,6 +159,12 @@ def test_calibration_curves_table(tmp_path: Path) -> None:
     assert len(fig.axes) == len(decide.TASKS)
 
 
+def test_k_of_n_counts_the_seeds_beyond_the_reference_mean() -> None:
+    assert D._k_of_n([0.2, 0.4], [0.5, 0.25, 0.35]) == [2, 3]
+    assert D._k_of_n([0.5, 0.7], [0.1, 0.65, 0.3]) == [2, 3], "a drop counts the seeds below the mean"
+    assert D._k_of_n([0.3, 0.3], [0.3, 0.3]) == [0, 2]
+
+
 def _fake_samples(out: Path, seed: int, label: str, level: dict[str, float], sub: str = "",
                   edges: float = 0.97) -> None:
     """A samples file like evaluate_one's: every task, per-document metrics around ``level``."""
@@ -178,7 +184,7 @@ def _fake_samples(out: Path, seed: int, label: str, level: dict[str, float], sub
         samples[f"ftstudy_decide_{t}"] = rows
     path = entry_paths(out / f"s{seed}" / sub if sub else out / f"s{seed}", label)[1]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(samples))
+    write_samples(path, samples)
 
 
 def test_report_gates_tests_and_verdicts(tmp_path: Path) -> None:
@@ -198,17 +204,18 @@ def test_report_gates_tests_and_verdicts(tmp_path: Path) -> None:
             if lab == "baseline" and s == 0:
                 # only control (b) gets the bad edge validity
                 path = entry_paths(tmp_path / "s0", lab)[1]
-                data = json.loads(path.read_text())
+                data = read_samples(path)
                 for t in ("route_main", "route_two_routes"):
                     for r in data[f"ftstudy_decide_{t}"]:
                         r["edge_validity"] = 0.97
-                path.write_text(json.dumps(data))
+                write_samples(path, data)
     rep = D.pooled_report(tmp_path, seeds)
     main = rep["tasks"]["route_main"]
     assert main["gate"] == {"beats_chance": True, "in_range": True, "reads_graph": True, "passed": True}
     assert main["models"]["baseline"]["pass@1_by_seed"] and len(main["models"]["free k=1"]["pass@1_by_seed"]) == 5
     c = main["comparisons"]["free k=1 vs baseline"]
     assert c["verdict"] == "shown" and c["diff"] > 0.25 and c["p_holm"] >= c["p"]
+    assert c["k_of_n"] == [5, 5], "every Free seed lies above the baseline's mean"
     assert c["bootstrap"]["ci_low"] > 0, "the secondary column is there"
     assert "free k=1 vs matched (L=5)" in main["comparisons"]
     assert main["comparisons"]["matched (L=5) vs baseline"]["verdict"] in ("inconclusive",) or \
@@ -231,6 +238,23 @@ def test_report_gates_tests_and_verdicts(tmp_path: Path) -> None:
     assert list(table.index) == list(decide.TASKS) and table.loc["route_one_route", "gate"].startswith("fail")
     comps = plots.decide_comparisons(rep)
     assert comps.loc[("route_main", "free k=1 vs baseline"), "verdict"] == "shown"
+    assert comps.loc[("route_main", "free k=1 vs baseline"), "k of n"] == "5 of 5"
+    fig = plots.plot_decide(rep)
+    assert len(fig.axes) == 2 * len(decide.TASKS) and "gate passed" in fig.axes[0].get_title()
+    assert "gate failed" in fig.axes[2].get_title(), "control (b) fails its gate in this fake report"
+    assert fig.axes[len(decide.TASKS)].get_title() == "edge validity" and fig.axes[-1].get_title() == "valid"
+    # the README's claims rows read the same report
+    from ftstudy.results import claims
+    root = tmp_path / "repo"
+    (root / claims.DECIDE).parent.mkdir(parents=True)
+    (root / claims.DECIDE).write_text((tmp_path / "report.json").read_text())
+    verdict, seeds = claims._decide_answer("route_main")(root)
+    assert "κ 1 **shown**" in verdict and "κ 1 5 of 5 above" in seeds and "matched " in verdict
+    verdict, _ = claims._decide_answer("route_one_route")(root)
+    assert verdict == "not gated: a baseline seed fails the gate (reads_graph)"
+    row = claims._decide_task("route_main", "two routes", "pass@1")(root)
+    assert row.startswith("two routes, pass@1 (5 seeds; Welch over seeds): baseline 0.") and "gate passed" in row
+    assert "walker 0.375" in row and f"κ 1 {main['models']['free k=1']['pass@1']:.3f} (Δ [" in row
 
 
 def test_snapshots_and_the_retrain_of_a_missing_checkpoint(tmp_path: Path) -> None:
@@ -262,3 +286,25 @@ def test_snapshots_and_the_retrain_of_a_missing_checkpoint(tmp_path: Path) -> No
         ensure_models([run.path], 1e-6)
     with pytest.raises(EvalError, match="not trained yet"):
         ensure_models([tmp_path / "nothing"], 1e-6)
+
+
+def test_the_gpu_comparison_is_planned_priced_and_kept_apart(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ftstudy decide --device cuda --dry-run`` (the prepared GPU command, planned on a CPU):
+    every model trains with accelerator=gpu and the --set given, the evaluations run on cuda,
+    results go under results/gpu/<gpu>/ by default, and nothing is trained or written."""
+    planned = D._planned([0, 1], tmp_path, D._overrides(D.build_parser().parse_args(
+        ["--device", "cuda", "--set", "compile=true"])))
+    assert len(planned) == 10 and all(cfg.train.accelerator == "gpu" and cfg.train.compile for *_, cfg in planned)
+    assert all("acceleratorgpu" in d.name for _, _, d, _ in planned)
+    todo = D._eval_todo(planned, tmp_path, "cuda")
+    assert len(todo) == 14 and all(t[-1] == "cuda" for t in todo), "Free models twice: prefill and prior Z"
+    assert D.default_out("cuda").relative_to(D.REPO_ROOT).as_posix().startswith("results/gpu/")
+    assert D.default_out("cpu") == D.DEFAULT_OUT
+    assert D.main(["--device", "cuda", "--seeds", "0", "1", "--jobs", "4", "--set", "compile=true", "--dry-run",
+                   "--out", str(tmp_path / "gpu")]) == 0
+    out = capsys.readouterr().out
+    assert "then 14 evaluations (5 tasks, 10 samples per document) on cuda, 4 at a time" in out
+    assert not (tmp_path / "gpu").exists()
+    assert D.main(["--device", "cuda", "--set", "accelerator=cpu", "--dry-run", "--out", str(tmp_path / "x")]) == 2
+    assert "--device cuda and --set accelerator=cpu disagree" in capsys.readouterr().err

@@ -79,3 +79,14 @@ def test_bad_input_is_refused(tmp_path: Path, capsys) -> None:
     assert main(["--device", "cpu", "--tiny", "--wheels", str(tmp_path / "none"), "--out", str(tmp_path)]) == 2
     assert "no such folder" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_every_wheel_the_gpu_targets_install_is_pinned() -> None:
+    """make gpu-wheels fetches the device check's and make gpu-decide's wheels at the versions
+    the CPU environment runs (constraints.txt); an unpinned name is refused by name."""
+    from ftstudy.perf import device_check as dc
+    pins = dc.wheel_pins()
+    assert [p.split("==")[0] for p in pins] == [*dc.PEER_WHEELS, *dc.EVAL_WHEELS]
+    assert all(p.split("==")[1] for p in pins) and "lm_eval" in dc.EVAL_WHEELS
+    with pytest.raises(dc.CheckError, match=r"constraints.txt pins none of \['no-such-package'\]"):
+        dc.wheel_pins(("lm_eval", "no-such-package"))

@@ -85,6 +85,7 @@ def test_compare_writes_report_and_resumes(runs: dict[str, Path], tmp_path: Path
     assert report["checkpoints"][0]["settings"]["gen_kwargs"] == "do_sample=false,temperature=0.0,max_gen_toks=32"
     entry = json.loads(next(p for p in (tmp_path / "cmp" / "lm_eval").glob("*.json")
                             if not p.name.endswith(".samples.json")).read_text())["entry"]
+    assert len(list((tmp_path / "cmp" / "lm_eval").glob("*.samples.json.gz"))) == 2, "samples are kept compressed"
     assert entry["configs"]["ftstudy_arithmetic_2da"]["generation_kwargs"]["max_gen_toks"] == 32
     labels = [c["label"] for c in report["checkpoints"]]
     assert labels == ["baseline", "free k=2"]
@@ -98,7 +99,7 @@ def test_compare_writes_report_and_resumes(runs: dict[str, Path], tmp_path: Path
     assert {r["metric"] for r in report["perplexity"]} == {"nll_prior", "elbo", "iwae"}
     md = (tmp_path / "cmp" / "report.md").read_text()
     assert "| Likelihood (lower is better) | ftstudy_humaneval_bpb |" in md
-    assert len(list((tmp_path / "cmp" / "lm_eval").glob("*.json"))) == 4  # results + samples, per model
+    assert len(list((tmp_path / "cmp" / "lm_eval").glob("*.json*"))) == 4  # results + samples, per model
 
     import lm_eval
 

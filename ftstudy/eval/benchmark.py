@@ -49,7 +49,7 @@ import numpy as np
 from ftstudy.core.checkpoint import atomic_write_text
 from ftstudy.core.config import ConfigError, check_seed, get_preset
 from ftstudy.eval.evaluate import (EvalError, _check_sandbox, _task_manager, entry_paths, evaluate_one, label_slug,
-                                   text_perplexity)
+                                   read_samples, text_perplexity)
 from ftstudy.io import RunDir
 from ftstudy.results import benchstats, seedstats
 from ftstudy.run.train import REPO_ROOT
@@ -85,12 +85,14 @@ def model_label(cfg: Any, base_layers: int) -> str:
     return "baseline" if m.n_layers == base_layers else f"matched (L={m.n_layers})"
 
 
-def planned_models(study: str, preset: str, seeds: list[int], out: Path) -> list[tuple[int, str, Path, Any]]:
-    """``(seed, label, run folder, config)`` of every model a benchmark study trains under ``out``/runs."""
+def planned_models(study: str, preset: str, seeds: list[int], out: Path,
+                   overrides: dict[str, Any] | None = None) -> list[tuple[int, str, Path, Any]]:
+    """``(seed, label, run folder, config)`` of every model a benchmark study trains under
+    ``out``/runs (with ``overrides``, the ``--set`` of its train stage, on every run)."""
     from ftstudy.study.ablate import PRESETS, plan
     base_layers = get_preset(PRESETS[preset]).model.n_layers
     return [(r.config.train.seed, model_label(r.config, base_layers), r.run_dir, r.config)
-            for r in plan(study, preset, seeds, {}, out / "runs")]
+            for r in plan(study, preset, seeds, overrides or {}, out / "runs")]
 
 
 def _planned(seeds: list[int], out: Path) -> list[tuple[int, str, Path, Any]]:
@@ -204,7 +206,7 @@ def _read_scores(out: Path, seed: int, label: str) -> dict[str, dict[str, dict[A
     path = entry_paths(out / f"s{seed}", label)[1]
     if not path.is_file():
         return None
-    samples = json.loads(path.read_text())
+    samples = read_samples(path)
     res: dict[str, dict[str, dict[Any, float]]] = {}
     for task, rows in samples.items():
         res[task] = {m: {r["doc_id"]: float(r[m]) for r in rows if m in r} for m in METRICS}

